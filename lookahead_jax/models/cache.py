@@ -1,0 +1,123 @@
+"""A preallocated key/value cache whose rows may hold different lengths.
+
+Row ``b`` holds ``lengths[b]`` committed tokens in slots ``[0, lengths[b])``;
+slots at or beyond the length are stale and never attended to. Rewinding is
+therefore just lowering ``lengths``; keeping an accepted tree path moves the
+path's entries into contiguous slots.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from lookahead_jax import _checks
+from lookahead_jax.models.config import TransformerConfig
+
+
+class KVCache(NamedTuple):
+    """Keys and values of every layer, with one committed length per row."""
+
+    keys: jax.Array  # [L, B, T, H, Dh] float
+    values: jax.Array  # [L, B, T, H, Dh] float
+    lengths: jax.Array  # [B] int32, committed tokens per row (<= T)
+
+    @property
+    def capacity(self) -> int:
+        """Number of slots ``T`` per row."""
+        return self.keys.shape[2]
+
+    @property
+    def batch_size(self) -> int:
+        return self.keys.shape[1]
+
+
+def init_cache(
+    config: TransformerConfig,
+    batch_size: int,
+    max_length: int | None = None,
+    dtype: jnp.dtype = jnp.float32,
+) -> KVCache:
+    """An empty cache of ``max_length`` slots per row (default ``config.max_length``)."""
+    max_length = config.max_length if max_length is None else max_length
+    if not isinstance(batch_size, int) or batch_size <= 0:
+        raise ValueError(f"`batch_size` must be a positive int; got {batch_size!r}.")
+    if not isinstance(max_length, int) or not 0 < max_length <= config.max_length:
+        raise ValueError(
+            f"`max_length` must be an int in [1, config.max_length={config.max_length}] "
+            f"(positions beyond the model's learned positions do not exist); got {max_length!r}."
+        )
+    shape = (config.num_layers, batch_size, max_length, config.num_heads, config.head_dim)
+    return KVCache(
+        keys=jnp.zeros(shape, dtype),
+        values=jnp.zeros(shape, dtype),
+        lengths=jnp.zeros((batch_size,), jnp.int32),
+    )
+
+
+def rewind(cache: KVCache, lengths: jax.Array) -> KVCache:
+    """Sets each row's committed length to ``lengths [B]`` (entries past it become stale).
+
+    Rewinding only forgets tokens: ``lengths`` larger than the current length
+    are clipped to it, since those slots hold nothing valid.
+    """
+    _checks.check_integer("lengths", lengths)
+    _checks.check_shape("lengths", lengths, (cache.batch_size,), "one length per row")
+    _checks.check_range("lengths", lengths, 0, cache.capacity + 1)
+    lengths = jnp.minimum(jnp.asarray(lengths, jnp.int32), cache.lengths)
+    return cache._replace(lengths=lengths)
+
+
+def keep_path(
+    cache: KVCache, tree_start: jax.Array, path: jax.Array, path_lengths: jax.Array
+) -> KVCache:
+    """Keeps only an accepted root-to-leaf path of a token tree appended to the cache.
+
+    After ``apply`` appended an S-node tree to row ``b`` at slots
+    ``tree_start[b] + [0, S)``, node ``path[b, i]`` (for ``i < path_lengths[b]``) is
+    moved to slot ``tree_start[b] + i`` and the row's length becomes
+    ``tree_start[b] + path_lengths[b]``.
+
+    Args:
+      cache: the cache after the tree was appended.
+      tree_start: [B] int, each row's length before the tree was appended.
+      path: [B, P] int, tree-node indices of the accepted path, root first.
+      path_lengths: [B] int, number of valid entries of ``path`` per row (0..P).
+    Returns:
+      The cache holding the committed prefix followed by the accepted path.
+    """
+    batch = cache.batch_size
+    _checks.check_integer("tree_start", tree_start)
+    _checks.check_shape("tree_start", tree_start, (batch,), "one start per row")
+    _checks.check_integer("path", path)
+    _checks.check_rank("path", path, 2, "[batch, path_length]")
+    _checks.check_shape("path", path, (batch, None), "[batch, path_length]")
+    _checks.check_integer("path_lengths", path_lengths)
+    _checks.check_shape("path_lengths", path_lengths, (batch,), "one path length per row")
+    num_path = path.shape[1]
+    _checks.check_range("path_lengths", path_lengths, 0, num_path + 1)
+
+    tree_start = jnp.asarray(tree_start, jnp.int32)
+    source = tree_start[:, None] + jnp.asarray(path, jnp.int32)  # [B, P]
+    target = tree_start[:, None] + jnp.arange(num_path, dtype=jnp.int32)  # [B, P]
+    valid = jnp.arange(num_path)[None, :] < path_lengths[:, None]
+    # Invalid entries are sent past the end so that the scatter drops them.
+    target = jnp.where(valid, target, cache.capacity)
+    rows = jnp.arange(batch)[:, None]
+
+    def move(buffer: jax.Array) -> jax.Array:  # [L, B, T, H, Dh]
+        gathered = buffer[:, rows, jnp.clip(source, 0, cache.capacity - 1)]  # [L, B, P, H, Dh]
+        return buffer.at[:, rows, target].set(gathered, mode="drop")
+
+    return KVCache(
+        keys=move(cache.keys),
+        values=move(cache.values),
+        lengths=tree_start + jnp.asarray(path_lengths, jnp.int32),
+    )
+
+
+def overflowed(cache: KVCache) -> jax.Array:
+    """[B] bool: rows whose appended tokens did not all fit in the cache (their writes were dropped)."""
+    return cache.lengths > cache.capacity

@@ -1,0 +1,262 @@
+"""The reference decoder-only transformer (GPT-2 architecture) as pure functions.
+
+Parameters are a plain dict of arrays; the blocks' parameters are stacked on a
+leading layer axis so that the forward pass is one ``lax.scan`` (fast to
+compile) and the first ``l`` layers are a slice (early-exit drafting)::
+
+    {"wte": [V, D], "wpe": [P, D],
+     "layers": {"ln_1": {"scale": [L, D], "bias": [L, D]},
+                "attn": {"qkv_kernel": [L, D, 3D], "qkv_bias": [L, 3D],
+                         "out_kernel": [L, D, D], "out_bias": [L, D]},
+                "ln_2": {"scale": [L, D], "bias": [L, D]},
+                "mlp": {"fc_kernel": [L, D, F], "fc_bias": [L, F],
+                        "proj_kernel": [L, F, D], "proj_bias": [L, D]}},
+     "ln_f": {"scale": [D], "bias": [D]}}
+
+Kernels are ``[in, out]`` like GPT-2's ``Conv1D`` weights; the output head is
+tied to ``wte``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from lookahead_jax import _checks
+from lookahead_jax.models.cache import KVCache
+from lookahead_jax.models.config import TransformerConfig
+
+Params = dict[str, Any]
+
+
+def init_params(config: TransformerConfig, key: jax.Array) -> Params:
+    """GPT-2 initialisation: N(0, 0.02) weights, residual projections scaled by 1/sqrt(2L)."""
+    d, f, n = config.d_model, config.hidden_dim, config.num_layers
+    keys = jax.random.split(key, 6)
+    std = 0.02
+    residual_std = std / (2 * n) ** 0.5
+
+    def normal(k: jax.Array, shape: tuple[int, ...], scale: float) -> jax.Array:
+        return scale * jax.random.normal(k, shape, jnp.float32)
+
+    def layer_norm(*lead: int) -> dict[str, jax.Array]:
+        return {"scale": jnp.ones((*lead, d)), "bias": jnp.zeros((*lead, d))}
+
+    return {
+        "wte": normal(keys[0], (config.vocab_size, d), std),
+        "wpe": normal(keys[1], (config.max_length, d), 0.01),
+        "layers": {
+            "ln_1": layer_norm(n),
+            "attn": {
+                "qkv_kernel": normal(keys[2], (n, d, 3 * d), std),
+                "qkv_bias": jnp.zeros((n, 3 * d)),
+                "out_kernel": normal(keys[3], (n, d, d), residual_std),
+                "out_bias": jnp.zeros((n, d)),
+            },
+            "ln_2": layer_norm(n),
+            "mlp": {
+                "fc_kernel": normal(keys[4], (n, d, f), std),
+                "fc_bias": jnp.zeros((n, f)),
+                "proj_kernel": normal(keys[5], (n, f, d), residual_std),
+                "proj_bias": jnp.zeros((n, d)),
+            },
+        },
+        "ln_f": layer_norm(),
+    }
+
+
+def param_shapes(config: TransformerConfig) -> Params:
+    """The shape of every parameter, as a pytree of ``jax.ShapeDtypeStruct``."""
+    return jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
+
+
+def layer_norm(params: dict[str, jax.Array], x: jax.Array, eps: float) -> jax.Array:
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+    return (x - mean) * lax.rsqrt(var + eps) * params["scale"] + params["bias"]
+
+
+def final_norm(config: TransformerConfig, params: Params, hidden: jax.Array) -> jax.Array:
+    """The final LayerNorm applied to residual-stream states ``[..., D]``."""
+    return layer_norm(params["ln_f"], hidden, config.layer_norm_eps)
+
+
+def logits_from_hidden(config: TransformerConfig, params: Params, hidden: jax.Array) -> jax.Array:
+    """Final LayerNorm then the tied output head: ``[..., D] -> [..., V]``.
+
+    Applied to ``hidden[l]`` from ``apply(..., return_hidden=True)`` it gives the
+    logits of an early exit after ``l`` blocks.
+    """
+    return final_norm(config, params, hidden) @ params["wte"].T
+
+
+def _attention(
+    config: TransformerConfig,
+    q: jax.Array,  # [B, S, H, Dh]
+    k_new: jax.Array,  # [B, S, H, Dh]
+    v_new: jax.Array,  # [B, S, H, Dh]
+    new_mask: jax.Array,  # [B, S, S] bool: query i sees new token j
+    k_prefix: jax.Array | None,  # [B, T, H, Dh] cache before this call
+    v_prefix: jax.Array | None,
+    prefix_mask: jax.Array | None,  # [B, T] bool: slot is committed
+) -> jax.Array:
+    scale = config.head_dim**-0.5
+    neg = jnp.finfo(q.dtype).min
+    scores = jnp.einsum("bihd,bjhd->bhij", q, k_new) * scale
+    scores = jnp.where(new_mask[:, None], scores, neg)
+    if k_prefix is not None:
+        prefix_scores = jnp.einsum("bihd,bthd->bhit", q, k_prefix) * scale
+        prefix_scores = jnp.where(prefix_mask[:, None, None, :], prefix_scores, neg)
+        scores = jnp.concatenate([prefix_scores, scores], axis=-1)
+        values = jnp.concatenate([v_prefix, v_new], axis=1)
+    else:
+        values = v_new
+    weights = jax.nn.softmax(scores, axis=-1)
+    return jnp.einsum("bhij,bjhd->bihd", weights, values)
+
+
+def _write(buffer: jax.Array, update: jax.Array, starts: jax.Array) -> jax.Array:
+    """Writes ``update [B, S, ...]`` into ``buffer [B, T, ...]`` at slot ``starts[b]`` per row.
+
+    Slots past the end are dropped (``cache.overflowed`` reports it) rather than
+    clamped, so an overflow can never overwrite committed entries.
+    """
+    num_new = update.shape[1]
+    slots = starts[:, None] + jnp.arange(num_new, dtype=starts.dtype)[None, :]
+    rows = jnp.arange(buffer.shape[0])[:, None]
+    return buffer.at[rows, slots].set(update, mode="drop")
+
+
+def _check_inputs(
+    config: TransformerConfig,
+    tokens: Any,
+    cache: KVCache | None,
+    tree_mask: Any,
+    positions: Any,
+) -> None:
+    _checks.check_integer("tokens", tokens)
+    _checks.check_rank("tokens", tokens, 2, "[batch, new_tokens]")
+    batch, num_new = jnp.shape(tokens)
+    if num_new == 0:
+        raise ValueError("`tokens` must hold at least one new token per row; got shape (B, 0).")
+    _checks.check_range("tokens", tokens, 0, config.vocab_size)
+    if tree_mask is not None:
+        _checks.check_bool("tree_mask", tree_mask)
+        _checks.check_shape("tree_mask", tree_mask, (batch, num_new, num_new), "[B, S, S]")
+    if positions is not None:
+        _checks.check_integer("positions", positions)
+        _checks.check_shape("positions", positions, (batch, num_new), "[B, S]")
+        _checks.check_range("positions", positions, 0, config.max_length)
+    if cache is None:
+        if num_new > config.max_length and positions is None:
+            raise ValueError(
+                f"`tokens` has {num_new} tokens per row but the model has only "
+                f"config.max_length={config.max_length} positions."
+            )
+        return
+    expected = (config.num_layers, batch, None, config.num_heads, config.head_dim)
+    _checks.check_shape("cache.keys", cache.keys, expected, "[L, B, T, H, Dh] matching config")
+    _checks.check_shape("cache.values", cache.values, expected, "[L, B, T, H, Dh] matching config")
+    _checks.check_shape("cache.lengths", cache.lengths, (batch,), "one length per row")
+    if num_new > cache.capacity:
+        raise ValueError(
+            f"`tokens` appends {num_new} tokens per row but the cache holds only "
+            f"{cache.capacity} slots."
+        )
+    lengths = _checks.concrete_value(cache.lengths)
+    if lengths is not None and lengths.size and int(lengths.max()) + num_new > cache.capacity:
+        raise ValueError(
+            f"appending {num_new} tokens would overflow the cache: a row holds "
+            f"{int(lengths.max())} of {cache.capacity} slots."
+        )
+
+
+def apply(
+    config: TransformerConfig,
+    params: Params,
+    tokens: jax.Array,
+    cache: KVCache | None = None,
+    *,
+    tree_mask: jax.Array | None = None,
+    positions: jax.Array | None = None,
+    return_hidden: bool = False,
+) -> tuple[jax.Array, KVCache | None] | tuple[jax.Array, KVCache | None, jax.Array]:
+    """Runs the transformer on ``S`` new tokens per row, appending them to the cache.
+
+    Args:
+      config: the model's configuration (static).
+      params: parameter pytree from ``init_params`` or a checkpoint.
+      tokens: [B, S] int, the new tokens. Row ``b`` is appended at its own length
+        ``cache.lengths[b]``, so rows may hold different lengths (ragged batches).
+      cache: a ``KVCache`` from ``init_cache``, or ``None`` for a cache-free forward
+        pass over ``tokens`` alone (training, scoring).
+      tree_mask: optional [B, S, S] bool; ``tree_mask[b, i, j]`` says new token ``i``
+        attends to new token ``j`` (its ancestors and itself). Every token always
+        sees the whole committed prefix and itself. Default: causal.
+      positions: optional [B, S] int position ids. Default: ``length + depth``, with
+        depth ``i`` for a chain and the number of ancestors under ``tree_mask``.
+      return_hidden: also return the residual stream after the embedding and after
+        every block.
+
+    Returns:
+      ``(logits [B, S, V], cache)``, the cache holding the new tokens with
+      ``lengths + S``; with ``return_hidden`` also ``hidden [L + 1, B, S, D]``
+      (``hidden[0]`` embeddings, ``hidden[l]`` after block ``l``, before the final
+      LayerNorm; ``logits_from_hidden`` turns any of them into logits).
+    """
+    _check_inputs(config, tokens, cache, tree_mask, positions)
+    batch, num_new = tokens.shape
+    causal = jnp.tril(jnp.ones((num_new, num_new), bool))
+    if tree_mask is None:
+        new_mask = jnp.broadcast_to(causal, (batch, num_new, num_new))
+        depth = jnp.broadcast_to(jnp.arange(num_new, dtype=jnp.int32), (batch, num_new))
+    else:
+        # A token always sees itself, so no softmax row is ever fully masked.
+        new_mask = jnp.logical_or(tree_mask, jnp.eye(num_new, dtype=bool))
+        depth = jnp.sum(new_mask, axis=-1, dtype=jnp.int32) - 1
+    if cache is None:
+        starts = jnp.zeros((batch,), jnp.int32)
+    else:
+        starts = cache.lengths.astype(jnp.int32)
+    if positions is None:
+        positions = starts[:, None] + depth
+    positions = jnp.clip(positions, 0, config.max_length - 1)
+
+    x = params["wte"][tokens] + params["wpe"][positions]
+    eps = config.layer_norm_eps
+    heads, head_dim = config.num_heads, config.head_dim
+    prefix_mask = None
+    if cache is not None:
+        prefix_mask = jnp.arange(cache.capacity)[None, :] < starts[:, None]
+
+    def block(x: jax.Array, layer: tuple[Params, jax.Array | None, jax.Array | None]):
+        p, k_cache, v_cache = layer
+        h = layer_norm(p["ln_1"], x, eps)
+        qkv = h @ p["attn"]["qkv_kernel"] + p["attn"]["qkv_bias"]
+        q, k, v = jnp.split(qkv.reshape(batch, num_new, 3 * heads, head_dim), 3, axis=2)
+        attended = _attention(config, q, k, v, new_mask, k_cache, v_cache, prefix_mask)
+        attended = attended.reshape(batch, num_new, heads * head_dim)
+        x = x + attended @ p["attn"]["out_kernel"] + p["attn"]["out_bias"]
+        h = layer_norm(p["ln_2"], x, eps)
+        h = jax.nn.gelu(h @ p["mlp"]["fc_kernel"] + p["mlp"]["fc_bias"], approximate=True)
+        x = x + h @ p["mlp"]["proj_kernel"] + p["mlp"]["proj_bias"]
+        if k_cache is None:
+            return x, (x, None, None)
+        return x, (x, _write(k_cache, k, starts), _write(v_cache, v, starts))
+
+    if cache is None:
+        xs = (params["layers"], None, None)
+    else:
+        xs = (params["layers"], cache.keys, cache.values)
+    x_final, (per_layer, new_keys, new_values) = lax.scan(block, x, xs)
+    logits = logits_from_hidden(config, params, x_final)
+    new_cache = None
+    if cache is not None:
+        new_cache = KVCache(new_keys, new_values, cache.lengths + num_new)
+    if return_hidden:
+        hidden = jnp.concatenate([x[None], per_layer], axis=0)
+        return logits, new_cache, hidden
+    return logits, new_cache

@@ -119,5 +119,5 @@ def keep_path(
 
 
 def overflowed(cache: KVCache) -> jax.Array:
-    """[B] bool: rows whose appended tokens did not all fit in the cache (their writes were dropped)."""
+    """[B] bool: rows whose appended tokens did not all fit (their writes were dropped)."""
     return cache.lengths > cache.capacity

@@ -217,10 +217,7 @@ def apply(
         # A token always sees itself, so no softmax row is ever fully masked.
         new_mask = jnp.logical_or(tree_mask, jnp.eye(num_new, dtype=bool))
         depth = jnp.sum(new_mask, axis=-1, dtype=jnp.int32) - 1
-    if cache is None:
-        starts = jnp.zeros((batch,), jnp.int32)
-    else:
-        starts = cache.lengths.astype(jnp.int32)
+    starts = jnp.zeros((batch,), jnp.int32) if cache is None else cache.lengths.astype(jnp.int32)
     if positions is None:
         positions = starts[:, None] + depth
     positions = jnp.clip(positions, 0, config.max_length - 1)

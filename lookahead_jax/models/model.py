@@ -1,0 +1,29 @@
+"""``Model``: a config and its parameters as one pytree, callable like ``apply``."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+
+from lookahead_jax.models.cache import KVCache
+from lookahead_jax.models.config import TransformerConfig
+from lookahead_jax.models.transformer import Params, apply
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """A transformer bundled with its parameters.
+
+    ``config`` is static (part of the pytree structure) and ``params`` are the
+    leaves, so a ``Model`` can be passed straight through ``jax.jit``, ``vmap``
+    and sharding, and drafting or decoding code can take "any model" as one value.
+    """
+
+    config: TransformerConfig = dataclasses.field(metadata={"static": True})
+    params: Params  # pytree of arrays, layout in transformer.py
+
+    def __call__(self, tokens: jax.Array, cache: KVCache | None = None, **kwargs):
+        """``apply(self.config, self.params, tokens, cache, **kwargs)``."""
+        return apply(self.config, self.params, tokens, cache, **kwargs)

@@ -1,0 +1,103 @@
+"""Mesh helpers shared by every pillar: one data-parallel axis over the available devices.
+
+Batch rows, particles and subjects are independent, so every pillar shards
+them the same way: a 1-D mesh named ``"batch"`` and a ``NamedSharding`` that
+splits one axis of each array over it. Computation then runs under ``jax.jit``
+and XLA keeps each row on its device; results equal the 1-device results
+(up to float reassociation inside XLA kernels, which tests bound).
+
+Multi-host pods: call :func:`initialize_distributed` once at the start of an
+experiment script (or set ``LOOKAHEAD_JAX_DISTRIBUTED=1``) before building a
+mesh; ``jax.devices()`` then spans every host and the same code runs unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+BATCH_AXIS = "batch"
+DISTRIBUTED_ENV = "LOOKAHEAD_JAX_DISTRIBUTED"
+
+
+def initialize_distributed(enabled: bool | None = None, **kwargs: Any) -> bool:
+    """Calls ``jax.distributed.initialize(**kwargs)`` when asked; returns whether it did.
+
+    Args:
+      enabled: ``True`` to initialise, ``False`` not to; ``None`` (default) reads the
+        environment variable ``LOOKAHEAD_JAX_DISTRIBUTED`` (``1``/``true`` switch it on),
+        so one experiment script runs on a laptop and on a multi-host pod.
+      **kwargs: forwarded to ``jax.distributed.initialize`` (coordinator address,
+        process count and id); on managed TPU/GPU clusters none are needed.
+    """
+    if enabled is None:
+        enabled = os.environ.get(DISTRIBUTED_ENV, "").strip().lower() in ("1", "true", "yes")
+    if enabled:
+        jax.distributed.initialize(**kwargs)
+    return bool(enabled)
+
+
+def make_mesh(num_devices: int | None = None, axis_name: str = BATCH_AXIS) -> Mesh:
+    """A 1-D mesh over the first ``num_devices`` devices (default: all of them)."""
+    devices = jax.devices()
+    if num_devices is None:
+        num_devices = len(devices)
+    if not isinstance(num_devices, int) or not 1 <= num_devices <= len(devices):
+        raise ValueError(
+            f"`num_devices` must be an int in [1, {len(devices)}] (the available devices); "
+            f"got {num_devices!r}."
+        )
+    return Mesh(np.asarray(devices[:num_devices]), (axis_name,))
+
+
+def axis_sharding(mesh: Mesh, ndim: int, axis: int | None) -> NamedSharding:
+    """Sharding of a rank-``ndim`` array split along ``axis`` (``None``: replicated)."""
+    if axis is None:
+        return NamedSharding(mesh, PartitionSpec())
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"`axis` must index an array of rank {ndim}; got {axis}.")
+    spec = [None] * ndim
+    spec[axis % ndim] = mesh.axis_names[0]
+    return NamedSharding(mesh, PartitionSpec(*spec))
+
+
+def shard(tree: Any, mesh: Mesh, axes: Any = 0) -> Any:
+    """Places every array of ``tree`` on ``mesh``, split along its batch axis.
+
+    Args:
+      tree: a pytree of arrays.
+      mesh: from :func:`make_mesh`.
+      axes: the batch axis of each leaf: an int for all leaves, or a pytree prefix
+        of ``tree`` holding ints (or ``None`` to replicate), e.g.
+        ``models.KVCache(keys=1, values=1, lengths=0)`` for a KV cache.
+    Raises:
+      ValueError: when a batch axis is not divisible by the number of devices.
+    """
+    size = mesh.devices.size
+
+    def place(axis: int | None, leaf: Any) -> Any:
+        leaf = jax.numpy.asarray(leaf)
+        if axis is not None and leaf.shape[axis] % size:
+            raise ValueError(
+                f"the batch axis {axis} of an array of shape {leaf.shape} must be divisible "
+                f"by the {size} devices of the mesh."
+            )
+        return jax.device_put(leaf, axis_sharding(mesh, leaf.ndim, axis))
+
+    if isinstance(axes, int) or axes is None:
+        return jax.tree.map(lambda leaf: place(axes, leaf), tree)
+    return jax.tree.map(
+        lambda axis, subtree: jax.tree.map(lambda leaf: place(axis, leaf), subtree),
+        axes,
+        tree,
+        is_leaf=lambda x: x is None,
+    )
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Places every array of ``tree`` on every device of ``mesh`` (parameters, tables)."""
+    return shard(tree, mesh, axes=None)

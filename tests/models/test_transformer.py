@@ -1,0 +1,234 @@
+"""The reference transformer: cache exactness, ragged rows, tree masks, errors, retracing."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lookahead_jax import models
+
+CONFIG = models.TransformerConfig(
+    vocab_size=48, num_layers=2, num_heads=2, d_model=16, max_length=40
+)
+CAPACITY = 24
+
+
+@pytest.fixture(scope="module")
+def params():
+    params = models.init_params(CONFIG, jax.random.key(0))
+    # Non-trivial LayerNorms and biases, so a wrong wiring cannot hide behind zeros/ones.
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    leaves = [x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
+    return jax.tree.unflatten(treedef, leaves)
+
+
+@functools.partial(jax.jit, static_argnames=("return_hidden",))
+def full_forward(params, tokens, return_hidden=False):
+    return models.apply(CONFIG, params, tokens, return_hidden=return_hidden)
+
+
+@jax.jit
+def cached_step(params, tokens, cache):
+    return models.apply(CONFIG, params, tokens, cache)
+
+
+@jax.jit
+def tree_step(params, tokens, cache, tree_mask):
+    return models.apply(CONFIG, params, tokens, cache, tree_mask=tree_mask)
+
+
+def random_tokens(seed, shape):
+    return jax.random.randint(jax.random.key(seed), shape, 0, CONFIG.vocab_size, jnp.int32)
+
+
+def test_incremental_decoding_matches_full_forward(params):
+    tokens = random_tokens(2, (3, 12))
+    full_logits, _ = full_forward(params, tokens)
+    cache = models.init_cache(CONFIG, 3, CAPACITY)
+    pieces = []
+    for start, stop in [(0, 5), (5, 6), (6, 9), (9, 10), (10, 12)]:
+        logits, cache = cached_step(params, tokens[:, start:stop], cache)
+        pieces.append(logits)
+    np.testing.assert_allclose(jnp.concatenate(pieces, axis=1), full_logits, atol=2e-5, rtol=0)
+    np.testing.assert_array_equal(cache.lengths, [12, 12, 12])
+
+
+def test_hidden_states_end_in_logits(params):
+    tokens = random_tokens(3, (2, 7))
+    logits, _, hidden = full_forward(params, tokens, return_hidden=True)
+    chex.assert_shape(hidden, (CONFIG.num_layers + 1, 2, 7, CONFIG.d_model))
+    np.testing.assert_allclose(
+        models.logits_from_hidden(CONFIG, params, hidden[-1]), logits, atol=1e-5, rtol=0
+    )
+
+
+def test_ragged_rows_match_rows_run_alone(params):
+    prompt_lengths = np.array([3, 9, 6])
+    tokens = random_tokens(4, (3, 9))
+    continuation = random_tokens(5, (3, 4))
+    # Prefill the padded batch, rewind each row to its own length, then decode on.
+    cache = models.init_cache(CONFIG, 3, CAPACITY)
+    prefill_logits, cache = cached_step(params, tokens, cache)
+    cache = models.rewind(cache, jnp.asarray(prompt_lengths, jnp.int32))
+    step_logits, cache = cached_step(params, continuation, cache)
+    np.testing.assert_array_equal(cache.lengths, prompt_lengths + 4)
+    for row, length in enumerate(prompt_lengths):
+        alone = jnp.concatenate([tokens[row : row + 1, :length], continuation[row : row + 1]], 1)
+        alone_logits, _ = full_forward(params, alone)
+        np.testing.assert_allclose(
+            prefill_logits[row, :length], alone_logits[0, :length], atol=2e-5, rtol=0
+        )
+        np.testing.assert_allclose(step_logits[row], alone_logits[0, length:], atol=2e-5, rtol=0)
+
+
+def random_tree(rng, num_nodes):
+    """Parents of a random tree in topological order (parent index < node index, -1 = root)."""
+    parents = [-1] + [int(rng.integers(0, node)) for node in range(1, num_nodes)]
+    return np.array(parents)
+
+
+def ancestor_mask(parents):
+    n = len(parents)
+    mask = np.zeros((n, n), bool)
+    for node in range(n):
+        walk = node
+        while walk >= 0:
+            mask[node, walk] = True
+            walk = parents[walk]
+    return mask
+
+
+def root_path(parents, node):
+    path = []
+    while node >= 0:
+        path.append(node)
+        node = parents[node]
+    return path[::-1]
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 2**16), num_nodes=st.integers(2, 8))
+def test_tree_mask_logits_equal_path_logits(params, seed, num_nodes):
+    rng = np.random.default_rng(seed)
+    batch = 2
+    prefix_lengths = np.array([4, 7])
+    parents = [random_tree(rng, num_nodes) for _ in range(batch)]
+    mask = jnp.asarray(np.stack([ancestor_mask(p) for p in parents]))
+    prefix = jnp.asarray(rng.integers(0, CONFIG.vocab_size, (batch, 7)), jnp.int32)
+    nodes = jnp.asarray(rng.integers(0, CONFIG.vocab_size, (batch, num_nodes)), jnp.int32)
+    cache = models.init_cache(CONFIG, batch, CAPACITY)
+    _, cache = cached_step(params, prefix, cache)
+    cache = models.rewind(cache, jnp.asarray(prefix_lengths, jnp.int32))
+    tree_logits, tree_cache = tree_step(params, nodes, cache, mask)
+    for row in range(batch):
+        for node in range(num_nodes):
+            path = root_path(parents[row], node)
+            sequence = jnp.concatenate(
+                [prefix[row, : prefix_lengths[row]], nodes[row, jnp.asarray(path)]]
+            )[None]
+            path_logits, _ = full_forward(params, sequence)
+            np.testing.assert_allclose(tree_logits[row, node], path_logits[0, -1], atol=2e-5)
+
+    # Keeping one root-to-leaf path leaves a cache equal to decoding that path as a chain.
+    leaf = [num_nodes - 1, int(rng.integers(0, num_nodes))]
+    paths = [root_path(parents[row], leaf[row]) for row in range(batch)]
+    path_array = np.zeros((batch, num_nodes), np.int32)
+    for row, path in enumerate(paths):
+        path_array[row, : len(path)] = path
+    path_lengths = jnp.asarray([len(p) for p in paths], jnp.int32)
+    kept = models.keep_path(
+        tree_cache, jnp.asarray(prefix_lengths, jnp.int32), jnp.asarray(path_array), path_lengths
+    )
+    np.testing.assert_array_equal(kept.lengths, prefix_lengths + np.array([len(p) for p in paths]))
+    probe = random_tokens(seed + 1, (batch, 1))
+    probe_logits, _ = cached_step(params, probe, kept)
+    for row in range(batch):
+        sequence = jnp.concatenate(
+            [prefix[row, : prefix_lengths[row]], nodes[row, jnp.asarray(paths[row])], probe[row]]
+        )[None]
+        chain_logits, _ = full_forward(params, sequence)
+        np.testing.assert_allclose(probe_logits[row, 0], chain_logits[0, -1], atol=2e-5)
+
+
+def test_chain_tree_mask_equals_causal(params):
+    tokens = random_tokens(6, (2, 5))
+    cache = models.init_cache(CONFIG, 2, CAPACITY)
+    chain = jnp.broadcast_to(jnp.tril(jnp.ones((5, 5), bool)), (2, 5, 5))
+    tree_logits, _ = tree_step(params, tokens, cache, chain)
+    causal_logits, _ = cached_step(params, tokens, cache)
+    np.testing.assert_allclose(tree_logits, causal_logits, atol=1e-6)
+
+
+def test_cached_step_compiles_once_per_shape(params):
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def step(params, tokens, cache):
+        return models.apply(CONFIG, params, tokens, cache)
+
+    cache = models.init_cache(CONFIG, 2, CAPACITY)
+    for seed in range(4):
+        _, cache = step(params, random_tokens(seed, (2, 1)), cache)
+    np.testing.assert_array_equal(cache.lengths, [4, 4])
+
+
+def test_overflow_inside_jit_is_dropped_and_reported(params):
+    cache = models.init_cache(CONFIG, 2, 4)
+    cache = cache._replace(lengths=jnp.array([1, 3], jnp.int32))
+    _, new_cache = cached_step(params, random_tokens(7, (2, 2)), cache)
+    np.testing.assert_array_equal(models.overflowed(new_cache), [False, True])
+    # Slot 3 of row 1 was written; nothing wrapped around into committed slots.
+    np.testing.assert_array_equal(new_cache.keys[:, 1, :3], cache.keys[:, 1, :3])
+
+
+@pytest.mark.parametrize(
+    ("make_call", "match"),
+    [
+        (lambda p, c: models.apply(CONFIG, p, jnp.zeros((2, 3), jnp.float32), c), "integers"),
+        (lambda p, c: models.apply(CONFIG, p, jnp.zeros((3,), jnp.int32), c), "rank 2"),
+        (lambda p, c: models.apply(CONFIG, p, jnp.full((2, 3), 48, jnp.int32), c), r"\[0, 48\)"),
+        (lambda p, c: models.apply(CONFIG, p, jnp.zeros((3, 3), jnp.int32), c), "cache.keys"),
+        (lambda p, c: models.apply(CONFIG, p, jnp.zeros((2, 30), jnp.int32), c), "slots"),
+        (
+            lambda p, c: models.apply(
+                CONFIG, p, jnp.zeros((2, 3), jnp.int32), c._replace(lengths=jnp.array([0, 22]))
+            ),
+            "overflow",
+        ),
+        (
+            lambda p, c: models.apply(
+                CONFIG, p, jnp.zeros((2, 3), jnp.int32), c, tree_mask=jnp.ones((2, 3, 3))
+            ),
+            "boolean",
+        ),
+        (
+            lambda p, c: models.apply(
+                CONFIG, p, jnp.zeros((2, 3), jnp.int32), c, positions=jnp.zeros((2, 2), jnp.int32)
+            ),
+            "positions",
+        ),
+        (lambda p, c: models.init_cache(CONFIG, 2, 41), "max_length"),
+        (lambda p, c: models.TransformerConfig(d_model=10, num_heads=4), "num_heads"),
+    ],
+)
+def test_bad_input_raises_clear_value_error(params, make_call, match):
+    cache = models.init_cache(CONFIG, 2, CAPACITY)
+    with pytest.raises(ValueError, match=match):
+        make_call(params, cache)
+
+
+def test_bad_input_raises_at_trace_time_under_jit(params):
+    cache = models.init_cache(CONFIG, 2, CAPACITY)
+    with pytest.raises(ValueError, match="integers"):
+        cached_step(params, jnp.zeros((2, 3), jnp.float32), cache)
+
+
+def test_num_params_matches_pytree():
+    for config in [CONFIG, models.TransformerConfig(mlp_dim=100)]:
+        counted = sum(x.size for x in jax.tree.leaves(models.param_shapes(config)))
+        assert counted == config.num_params()

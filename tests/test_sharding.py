@@ -1,6 +1,5 @@
 """Mesh helpers: placement, divisibility errors, the distributed switch."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

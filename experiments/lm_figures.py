@@ -1,0 +1,161 @@
+"""The foundation's figures: held-out bits per byte, draft/target agreement, greedy tokens/s.
+
+Usage::
+
+    python experiments/lm_figures.py --config=configs/lm_figures.py \\
+        [--config.repeats=5] [--config.peer=False]
+
+Greedy decoding speed is measured side by side in one run: our compiled
+``generate`` (one ``lax.while_loop``, compile time excluded) and HuggingFace
+transformers' ``generate`` (torch, CPU, ``do_sample=False``, KV cache) on the same
+weights and the same prompts. The peer runs batch 1 only: a ragged batch in
+transformers needs left padding, which changes position ids and so the output.
+Both outputs are checked token for token. Writes ``figures.json`` and
+``figures.png`` to ``config.output_dir``.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import os
+import pathlib
+import statistics
+import time
+
+import jax
+import numpy as np
+from absl import app
+from ml_collections import config_flags
+from tqdm import tqdm
+
+from lookahead_jax import data, models
+from lookahead_jax.decoding import generate
+
+_CONFIG = config_flags.DEFINE_config_file("config", default="configs/lm_figures.py")
+
+
+def time_ours(model, prompts, lengths, max_new_tokens, repeats):
+    run = jax.jit(
+        lambda m, p, n: generate(m, p, n, jax.random.key(0), max_new_tokens=max_new_tokens)
+    )
+    out = jax.block_until_ready(run(model, prompts, lengths))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = jax.block_until_ready(run(model, prompts, lengths))
+        times.append(time.perf_counter() - start)
+    return times, out
+
+
+def time_peer(directory, prompt, max_new_tokens, repeats):
+    """HF transformers greedy generation of one prompt; returns (times, new tokens)."""
+    import torch
+    import transformers
+
+    model = transformers.GPT2LMHeadModel.from_pretrained(directory).eval()
+    inputs = torch.tensor(prompt[None], dtype=torch.long)
+    kwargs = dict(
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=max_new_tokens,
+        do_sample=False,
+        use_cache=True,
+        pad_token_id=0,
+        attention_mask=torch.ones_like(inputs),
+    )
+    with torch.inference_mode():
+        out = model.generate(inputs, **kwargs)  # warm-up
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            out = model.generate(inputs, **kwargs)
+            times.append(time.perf_counter() - start)
+    return times, out[0, len(prompt) :].numpy()
+
+
+def main(argv):
+    del argv
+    config = _CONFIG.value
+    out_dir = pathlib.Path(config.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    loaded = {name: models.Model(*models.load_pretrained(name)) for name in config.models}
+    windows = data.eval_windows(
+        data.load_corpus("heldout"), config.eval_seq_len, config.eval_max_windows or None
+    )
+    figures = {
+        "jax_version": jax.__version__,
+        "backend": jax.default_backend(),
+        "heldout_windows": len(windows),
+        "heldout_window_bytes": int(windows.shape[1]),
+        "models": {},
+    }
+    for name, model in loaded.items():
+        bpb = models.bits_per_byte(model, windows)
+        figures["models"][name] = {
+            "params": model.config.num_params(),
+            "heldout_bits_per_byte": bpb,
+        }
+        print(f"{name}: {model.config.num_params():,} params, held-out {bpb:.4f} bits/byte")
+    if "tiny-target" in loaded and "tiny-draft" in loaded:
+        agreement = models.greedy_agreement(loaded["tiny-draft"], loaded["tiny-target"], windows)
+        figures["greedy_agreement_draft_target"] = agreement
+        print(f"draft/target greedy next-byte agreement on held-out text: {agreement:.2%}")
+
+    speed = figures["speed"] = []
+    jobs = [(name, batch) for name in loaded for batch in config.batch_sizes]
+    for name, batch in tqdm(jobs, desc="greedy decoding"):
+        prompts, lengths = data.heldout_prompts(batch, config.prompt_length, seed=config.seed)
+        times, out = time_ours(
+            loaded[name], prompts, lengths, config.max_new_tokens, config.repeats
+        )
+        new = int(np.sum(out.num_generated))
+        row = {
+            "model": name,
+            "batch": batch,
+            "new_tokens": new,
+            "ours_seconds_median": statistics.median(times),
+            "ours_tokens_per_s": new / statistics.median(times),
+        }
+        if config.peer and batch == 1:
+            directory = importlib.resources.files("lookahead_jax.models") / "pretrained" / name
+            peer_times, peer_tokens = time_peer(
+                directory, prompts[0, : lengths[0]], config.max_new_tokens, config.repeats
+            )
+            ours_tokens = np.asarray(out.tokens[0, lengths[0] : out.lengths[0]])
+            row["peer"] = "transformers " + __import__("transformers").__version__
+            row["peer_seconds_median"] = statistics.median(peer_times)
+            row["peer_tokens_per_s"] = config.max_new_tokens / statistics.median(peer_times)
+            row["speedup_vs_peer"] = row["ours_tokens_per_s"] / row["peer_tokens_per_s"]
+            row["same_tokens_as_peer"] = bool(np.array_equal(ours_tokens, peer_tokens))
+        speed.append(row)
+        tqdm.write(json.dumps(row))
+
+    with open(out_dir / "figures.json", "w") as f:
+        json.dump(figures, f, indent=2)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    labels = [f"{r['model']}\nbatch {r['batch']}" for r in speed]
+    ax.bar(
+        np.arange(len(speed)) - 0.2,
+        [r["ours_tokens_per_s"] for r in speed],
+        0.4,
+        label="lookahead_jax",
+    )
+    peer = [r.get("peer_tokens_per_s", 0.0) for r in speed]
+    ax.bar(np.arange(len(speed)) + 0.2, peer, 0.4, label="transformers (batch 1)")
+    ax.set_xticks(np.arange(len(speed)), labels)
+    ax.set_ylabel("greedy tokens/s (median)")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "figures.png", dpi=120)
+    print(f"wrote {out_dir / 'figures.json'} and {out_dir / 'figures.png'}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    app.run(main)

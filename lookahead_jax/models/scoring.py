@@ -1,0 +1,61 @@
+"""Scoring text with a model: next-token log-likelihood, bits per byte, greedy agreement."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lookahead_jax import _checks
+from lookahead_jax.models.model import Model
+
+
+@jax.jit
+def next_token_nll(model: Model, tokens: jax.Array) -> jax.Array:
+    """NLL in nats of ``tokens[:, 1:]`` given their prefixes: [B, S] -> [B, S - 1]."""
+    logits, _ = model(tokens)
+    log_probs = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+    return -jnp.take_along_axis(log_probs, tokens[:, 1:, None], axis=-1)[..., 0]
+
+
+@jax.jit
+def greedy_predictions(model: Model, tokens: jax.Array) -> jax.Array:
+    """The argmax next token after every prefix: [B, S] -> [B, S] int32."""
+    logits, _ = model(tokens)
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+
+def _batches(windows: np.ndarray, batch_size: int):
+    _checks.check_rank("windows", windows, 2, "[num_windows, window_length]")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive int; got {batch_size!r}.")
+    for start in range(0, len(windows), batch_size):
+        yield jnp.asarray(windows[start : start + batch_size], jnp.int32)
+
+
+def bits_per_byte(model: Model, windows: np.ndarray, batch_size: int = 32) -> float:
+    """Mean next-byte cross-entropy in bits over ``windows [N, S]`` (first byte: context only)."""
+    total, count = 0.0, 0
+    for batch in _batches(windows, batch_size):
+        nll = next_token_nll(model, batch)
+        total += float(jnp.sum(nll))
+        count += nll.size
+    return total / count / math.log(2)
+
+
+def greedy_agreement(
+    draft: Model, target: Model, windows: np.ndarray, batch_size: int = 32
+) -> float:
+    """Fraction of positions of ``windows [N, S]`` where draft and target argmaxes agree.
+
+    Under greedy verification this is the probability that one drafted token is
+    accepted, given the same prefix: it predicts speculative acceptance.
+    """
+    same, count = 0, 0
+    for batch in _batches(windows, batch_size):
+        agree = greedy_predictions(draft, batch) == greedy_predictions(target, batch)
+        same += int(jnp.sum(agree))
+        count += agree.size
+    return same / count

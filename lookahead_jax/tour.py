@@ -1,0 +1,114 @@
+"""``lookahead-jax tour``: what the library does, on the shipped models and data alone.
+
+Each pillar adds a section: a function ``(args) -> dict`` that prints as it goes
+and returns its figures; the tour prints them and, with ``--json``, saves them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+from lookahead_jax import data, models
+from lookahead_jax.decoding import generate
+
+
+def _decode(tokens: np.ndarray) -> str:
+    return bytes(int(t) for t in tokens).decode("utf-8", errors="replace")
+
+
+def _timed_generate(model: models.Model, prompts, lengths, max_new_tokens: int, repeats: int):
+    """Median wall time of a compiled greedy generation (compile excluded), and its output."""
+    run = jax.jit(
+        lambda m, p, n: generate(m, p, n, jax.random.key(0), max_new_tokens=max_new_tokens)
+    )
+    out = jax.block_until_ready(run(model, prompts, lengths))  # compile + warm up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = jax.block_until_ready(run(model, prompts, lengths))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), out
+
+
+def models_section(args: argparse.Namespace) -> dict[str, Any]:
+    """Load both shipped models, score held-out text, generate from held-out prompts."""
+    print("== Models: the shipped byte-level GPT-2s ==")
+    loaded = {
+        name: models.Model(*models.load_pretrained(name)) for name in ("tiny-target", "tiny-draft")
+    }
+    for name, model in loaded.items():
+        c = model.config
+        print(
+            f"{name:12s} {c.num_params() / 1e6:5.2f}M params  layers={c.num_layers} "
+            f"d_model={c.d_model} heads={c.num_heads} positions={c.max_length}"
+        )
+    windows = data.eval_windows(data.load_corpus("heldout"), 128, max_windows=args.eval_windows)
+    figures: dict[str, Any] = {"models": {}}
+    for name, model in loaded.items():
+        bpb = models.bits_per_byte(model, windows)
+        figures["models"][name] = {
+            "params": model.config.num_params(),
+            "heldout_bits_per_byte": bpb,
+        }
+        print(f"{name:12s} held-out bits/byte: {bpb:.3f}  ({len(windows)} windows of 128 bytes)")
+    agreement = models.greedy_agreement(loaded["tiny-draft"], loaded["tiny-target"], windows)
+    figures["greedy_agreement"] = agreement
+    print(
+        f"draft/target greedy next-byte agreement: {agreement:.1%} "
+        "(predicts speculative acceptance)"
+    )
+
+    prompts, lengths = data.heldout_prompts(args.num_prompts, args.prompt_length, seed=args.seed)
+    print(
+        f"\nGreedy generation: {args.num_prompts} ragged held-out prompts, "
+        f"{args.max_new_tokens} new bytes each, one compiled while_loop"
+    )
+    for name, model in loaded.items():
+        seconds, out = _timed_generate(model, prompts, lengths, args.max_new_tokens, args.repeats)
+        new_tokens = int(np.sum(out.num_generated))
+        rate = new_tokens / seconds
+        figures["models"][name]["greedy_tokens_per_s"] = rate
+        print(
+            f"{name:12s} {rate:8.0f} tokens/s  (median of {args.repeats}, batch {args.num_prompts})"
+        )
+        if name == "tiny-target":
+            row_len = int(lengths[0])
+            print(f"  prompt: {_decode(prompts[0, :row_len])!r}")
+            print(f"  output: {_decode(out.tokens[0, row_len : int(out.lengths[0])])!r}")
+    return figures
+
+
+SECTIONS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "models": models_section,
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sections", nargs="*", default=list(SECTIONS), choices=list(SECTIONS))
+    parser.add_argument("--num-prompts", type=int, default=4)
+    parser.add_argument("--prompt-length", type=int, default=48)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--eval-windows", type=int, default=64, help="held-out windows scored")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs (median reported)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default=None, help="write the figures to this JSON file")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    start = time.perf_counter()
+    print(f"lookahead_jax tour on {jax.device_count()} {jax.default_backend()} device(s)\n")
+    figures = {name: SECTIONS[name](args) for name in args.sections}
+    figures["wall_seconds"] = time.perf_counter() - start
+    print(f"\nTour finished in {figures['wall_seconds']:.1f} s.")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=2)
+    return figures

@@ -1,0 +1,54 @@
+"""Every notebook runs end to end with small parameters, and its .ipynb matches its .py."""
+
+import pathlib
+
+import pytest
+
+jupytext = pytest.importorskip("jupytext")
+nbclient = pytest.importorskip("nbclient")
+nbformat = pytest.importorskip("nbformat")
+
+COLABS = pathlib.Path(__file__).resolve().parents[2] / "colabs"
+NOTEBOOKS = sorted(COLABS.glob("*.py"))
+
+# Small parameters injected after each notebook's "parameters" cell.
+SMALL = {
+    "00_quickstart": "NUM_PROMPTS = 2\nPROMPT_LENGTH = 24\nMAX_NEW_TOKENS = 8",
+}
+
+
+def test_every_notebook_has_small_parameters():
+    assert {path.stem for path in NOTEBOOKS} == set(SMALL)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_ipynb_in_sync_with_py(path):
+    paired = path.with_suffix(".ipynb")
+    assert paired.exists(), f"{paired.name} is missing: run `jupytext --to ipynb {path}`"
+    source = jupytext.read(path)
+    stored = nbformat.read(paired, as_version=4)
+    assert [c.source for c in stored.cells] == [c.source for c in source.cells], (
+        f"{paired.name} is out of sync: run `jupytext --to ipynb {path}`"
+    )
+    assert all(not c.get("outputs") for c in stored.cells if c.cell_type == "code")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs(path, tmp_path):
+    notebook = jupytext.read(path)
+    index = next(
+        i for i, c in enumerate(notebook.cells) if "parameters" in c.metadata.get("tags", [])
+    )
+    notebook.cells.insert(index + 1, nbformat.v4.new_code_cell(SMALL[path.stem]))
+    client = nbclient.NotebookClient(
+        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": tmp_path}}
+    )
+    client.execute()
+    errors = [
+        output
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.get("outputs", [])
+        if output.get("output_type") == "error"
+    ]
+    assert not errors

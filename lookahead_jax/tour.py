@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from lookahead_jax import data, models
+from lookahead_jax import data, drafting, models
 from lookahead_jax.decoding import generate
 
 
@@ -86,8 +86,60 @@ def models_section(args: argparse.Namespace) -> dict[str, Any]:
     return figures
 
 
+def speculative_section(args: argparse.Namespace) -> dict[str, Any]:
+    """Greedy speculative decoding with the draft model and prompt lookup vs plain greedy."""
+    print("\n== Speculative decoding: same tokens as greedy, fewer target calls ==")
+    target = models.Model(*models.load_pretrained("tiny-target"))
+    draft = models.Model(*models.load_pretrained("tiny-draft"))
+    prompts, lengths = data.heldout_prompts(1, args.prompt_length, seed=args.seed)
+    rows = {}
+    for name, drafter_fn, k in [
+        ("autoregressive", None, 0),
+        ("draft model K=4", lambda: drafting.draft_model(draft), 4),
+        ("prompt lookup K=4", lambda: drafting.prompt_lookup(256), 4),
+    ]:
+
+        def run(t, p, n, drafter_fn=drafter_fn, k=k):
+            drafter = drafter_fn() if drafter_fn else None
+            return generate(
+                t,
+                p,
+                n,
+                jax.random.key(0),
+                max_new_tokens=args.max_new_tokens,
+                drafter=drafter,
+                max_draft_tokens=k,
+            )
+
+        fn = jax.jit(run)
+        out = jax.block_until_ready(fn(target, prompts, lengths))
+        times = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            out = jax.block_until_ready(fn(target, prompts, lengths))
+            times.append(time.perf_counter() - start)
+        generated = int(out.num_generated[0])
+        rows[name] = {
+            "tokens_per_s": generated / statistics.median(times),
+            "target_calls_per_token": int(out.stats.target_calls[0]) / generated,
+            "acceptance_rate": int(out.stats.accepted[0]) / max(1, int(out.stats.drafted[0])),
+            "tokens": np.asarray(out.tokens[0]),
+        }
+    greedy_tokens = rows["autoregressive"]["tokens"]
+    for name, row in rows.items():
+        row["same_as_greedy"] = bool(np.array_equal(row.pop("tokens"), greedy_tokens))
+        row["speedup"] = row["tokens_per_s"] / rows["autoregressive"]["tokens_per_s"]
+        print(
+            f"{name:18s} {row['tokens_per_s']:7.0f} tokens/s  x{row['speedup']:.2f}  "
+            f"target calls/token {row['target_calls_per_token']:.2f}  "
+            f"acceptance {row['acceptance_rate']:.0%}  same as greedy: {row['same_as_greedy']}"
+        )
+    return rows
+
+
 SECTIONS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "models": models_section,
+    "speculative": speculative_section,
 }
 
 

@@ -1,12 +1,21 @@
-"""Autoregressive generation as one ``lax.while_loop``: ragged prompts, per-row EOS and budget.
+"""Autoregressive and speculative generation, each one ``lax.while_loop``.
 
-Speculative decoding (drafters and verifiers) extends this loop; the
-``Generation`` result and its per-row statistics are shared by both.
+Ragged prompt batches, per-row EOS and budget, greedy / temperature / top-k /
+top-p sampling. Without a drafter every round emits one token (plain
+autoregressive decoding); with a drafter every round drafts up to K tokens,
+verifies them in one target pass over K + 1 positions, and emits the accepted
+drafts plus one target token.
+
+Invariants kept per row (``L`` = committed tokens, prompt included):
+  * the output buffer holds the L committed tokens;
+  * the target cache holds the first ``L - 1`` (the last token is fed next);
+  * rows never wait for each other: each writes at its own length.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +23,14 @@ from jax import lax
 
 from lookahead_jax import _checks
 from lookahead_jax import models as _models
-from lookahead_jax.sampling import Sampling, sample
+from lookahead_jax.drafting.base import Draft, Drafter
+from lookahead_jax.drafting.controllers import Controller, constant
+from lookahead_jax.sampling import Sampling, log_probs, sample
+from lookahead_jax.verification import Verified, greedy, speculative_sampling
+
+VERIFIERS = ("greedy", "speculative_sampling")
+# (key, draft_tokens [B, K], draft_probs [B, K, V], target_probs [B, K + 1, V], num_draft [B])
+Verifier = Callable[..., Verified]
 
 
 class GenerationStats(NamedTuple):
@@ -25,6 +41,7 @@ class GenerationStats(NamedTuple):
     )  # [B] int32, target forward passes that advanced this row (incl. prefill)
     drafted: jax.Array  # [B] int32, draft tokens proposed to the target (0 without a drafter)
     accepted: jax.Array  # [B] int32, draft tokens the target accepted
+    accept_histogram: jax.Array  # [B, K + 1] int32, rounds that accepted 0..K drafts
 
 
 class Generation(NamedTuple):
@@ -38,15 +55,17 @@ class Generation(NamedTuple):
 
 class _LoopState(NamedTuple):
     tokens: jax.Array  # [B, W] int32 output buffer
-    lengths: jax.Array  # [B] int32 tokens written per row
-    last_token: jax.Array  # [B] int32 most recent token, fed to the model next
-    cache: _models.KVCache
+    lengths: jax.Array  # [B] int32 committed tokens per row
+    target_cache: _models.KVCache  # holds lengths - 1 tokens per row
+    drafter_state: Any
+    controller_state: Any
     finished: jax.Array  # [B] bool
     key: jax.Array  # PRNG key
-    target_calls: jax.Array  # [B] int32
+    stats: GenerationStats
 
 
-def _check_prompt(config: _models.TransformerConfig, prompt, prompt_lengths, max_new_tokens):
+def _check_inputs(target, prompt, prompt_lengths, max_new_tokens, drafter, max_draft_tokens):
+    config = target.config
     _checks.check_integer("prompt", prompt)
     _checks.check_rank("prompt", prompt, 2, "[batch, max_prompt_length]")
     _checks.check_range("prompt", prompt, 0, config.vocab_size)
@@ -56,11 +75,39 @@ def _check_prompt(config: _models.TransformerConfig, prompt, prompt_lengths, max
     _checks.check_range("prompt_lengths", prompt_lengths, 1, width + 1)
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"`max_new_tokens` must be a positive int; got {max_new_tokens!r}.")
-    if width + max_new_tokens > config.max_length:
+    if not isinstance(max_draft_tokens, int) or max_draft_tokens < 0:
+        raise ValueError(f"`max_draft_tokens` must be an int >= 0; got {max_draft_tokens!r}.")
+    if drafter is not None and drafter.vocab_size != config.vocab_size:
         raise ValueError(
-            f"prompt width {width} + `max_new_tokens` {max_new_tokens} exceeds the model's "
-            f"config.max_length={config.max_length} positions."
+            f"the drafter's vocabulary ({drafter.vocab_size}) must equal the target's "
+            f"({config.vocab_size})."
         )
+    lookahead = max_draft_tokens if drafter is not None else 0
+    if width + max_new_tokens + lookahead > config.max_length:
+        raise ValueError(
+            f"prompt width {width} + `max_new_tokens` {max_new_tokens}"
+            + (f" + `max_draft_tokens` {lookahead}" if lookahead else "")
+            + f" exceeds the target's config.max_length={config.max_length} positions "
+            "(the prompts do not fit the cache)."
+        )
+
+
+def _resolve_verifier(verifier: str | Verifier | None, sampling: Sampling) -> Verifier | str:
+    if verifier is None:
+        return "greedy" if sampling.greedy else "speculative_sampling"
+    if isinstance(verifier, str):
+        if verifier not in VERIFIERS:
+            raise ValueError(
+                f"`verifier` must be one of {VERIFIERS} or a callable; got {verifier!r}."
+            )
+        if verifier == "greedy" and not sampling.greedy:
+            raise ValueError("`verifier='greedy'` needs greedy sampling (temperature 0).")
+        return verifier
+    if not callable(verifier):
+        raise ValueError(
+            f"`verifier` must be a name in {VERIFIERS} or a callable; got {verifier!r}."
+        )
+    return verifier
 
 
 def generate(
@@ -71,96 +118,188 @@ def generate(
     *,
     max_new_tokens: int,
     sampling: Sampling = Sampling(),
+    drafter: Drafter | None = None,
+    verifier: str | Verifier | None = None,
+    max_draft_tokens: int = 4,
+    controller: Controller | None = None,
     eos_id: int | None = None,
     pad_id: int = 0,
 ) -> Generation:
     """Generates up to ``max_new_tokens`` tokens after each prompt, in one compiled loop.
 
     Args:
-      target: the model to sample from.
-      prompt: [B, P] int, prompts left-aligned (row ``b`` holds ``prompt_lengths[b]``
-        real tokens, the rest is ignored).
+      target: the model whose distribution is sampled.
+      prompt: [B, P] int, prompts left-aligned; row ``b`` holds ``prompt_lengths[b]``
+        real tokens (the rest is ignored).
       prompt_lengths: [B] int in [1, P].
-      key: PRNG key (unused when ``sampling`` is greedy). Every row draws from its
-        own key, so results do not depend on how the batch is sharded.
+      key: PRNG key (unused when everything is greedy). Every row draws from its
+        own sub-keys, so results do not depend on how the batch is sharded.
       max_new_tokens: generation budget per row (static).
-      sampling: temperature / top-k / top-p (static); default greedy.
+      sampling: temperature / top-k / top-p (static), applied identically to the
+        target and the draft distributions; default greedy.
+      drafter: ``None`` for autoregressive decoding, or a ``Drafter`` (e.g.
+        ``drafting.draft_model(draft)``, ``drafting.prompt_lookup(vocab)``).
+      verifier: ``"greedy"``, ``"speculative_sampling"`` (lossless), a callable
+        ``(key, draft_tokens, draft_probs, target_probs, num_draft) -> Verified``
+        (e.g. typical acceptance), or ``None``: greedy when sampling is greedy,
+        speculative sampling otherwise.
+      max_draft_tokens: static maximum K of a draft block.
+      controller: chooses each row's active draft length (traced, <= K);
+        default ``drafting.constant()`` (always K).
       eos_id: a row stops after emitting this token (static; ``None``: never).
       pad_id: fills the output buffer past each row's length.
 
     Returns:
-      ``Generation`` with ``tokens [B, P + max_new_tokens]``.
+      ``Generation`` with ``tokens [B, P + max_new_tokens]`` and per-row stats.
 
-    Wrap it in ``jax.jit`` (``static_argnames=("max_new_tokens", "sampling",
-    "eos_id", "pad_id")``) to compile the whole generation once per shape.
+    Compile the whole generation once per shape by wrapping it in ``jax.jit``,
+    building the drafter inside the jitted function so that the draft model's
+    parameters are arguments, not constants::
+
+        @jax.jit
+        def run(target, draft, prompt, lengths, key):
+            return generate(target, prompt, lengths, key, max_new_tokens=64,
+                            drafter=drafting.draft_model(draft))
     """
-    config = target.config
-    _check_prompt(config, prompt, prompt_lengths, max_new_tokens)
+    _check_inputs(target, prompt, prompt_lengths, max_new_tokens, drafter, max_draft_tokens)
+    verify = _resolve_verifier(verifier, sampling)
+    controller = constant() if controller is None else controller
+    num_slots = max_draft_tokens if drafter is not None else 0
     batch, width = prompt.shape
     prompt = jnp.asarray(prompt, jnp.int32)
     prompt_lengths = jnp.asarray(prompt_lengths, jnp.int32)
     rows = jnp.arange(batch)
-    capacity = width + max_new_tokens
+    buffer_width = width + max_new_tokens
+    capacity = buffer_width + num_slots
+    vocab = target.config.vocab_size
 
     # Prefill the padded prompts, then forget each row's padding.
-    cache = _models.init_cache(config, batch, capacity)
+    cache = _models.init_cache(target.config, batch, capacity)
     logits, cache = target(prompt, cache)
     cache = _models.rewind(cache, prompt_lengths)
-    last_logits = logits[rows, prompt_lengths - 1]  # [B, V]
-
-    def draw(key: jax.Array, logits: jax.Array) -> tuple[jax.Array, jax.Array]:
-        key, step_key = jax.random.split(key)
-        row_keys = jax.random.split(step_key, batch)
-        return key, jax.vmap(lambda k, x: sample(k, x, sampling))(row_keys, logits)
-
-    def is_done(token: jax.Array, lengths: jax.Array) -> jax.Array:
-        done = lengths - prompt_lengths >= max_new_tokens
-        if eos_id is not None:
-            done = done | (token == eos_id)
-        return done
-
-    positions = jnp.arange(capacity)[None, :]
-    buffer = jnp.where(
-        positions < prompt_lengths[:, None], jnp.pad(prompt, ((0, 0), (0, max_new_tokens))), pad_id
+    key, first_key = jax.random.split(key)
+    first = jax.vmap(lambda k, x: sample(k, x, sampling))(
+        jax.random.split(first_key, batch), logits[rows, prompt_lengths - 1]
     )
-    key, first = draw(key, last_logits)
-    buffer = buffer.at[rows, prompt_lengths].set(first)
+    positions = jnp.arange(buffer_width)[None, :]
+    padded = jnp.pad(prompt, ((0, 0), (0, max_new_tokens)))
+    tokens = jnp.where(positions < prompt_lengths[:, None], padded, pad_id)
+    tokens = tokens.at[rows, prompt_lengths].set(first)
     lengths = prompt_lengths + 1
+    finished = lengths - prompt_lengths >= max_new_tokens
+    if eos_id is not None:
+        finished |= first == eos_id
+
+    zeros = jnp.zeros((batch,), jnp.int32)
     state = _LoopState(
-        tokens=buffer,
+        tokens=tokens,
         lengths=lengths,
-        last_token=first,
-        cache=cache,
-        finished=is_done(first, lengths),
+        target_cache=cache,
+        drafter_state=None if drafter is None else drafter.init(prompt, prompt_lengths, capacity),
+        controller_state=controller.init(batch, num_slots),
+        finished=finished,
         key=key,
-        target_calls=jnp.ones((batch,), jnp.int32),
+        stats=GenerationStats(
+            target_calls=jnp.ones((batch,), jnp.int32),
+            drafted=zeros,
+            accepted=zeros,
+            accept_histogram=jnp.zeros((batch, num_slots + 1), jnp.int32),
+        ),
     )
 
     def body(state: _LoopState) -> _LoopState:
         active = ~state.finished
-        logits, cache = target(state.last_token[:, None], state.cache)
-        # Finished rows ran along (fixed shapes) but keep their cache length.
-        cache = cache._replace(lengths=jnp.where(active, cache.lengths, state.cache.lengths))
-        key, token = draw(state.key, logits[:, 0])
-        token = jnp.where(active, token, state.last_token)
-        write_at = jnp.where(active, state.lengths, capacity)  # past the end: dropped
-        tokens = state.tokens.at[rows, write_at].set(token, mode="drop")
-        lengths = state.lengths + active
+        key, draft_key, verify_key = jax.random.split(state.key, 3)
+        lengths = state.lengths
+        num_draft = jnp.clip(controller.num_draft(state.controller_state), 0, num_slots)
+        num_draft = jnp.where(active, num_draft, 0)
+        drafter_state = state.drafter_state
+        if drafter is None:
+            draft = Draft(
+                tokens=jnp.zeros((batch, 0), jnp.int32),
+                probs=jnp.zeros((batch, 0, vocab), jnp.float32),
+                num_draft=zeros,
+            )
+        else:
+            drafter_state, draft = drafter.propose(
+                drafter_state,
+                draft_key,
+                state.tokens,
+                lengths,
+                num_draft,
+                max_draft=num_slots,
+                sampling=sampling,
+            )
+        # One target pass over the last committed token and the drafts.
+        last = state.tokens[rows, lengths - 1]
+        block = jnp.concatenate([last[:, None], draft.tokens], axis=1)  # [B, K + 1]
+        logits, cache = target(block, state.target_cache)
+        if verify == "greedy":
+            verified = greedy(draft.tokens, logits, draft.num_draft)
+        else:
+            target_probs = jnp.exp(log_probs(logits, sampling))
+            if verify == "speculative_sampling":
+                verified = speculative_sampling(
+                    verify_key, draft.tokens, draft.probs, target_probs, draft.num_draft
+                )
+            else:
+                verified = verify(
+                    verify_key, draft.tokens, draft.probs, target_probs, draft.num_draft
+                )
+        num_accepted = verified.num_accepted
+
+        # Emitted block: the accepted drafts then the target's token.
+        slots = jnp.arange(num_slots + 1)[None, :]
+        padded_drafts = jnp.pad(draft.tokens, ((0, 0), (0, 1)))
+        emitted = jnp.where(
+            slots < num_accepted[:, None], padded_drafts, verified.next_token[:, None]
+        )
+        count = num_accepted + 1
+        count = jnp.minimum(count, max_new_tokens - (lengths - prompt_lengths))
+        stop = jnp.zeros((batch,), bool)
+        if eos_id is not None:
+            is_eos = (emitted == eos_id) & (slots < count[:, None])
+            stop = jnp.any(is_eos, axis=1)
+            count = jnp.where(stop, jnp.argmax(is_eos, axis=1) + 1, count)
+        count = jnp.where(active, count, 0)
+        write_at = jnp.where(slots < count[:, None], lengths[:, None] + slots, buffer_width)
+        tokens = state.tokens.at[rows[:, None], write_at].set(emitted, mode="drop")
+        new_lengths = lengths + count
+
+        # Target cache: keep the committed tokens but the newest one.
+        cache = _models.rewind(cache, jnp.where(active, new_lengths - 1, lengths - 1))
+        if drafter is not None:
+            drafter_state = drafter.update(drafter_state, lengths, jnp.where(active, count - 1, 0))
+        controller_state = controller.update(state.controller_state, draft.num_draft, num_accepted)
+        controller_state = jax.tree.map(
+            lambda new, old: jnp.where(active.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
+            controller_state,
+            state.controller_state,
+        )
+        finished = state.finished | stop | (new_lengths - prompt_lengths >= max_new_tokens)
+        counted = active.astype(jnp.int32)
+        stats = GenerationStats(
+            target_calls=state.stats.target_calls + counted,
+            drafted=state.stats.drafted + counted * draft.num_draft,
+            accepted=state.stats.accepted + counted * num_accepted,
+            accept_histogram=state.stats.accept_histogram
+            + counted[:, None] * jax.nn.one_hot(num_accepted, num_slots + 1, dtype=jnp.int32),
+        )
         return _LoopState(
             tokens=tokens,
-            lengths=lengths,
-            last_token=token,
-            cache=cache,
-            finished=state.finished | is_done(token, lengths),
+            lengths=new_lengths,
+            target_cache=cache,
+            drafter_state=drafter_state,
+            controller_state=controller_state,
+            finished=finished,
             key=key,
-            target_calls=state.target_calls + active,
+            stats=stats,
         )
 
     state = lax.while_loop(lambda s: ~jnp.all(s.finished), body, state)
-    zeros = jnp.zeros((batch,), jnp.int32)
     return Generation(
         tokens=state.tokens,
         lengths=state.lengths,
         num_generated=state.lengths - prompt_lengths,
-        stats=GenerationStats(target_calls=state.target_calls, drafted=zeros, accepted=zeros),
+        stats=state.stats,
     )

@@ -340,6 +340,7 @@ def _write_atomic(path: Path, write: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # safetensors creates owner-only files; checkpoints are shared
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -14,6 +14,9 @@ NOTEBOOKS = sorted(COLABS.glob("*.py"))
 # Small parameters injected after each notebook's "parameters" cell.
 SMALL = {
     "00_quickstart": "NUM_PROMPTS = 2\nPROMPT_LENGTH = 24\nMAX_NEW_TOKENS = 8",
+    "01_speculative_decoding": (
+        "BATCH = 2\nPROMPT_LENGTH = 24\nMAX_NEW_TOKENS = 16\nDRAFT_LENGTHS = (2, 4)\nREPEATS = 1"
+    ),
 }
 
 

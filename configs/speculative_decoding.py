@@ -1,0 +1,7 @@
+"""Config of experiments/speculative_decoding.py (defaults live with the benchmark)."""
+
+from lookahead_jax.benchmarks.speculative import default_config
+
+
+def get_config():
+    return default_config()

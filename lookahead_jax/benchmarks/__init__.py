@@ -1,0 +1,1 @@
+"""Benchmarks behind `lookahead-jax bench NAME` and the experiment scripts."""

@@ -1,0 +1,54 @@
+"""The protocol every drafter follows, and the draft it returns.
+
+A drafter is a ``NamedTuple`` of three pure functions over its own state pytree
+(optax style), so the generation loop treats a draft model, an n-gram table or
+an early exit alike::
+
+    state = drafter.init(prompt, prompt_lengths, capacity)
+    state, draft = drafter.propose(state, key, tokens, lengths, num_draft,
+                                   max_draft=K, sampling=sampling)
+    state = drafter.update(state, lengths_before, num_accepted)
+
+``tokens [B, W]`` / ``lengths [B]`` are the committed sequences (prompt and
+generated tokens so far) that the loop owns; a drafter reads them and never
+writes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+
+DrafterState = Any  # each drafter's own pytree
+
+
+class Draft(NamedTuple):
+    """One block of proposed tokens per row."""
+
+    tokens: jax.Array  # [B, K] int32, proposed tokens (past num_draft: ignored)
+    probs: (
+        jax.Array
+    )  # [B, K, V] float32, distribution each token was drawn from (one-hot if deterministic)
+    num_draft: jax.Array  # [B] int32 in [0, K], tokens actually proposed per row
+
+
+class Drafter(NamedTuple):
+    """Pure functions of a drafter (see the module docstring for the call pattern).
+
+    Attributes:
+      init: ``(prompt [B, P], prompt_lengths [B], capacity) -> state``; ``capacity``
+        is the longest sequence (prompt + generated + K) the loop will hold.
+      propose: ``(state, key, tokens [B, W], lengths [B], num_draft [B], *,
+        max_draft, sampling) -> (state, Draft)``: up to ``num_draft[b] <= max_draft``
+        tokens continuing each committed sequence.
+      update: ``(state, lengths_before [B], num_accepted [B]) -> state`` after the
+        target verified the block proposed at ``lengths_before``.
+      vocab_size: the vocabulary the drafter proposes from (must equal the target's).
+    """
+
+    init: Callable[..., DrafterState]
+    propose: Callable[..., tuple[DrafterState, Draft]]
+    update: Callable[..., DrafterState]
+    vocab_size: int

@@ -1,0 +1,110 @@
+"""A smaller model of the same vocabulary drafts K tokens autoregressively with its own KV cache.
+
+The draft cache is kept one or two tokens behind the committed sequence: at
+each proposal the missing tokens (the target's last emitted token, and the last
+draft token when a whole block was accepted) are fed in one fixed-width call of
+two tokens, and after verification the cache is rewound to the accepted prefix.
+No re-prefill ever happens.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from lookahead_jax import models as _models
+from lookahead_jax.drafting.base import Draft, Drafter
+from lookahead_jax.sampling import Sampling, log_probs
+
+
+class DraftModelState(NamedTuple):
+    cache: _models.KVCache  # draft KV cache; lengths [B] = committed lengths - 1 or - 2
+
+
+def _probs(logits: jax.Array, sampling: Sampling) -> jax.Array:
+    return jnp.exp(log_probs(logits, sampling))
+
+
+def draft_model(model: _models.Model) -> Drafter:
+    """A ``Drafter`` that runs ``model`` autoregressively (K calls per block).
+
+    Args:
+      model: the draft model; its vocabulary must equal the target's.
+    """
+
+    def init(prompt: jax.Array, prompt_lengths: jax.Array, capacity: int) -> DraftModelState:
+        if capacity > model.config.max_length:
+            raise ValueError(
+                f"the draft model holds {model.config.max_length} positions but generation "
+                f"needs {capacity} (prompt width + max_new_tokens + max_draft_tokens)."
+            )
+        cache = _models.init_cache(model.config, prompt.shape[0], capacity)
+        _, cache = model(prompt, cache)
+        return DraftModelState(_models.rewind(cache, prompt_lengths))
+
+    def propose(
+        state: DraftModelState,
+        key: jax.Array,
+        tokens: jax.Array,
+        lengths: jax.Array,
+        num_draft: jax.Array,
+        *,
+        max_draft: int,
+        sampling: Sampling,
+    ) -> tuple[DraftModelState, Draft]:
+        batch = tokens.shape[0]
+        rows = jnp.arange(batch)
+        cache = state.cache
+        # Catch up with the committed tokens the cache has not seen (1 or 2 per row).
+        behind = lengths - cache.lengths
+        index = jnp.minimum(cache.lengths[:, None] + jnp.arange(2)[None, :], tokens.shape[1] - 1)
+        logits, cache = model(tokens[rows[:, None], index], cache)
+        cache = cache._replace(lengths=lengths)  # drops the padding token where behind == 1
+        logits = logits[rows, behind - 1]  # [B, V]
+
+        vocab = model.config.vocab_size
+        draft_tokens = jnp.zeros((batch, max_draft), jnp.int32)
+        draft_probs = jnp.zeros((batch, max_draft, vocab), jnp.float32)
+        if max_draft == 0:
+            return DraftModelState(cache), Draft(draft_tokens, draft_probs, num_draft)
+        steps = jnp.max(num_draft)
+
+        def body(carry):
+            i, key, logits, cache, draft_tokens, draft_probs = carry
+            key, step_key = jax.random.split(key)
+            probs = _probs(logits, sampling)
+            if sampling.greedy:
+                token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+            else:
+                row_keys = jax.random.split(step_key, batch)
+                token = jax.vmap(jax.random.categorical)(row_keys, jnp.log(probs)).astype(jnp.int32)
+            draft_tokens = lax.dynamic_update_slice(draft_tokens, token[:, None], (0, i))
+            draft_probs = lax.dynamic_update_slice(draft_probs, probs[:, None], (0, i, 0))
+            # Feed the token only if another one will be drafted after it.
+            logits, cache = lax.cond(
+                i + 1 < steps,
+                lambda: _feed(token, cache),
+                lambda: (logits, cache),
+            )
+            return i + 1, key, logits, cache, draft_tokens, draft_probs
+
+        def _feed(token, cache):
+            step_logits, cache = model(token[:, None], cache)
+            return step_logits[:, 0], cache
+
+        carry = (jnp.int32(0), key, logits, cache, draft_tokens, draft_probs)
+        _, _, _, cache, draft_tokens, draft_probs = lax.while_loop(
+            lambda c: c[0] < steps, body, carry
+        )
+        return DraftModelState(cache), Draft(draft_tokens, draft_probs, num_draft)
+
+    def update(
+        state: DraftModelState, lengths_before: jax.Array, num_accepted: jax.Array
+    ) -> DraftModelState:
+        # Keep the entries of the accepted drafts; rewind clips to what was fed.
+        return DraftModelState(_models.rewind(state.cache, lengths_before + num_accepted))
+
+    return Drafter(init=init, propose=propose, update=update, vocab_size=model.config.vocab_size)

@@ -1,3 +1,37 @@
-"""lookahead_jax: pure, compiled JAX functions for lookahead methods."""
+"""lookahead_jax: pure, compiled JAX functions for lookahead methods.
+
+Subpackages: ``models`` (reference transformer, KV cache, HF interop, shipped
+models), ``data`` (shipped corpus), ``drafting`` and ``verification``
+(speculative decoding parts), ``decoding`` (generation loops), plus the shared
+``sampling``, ``sharding`` and ``checkpoint`` helpers.
+"""
+
+from lookahead_jax import (
+    checkpoint,
+    data,
+    decoding,
+    drafting,
+    models,
+    sampling,
+    sharding,
+    verification,
+)
+from lookahead_jax.decoding import Generation, GenerationStats, generate
+from lookahead_jax.sampling import Sampling
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "Generation",
+    "GenerationStats",
+    "Sampling",
+    "checkpoint",
+    "data",
+    "decoding",
+    "drafting",
+    "generate",
+    "models",
+    "sampling",
+    "sharding",
+    "verification",
+]

@@ -39,6 +39,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.prompt_lookup_k = 4
     config.prompt_lookup_max_ngram = 3
     config.heuristic_max_k = 8  # static maximum under the +2/-1 controller
+    config.exact_k = 4  # also run exact mode (greedy rows only) at this K; 0 to skip
     config.batch_sizes = (1, 8)
     config.temperatures = (0.0, 1.0)
     config.prompt_length = 64
@@ -55,6 +56,10 @@ def _methods(config) -> list[dict[str, Any]]:
     methods += [{"method": "draft_model", "k": k} for k in config.draft_lengths]
     methods.append({"method": "prompt_lookup", "k": config.prompt_lookup_k})
     methods.append({"method": "draft_model_heuristic", "k": config.heuristic_max_k})
+    if config.exact_k:
+        # Bitwise width-independent target numerics (apply(exact=True)): the cost of a proof.
+        methods.append({"method": "autoregressive_exact", "k": 0})
+        methods.append({"method": "draft_model_exact", "k": config.exact_k})
     return methods
 
 
@@ -166,6 +171,7 @@ def run(config: ml_collections.ConfigDict, progress=None) -> dict[str, Any]:
         for batch in config.batch_sizes
         for temperature in config.temperatures
         for m in _methods(config)
+        if temperature == 0.0 or not m["method"].endswith("_exact")
     ]
     iterator = progress(jobs) if progress else jobs
     reference: dict[tuple[int, float], Any] = {}
@@ -200,8 +206,11 @@ def run(config: ml_collections.ConfigDict, progress=None) -> dict[str, Any]:
         }
         if m["method"] == "autoregressive":
             reference[(batch, temperature)] = (out, row["tokens_per_s"])
+        elif m["method"] == "autoregressive_exact":
+            reference[(batch, "exact")] = (out, row["tokens_per_s"])
         elif temperature == 0.0:
-            ar_tokens = np.asarray(reference[(batch, temperature)][0].tokens)
+            which = "exact" if m["method"].endswith("_exact") else temperature
+            ar_tokens = np.asarray(reference[(batch, which)][0].tokens)
             row["same_tokens_as_autoregressive"] = bool(
                 np.array_equal(np.asarray(out.tokens), ar_tokens)
             )

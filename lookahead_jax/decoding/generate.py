@@ -124,6 +124,7 @@ def generate(
     controller: Controller | None = None,
     eos_id: int | None = None,
     pad_id: int = 0,
+    exact: bool = False,
 ) -> Generation:
     """Generates up to ``max_new_tokens`` tokens after each prompt, in one compiled loop.
 
@@ -148,6 +149,12 @@ def generate(
         default ``drafting.constant()`` (always K).
       eos_id: a row stops after emitting this token (static; ``None``: never).
       pad_id: fills the output buffer past each row's length.
+      exact: run the target with ``apply(..., exact=True)``: every token's logits
+        are bitwise independent of how many tokens are scored together, so
+        greedy speculative decoding provably emits exactly the tokens of
+        (exact) greedy decoding even at near-ties. Slower; off by default,
+        where a near-tie within float32 rounding (~1e-5 in a logit) can in
+        rare cases flip an argmax between the two.
 
     Returns:
       ``Generation`` with ``tokens [B, P + max_new_tokens]`` and per-row stats.
@@ -175,7 +182,7 @@ def generate(
 
     # Prefill the padded prompts, then forget each row's padding.
     cache = _models.init_cache(target.config, batch, capacity)
-    logits, cache = target(prompt, cache)
+    logits, cache = target(prompt, cache, exact=exact)
     cache = _models.rewind(cache, prompt_lengths)
     key, first_key = jax.random.split(key)
     first = jax.vmap(lambda k, x: sample(k, x, sampling))(
@@ -233,7 +240,7 @@ def generate(
         # One target pass over the last committed token and the drafts.
         last = state.tokens[rows, lengths - 1]
         block = jnp.concatenate([last[:, None], draft.tokens], axis=1)  # [B, K + 1]
-        logits, cache = target(block, state.target_cache)
+        logits, cache = target(block, state.target_cache, exact=exact)
         if verify == "greedy":
             verified = greedy(draft.tokens, logits, draft.num_draft)
         else:

@@ -73,9 +73,18 @@ def param_shapes(config: TransformerConfig) -> Params:
     return jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
 
 
-def layer_norm(params: dict[str, jax.Array], x: jax.Array, eps: float) -> jax.Array:
-    mean = jnp.mean(x, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+def layer_norm(
+    params: dict[str, jax.Array], x: jax.Array, eps: float, exact: bool = False
+) -> jax.Array:
+    if exact:
+        size = x.shape[-1]
+        mean = (tree_sum(x, axis=-1) / size)[..., None]
+        var = (tree_sum(jnp.square(x - mean), axis=-1) / size)[..., None]
+        # XLA's vectorised rsqrt differs from its scalar path; sqrt and divide are exact.
+        return (x - mean) / jnp.sqrt(var + eps) * params["scale"] + params["bias"]
+    else:
+        mean = jnp.mean(x, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
     return (x - mean) * lax.rsqrt(var + eps) * params["scale"] + params["bias"]
 
 
@@ -116,6 +125,66 @@ def _attention(
         values = v_new
     weights = jax.nn.softmax(scores, axis=-1)
     return jnp.einsum("bhij,bjhd->bihd", weights, values)
+
+
+def tree_sum(x: jax.Array, axis: int) -> jax.Array:
+    """Sum over ``axis`` by a fixed binary tree of elementwise additions.
+
+    XLA's reductions and matmul kernels may group additions differently for
+    different shapes (e.g. the number of tokens in a call), changing results in
+    the last bits. Elementwise additions are exact IEEE operations, so a sum
+    built only from them depends on the values alone, never on the shape of
+    the other axes.
+    """
+    x = jnp.moveaxis(x, axis, 0)
+    size = x.shape[0]
+    width = 1 << max(0, (size - 1).bit_length())
+    if width != size:  # pad with exact zeros up to a power of two
+        x = jnp.concatenate([x, jnp.zeros((width - size, *x.shape[1:]), x.dtype)])
+    while x.shape[0] > 1:
+        half = x.shape[0] // 2
+        x = x[:half] + x[half:]
+    return x[0]
+
+
+def tree_max(x: jax.Array, axis: int) -> jax.Array:
+    """Max over ``axis`` by a fixed binary tree of elementwise maxima (see ``tree_sum``).
+
+    The max itself is exact in any order, but an XLA reduce fused with what
+    follows may change how the following ``exp`` is compiled for some shapes.
+    """
+    x = jnp.moveaxis(x, axis, 0)
+    size = x.shape[0]
+    width = 1 << max(0, (size - 1).bit_length())
+    if width != size:
+        x = jnp.concatenate([x, jnp.full((width - size, *x.shape[1:]), -jnp.inf, x.dtype)])
+    while x.shape[0] > 1:
+        half = x.shape[0] // 2
+        x = jnp.maximum(x[:half], x[half:])
+    return x[0]
+
+
+def _dense(x: jax.Array, kernel: jax.Array, exact: bool) -> jax.Array:
+    """``x @ kernel``; with ``exact``, products summed by ``tree_sum`` (shape-independent)."""
+    if not exact:
+        return x @ kernel
+    return tree_sum(x[..., :, None] * kernel, axis=-2)
+
+
+def _exact_attention(
+    config: TransformerConfig,
+    q: jax.Array,  # [B, S, H, Dh]
+    keys: jax.Array,  # [B, T, H, Dh] cache after this call's write
+    values: jax.Array,  # [B, T, H, Dh]
+    visible: jax.Array,  # [B, S, T] bool
+) -> jax.Array:
+    """Attention over the whole cache with width-independent reductions (see ``_dense``)."""
+    scale = config.head_dim**-0.5
+    scores = tree_sum(q[:, :, None] * keys[:, None], axis=-1) * scale  # [B, S, T, H]
+    scores = jnp.where(visible[..., None], scores, -jnp.inf)
+    weights = jnp.exp(scores - tree_max(scores, axis=2)[:, :, None])
+    weights = weights / tree_sum(weights, axis=2)[:, :, None]
+    return tree_sum(weights[..., None] * values[:, None], axis=2)  # [B, S, H, Dh]
 
 
 def _write(buffer: jax.Array, update: jax.Array, starts: jax.Array) -> jax.Array:
@@ -183,6 +252,7 @@ def apply(
     tree_mask: jax.Array | None = None,
     positions: jax.Array | None = None,
     return_hidden: bool = False,
+    exact: bool = False,
 ) -> tuple[jax.Array, KVCache | None] | tuple[jax.Array, KVCache | None, jax.Array]:
     """Runs the transformer on ``S`` new tokens per row, appending them to the cache.
 
@@ -200,6 +270,10 @@ def apply(
         depth ``i`` for a chain and the number of ancestors under ``tree_mask``.
       return_hidden: also return the residual stream after the embedding and after
         every block.
+      exact: make every token's logits bitwise independent of how many tokens
+        share the call (per-element reductions in a fixed order; needs a cache).
+        Slower; it is what makes greedy speculative decoding provably equal to
+        greedy decoding, since verification scores K + 1 tokens at once.
 
     Returns:
       ``(logits [B, S, V], cache)``, the cache holding the new tokens with
@@ -208,6 +282,8 @@ def apply(
       LayerNorm; ``logits_from_hidden`` turns any of them into logits).
     """
     _check_inputs(config, tokens, cache, tree_mask, positions)
+    if exact and cache is None:
+        raise ValueError("`exact=True` needs a `cache` (it attends over the cache's fixed width).")
     batch, num_new = tokens.shape
     causal = jnp.tril(jnp.ones((num_new, num_new), bool))
     if tree_mask is None:
@@ -228,28 +304,50 @@ def apply(
     prefix_mask = None
     if cache is not None:
         prefix_mask = jnp.arange(cache.capacity)[None, :] < starts[:, None]
+    if exact:
+        # Slot j holds new token j - start: visible per the tree mask, or committed.
+        relative = jnp.arange(cache.capacity)[None, :] - starts[:, None]  # [B, T]
+        in_block = (relative >= 0) & (relative < num_new)
+        block_mask = jnp.take_along_axis(
+            new_mask,
+            jnp.broadcast_to(
+                jnp.clip(relative, 0, num_new - 1)[:, None], (batch, num_new, cache.capacity)
+            ),
+            axis=2,
+        )
+        visible = prefix_mask[:, None, :] | (in_block[:, None, :] & block_mask)
 
     def block(x: jax.Array, layer: tuple[Params, jax.Array | None, jax.Array | None]):
         p, k_cache, v_cache = layer
-        h = layer_norm(p["ln_1"], x, eps)
-        qkv = h @ p["attn"]["qkv_kernel"] + p["attn"]["qkv_bias"]
+        h = layer_norm(p["ln_1"], x, eps, exact)
+        qkv = _dense(h, p["attn"]["qkv_kernel"], exact) + p["attn"]["qkv_bias"]
         q, k, v = jnp.split(qkv.reshape(batch, num_new, 3 * heads, head_dim), 3, axis=2)
-        attended = _attention(config, q, k, v, new_mask, k_cache, v_cache, prefix_mask)
+        if k_cache is not None:
+            new_k, new_v = _write(k_cache, k, starts), _write(v_cache, v, starts)
+        if exact:
+            attended = _exact_attention(config, q, new_k, new_v, visible)
+        else:
+            attended = _attention(config, q, k, v, new_mask, k_cache, v_cache, prefix_mask)
         attended = attended.reshape(batch, num_new, heads * head_dim)
-        x = x + attended @ p["attn"]["out_kernel"] + p["attn"]["out_bias"]
-        h = layer_norm(p["ln_2"], x, eps)
-        h = jax.nn.gelu(h @ p["mlp"]["fc_kernel"] + p["mlp"]["fc_bias"], approximate=True)
-        x = x + h @ p["mlp"]["proj_kernel"] + p["mlp"]["proj_bias"]
+        x = x + _dense(attended, p["attn"]["out_kernel"], exact) + p["attn"]["out_bias"]
+        h = layer_norm(p["ln_2"], x, eps, exact)
+        h = _dense(h, p["mlp"]["fc_kernel"], exact) + p["mlp"]["fc_bias"]
+        h = jax.nn.gelu(h, approximate=True)
+        x = x + _dense(h, p["mlp"]["proj_kernel"], exact) + p["mlp"]["proj_bias"]
         if k_cache is None:
             return x, (x, None, None)
-        return x, (x, _write(k_cache, k, starts), _write(v_cache, v, starts))
+        return x, (x, new_k, new_v)
 
     if cache is None:
         xs = (params["layers"], None, None)
     else:
         xs = (params["layers"], cache.keys, cache.values)
     x_final, (per_layer, new_keys, new_values) = lax.scan(block, x, xs)
-    logits = logits_from_hidden(config, params, x_final)
+    if exact:
+        normed = layer_norm(params["ln_f"], x_final, config.layer_norm_eps, exact=True)
+        logits = _dense(normed, params["wte"].T, exact=True)
+    else:
+        logits = logits_from_hidden(config, params, x_final)
     new_cache = None
     if cache is not None:
         new_cache = KVCache(new_keys, new_values, cache.lengths + num_new)

@@ -289,3 +289,26 @@ def test_eos_inside_an_accepted_block_stops_there(target, drafts):
     assert_same_generation(stopped, plain)
     assert int(stopped.lengths[0]) == first_eos + 1
     assert np.all(np.asarray(stopped.tokens[0, first_eos + 1 :]) == 0)
+
+
+def test_exact_mode_greedy_equals_exact_greedy(target, drafts):
+    prompt, lengths = ragged_prompts(3, 7, seed=14)
+
+    @jax.jit
+    def exact(target, draft, prompt, lengths):
+        drafter = None if draft is None else drafting.draft_model(draft)
+        return generate(
+            target,
+            prompt,
+            lengths,
+            jax.random.key(0),
+            max_new_tokens=MAX_NEW,
+            drafter=drafter,
+            max_draft_tokens=4,
+            exact=True,
+        )
+
+    plain = exact(target, None, prompt, lengths)
+    spec = exact(target, drafts["noisy"], prompt, lengths)
+    assert_same_generation(spec, plain)
+    assert int(spec.stats.accepted.sum()) > 0

@@ -232,3 +232,30 @@ def test_num_params_matches_pytree():
     for config in [CONFIG, models.TransformerConfig(mlp_dim=100)]:
         counted = sum(x.size for x in jax.tree.leaves(models.param_shapes(config)))
         assert counted == config.num_params()
+
+
+@jax.jit
+def exact_step(params, tokens, cache):
+    return models.apply(CONFIG, params, tokens, cache, exact=True)
+
+
+def test_exact_mode_logits_do_not_depend_on_call_width(params):
+    """Bitwise: scoring 5 tokens at once equals scoring them one by one (and 3 + 2)."""
+    tokens = random_tokens(8, (3, 14))
+    cache = models.init_cache(CONFIG, 3, CAPACITY)
+    _, cache = exact_step(params, tokens[:, :9], cache)
+    together, _ = exact_step(params, tokens[:, 9:14], cache)
+    one_by_one = []
+    step_cache = cache
+    for i in range(9, 14):
+        logits, step_cache = exact_step(params, tokens[:, i : i + 1], step_cache)
+        one_by_one.append(logits)
+    np.testing.assert_array_equal(together, jnp.concatenate(one_by_one, axis=1))
+    # Prefill in other chunkings leaves a bitwise identical cache.
+    split_cache = models.init_cache(CONFIG, 3, CAPACITY)
+    _, split_cache = exact_step(params, tokens[:, :4], split_cache)
+    _, split_cache = exact_step(params, tokens[:, 4:9], split_cache)
+    np.testing.assert_array_equal(split_cache.keys[:, :, :9], cache.keys[:, :, :9])
+    # Exact mode computes the same function as the fast mode (up to rounding).
+    fast, _ = cached_step(params, tokens[:, 9:14], cache)
+    np.testing.assert_allclose(together, fast, atol=2e-5)

@@ -1,0 +1,344 @@
+"""Trains a byte-level GPT-2 language model on the shipped corpus (Flax-examples style).
+
+Usage::
+
+    python experiments/train_lm.py --workdir=/work/runs/target \\
+        --config=configs/train_lm.py --config.model=target --config.num_steps=2000
+
+The whole training state (params, optimiser state, step, rng, loss history) is
+one pytree, checkpointed with ``lookahead_jax.checkpoint`` every
+``checkpoint_every`` steps. On start the script resumes from the newest
+checkpoint in ``workdir``; since the batch of step ``t`` is a pure function of
+``(seed, t)``, an interrupted-then-resumed run ends with bitwise the same
+parameters as an uninterrupted one.
+
+Outputs in ``workdir``: ``checkpoints/``, ``metrics.json`` (loss curve, held-out
+bits per byte, wall time, parameter count), ``loss.png`` and ``hf/``
+(``config.json`` + ``model.safetensors``, HuggingFace GPT-2 layout).
+
+The script is importable without running: tests use ``train_and_evaluate``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from lookahead_jax import checkpoint
+from lookahead_jax.data import batch_for_step, eval_windows, load_corpus
+from lookahead_jax.models import Params, TransformerConfig, apply, init_params
+
+MODELS = ("target", "draft")
+
+
+class TrainState(NamedTuple):
+    """Everything a resumed run needs; saved as one checkpoint pytree."""
+
+    params: Params
+    opt_state: optax.OptState
+    step: jax.Array  # [] int32: number of optimiser steps taken
+    rng: jax.Array  # [] typed PRNG key, split once per step
+    losses: jax.Array  # [num_steps] float32: training loss (nats/byte) of each step
+    heldout_bpb: (
+        jax.Array
+    )  # [num_steps + 1] float32: held-out bits/byte after step t, NaN if not evaluated
+    elapsed: jax.Array  # [] float32: training wall-clock seconds up to the checkpoint
+
+
+def model_config(config: ml_collections.ConfigDict) -> TransformerConfig:
+    """The ``TransformerConfig`` of the model selected by ``config.model``."""
+    if config.model not in MODELS:
+        raise ValueError(f"`config.model` must be one of {MODELS}; got {config.model!r}.")
+    model = TransformerConfig(**config[config.model].to_dict())
+    if config.seq_len > model.max_length:
+        raise ValueError(
+            f"`config.seq_len`={config.seq_len} exceeds the model's max_length={model.max_length}."
+        )
+    return model
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+    """Linear warmup to ``learning_rate`` then cosine decay to ``end_lr_ratio`` of it."""
+    warmup = min(config.warmup_steps, config.num_steps)
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=config.learning_rate,
+        warmup_steps=warmup,
+        decay_steps=max(config.num_steps, warmup + 1),
+        end_value=config.learning_rate * config.end_lr_ratio,
+    )
+
+
+def _decay_mask(params: Params) -> Params:
+    # Weight decay on matrices and embeddings only, not on biases or LayerNorm.
+    def decays(path: tuple[Any, ...], _: Any) -> bool:
+        name = str(getattr(path[-1], "key", path[-1]))
+        return name.endswith("kernel") or name in ("wte", "wpe")
+
+    return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """AdamW with global-norm gradient clipping and the warmup-cosine schedule."""
+    return optax.chain(
+        optax.clip_by_global_norm(config.grad_clip),
+        optax.adamw(
+            learning_rate_schedule(config),
+            b2=config.b2,
+            weight_decay=config.weight_decay,
+            mask=_decay_mask,
+        ),
+    )
+
+
+def init_state(
+    config: ml_collections.ConfigDict,
+    model: TransformerConfig,
+    optimizer: optax.GradientTransformation,
+) -> TrainState:
+    """The state at step 0, a pure function of ``config.seed``."""
+    init_key, rng = jax.random.split(jax.random.key(config.seed))
+    params = init_params(model, init_key)
+    return TrainState(
+        params=params,
+        opt_state=optimizer.init(params),
+        step=jnp.zeros((), jnp.int32),
+        rng=rng,
+        losses=jnp.zeros((config.num_steps,), jnp.float32),
+        heldout_bpb=jnp.full((config.num_steps + 1,), jnp.nan, jnp.float32),
+        elapsed=jnp.zeros((), jnp.float32),
+    )
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Per-token negative log-likelihood in nats.
+
+    ``logits [B, S, V]`` and ``targets [B, S]`` int -> ``[B, S]`` float32.
+    """
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+
+
+def make_train_step(model: TransformerConfig, optimizer: optax.GradientTransformation):
+    """A jitted ``(state, batch [B, S + 1] int32) -> (state, loss [])`` step."""
+
+    def loss_fn(params: Params, batch: jax.Array) -> jax.Array:
+        logits, _ = apply(model, params, batch[:, :-1])
+        return jnp.mean(cross_entropy(logits, batch[:, 1:]))
+
+    def train_step(state: TrainState, batch: jax.Array) -> tuple[TrainState, jax.Array]:
+        loss, grads = jax.value_and_grad(loss_fn)(state.params, batch)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        rng, _ = jax.random.split(state.rng)
+        new_state = state._replace(
+            params=params,
+            opt_state=opt_state,
+            step=state.step + 1,
+            rng=rng,
+            losses=state.losses.at[state.step].set(loss),
+        )
+        return new_state, loss
+
+    return jax.jit(train_step, donate_argnums=0)
+
+
+def make_eval_fn(model: TransformerConfig):
+    """A jitted ``(params, windows [B, S + 1], weights [B]) -> total nats`` over weighted rows."""
+
+    def total_nats(params: Params, windows: jax.Array, weights: jax.Array) -> jax.Array:
+        logits, _ = apply(model, params, windows[:, :-1])
+        per_row = jnp.sum(cross_entropy(logits, windows[:, 1:]), axis=-1)
+        return jnp.sum(per_row * weights)
+
+    return jax.jit(total_nats)
+
+
+def heldout_bits_per_byte(eval_fn, params: Params, windows: np.ndarray, batch_size: int) -> float:
+    """Mean next-byte cross-entropy in bits over all targets of ``windows [W, S + 1]``."""
+    num = windows.shape[0]
+    pad = (-num) % batch_size
+    # Pad to whole batches (zero weight) so the eval function compiles once.
+    padded = np.concatenate([windows, np.zeros((pad, windows.shape[1]), windows.dtype)])
+    weights = np.concatenate([np.ones(num, np.float32), np.zeros(pad, np.float32)])
+    total = 0.0
+    for i in range(0, padded.shape[0], batch_size):
+        total += float(eval_fn(params, padded[i : i + batch_size], weights[i : i + batch_size]))
+    return total / (num * (windows.shape[1] - 1)) / math.log(2)
+
+
+def num_params(params: Params) -> int:
+    return int(sum(np.size(x) for x in jax.tree.leaves(params)))
+
+
+def _save_plot(path: str, losses: np.ndarray, evals: list[tuple[int, float]], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: no display on training machines
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps = np.arange(1, len(losses) + 1)
+    ax.plot(steps, losses / math.log(2), lw=0.8, alpha=0.6, label="train (bits/byte)")
+    if len(losses) >= 20:
+        window = max(len(losses) // 50, 5)
+        smooth = np.convolve(losses, np.ones(window) / window, mode="valid") / math.log(2)
+        ax.plot(steps[window - 1 :], smooth, lw=1.5, label=f"train, {window}-step mean")
+    if evals:
+        ax.plot(*zip(*evals, strict=True), "o-", label="held-out (bits/byte)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("bits per byte")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    stop_after: int | None = None,
+    command: str | None = None,
+) -> dict[str, Any] | None:
+    """Trains (resuming from ``workdir`` if it holds a checkpoint), evaluates and exports.
+
+    Args:
+      config: see ``configs/train_lm.py``.
+      workdir: output directory (checkpoints, metrics, plot, HF export).
+      stop_after: stop once this many total steps are done, without any extra
+        checkpoint or output (simulates an interrupted run). ``None``: run to the end.
+      command: the command line, recorded in ``metrics.json``.
+
+    Returns:
+      The metrics written to ``metrics.json``, or ``None`` when stopped early.
+    """
+    model = model_config(config)
+    optimizer = make_optimizer(config)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    state = init_state(config, model, optimizer)
+    start = checkpoint.latest_step(ckpt_dir)
+    if start is not None:
+        state = checkpoint.restore(ckpt_dir, state, step=start)
+        print(f"Resumed from step {start} in {ckpt_dir}.", flush=True)
+    train_data = load_corpus("train")
+    max_windows = config.eval_max_windows or None
+    windows = eval_windows(load_corpus("heldout"), config.seq_len, max_windows)
+    train_step = make_train_step(model, optimizer)
+    eval_fn = make_eval_fn(model)
+
+    end = config.num_steps if stop_after is None else min(stop_after, config.num_steps)
+    first = int(state.step)
+    elapsed_before = float(state.elapsed)
+    t0 = time.perf_counter()
+
+    def evaluate(state: TrainState, step: int) -> TrainState:
+        bpb = heldout_bits_per_byte(eval_fn, state.params, windows, config.eval_batch_size)
+        print(f"step {step}: held-out {bpb:.4f} bits/byte", flush=True)
+        return state._replace(heldout_bpb=state.heldout_bpb.at[step].set(bpb))
+
+    if first == 0 and config.eval_every and np.isnan(float(state.heldout_bpb[0])):
+        state = evaluate(state, 0)
+
+    from tqdm import tqdm  # imported here: keeps `import train_lm` light
+
+    bar = tqdm(
+        range(first, end),
+        initial=first,
+        total=config.num_steps,
+        disable=not config.progress_bar,
+        desc=f"train {config.model}",
+        mininterval=2.0,
+    )
+    for step in bar:
+        batch = batch_for_step(train_data, config.seed, step, config.batch_size, config.seq_len)
+        state, loss = train_step(state, batch)
+        done = step + 1
+        if done % config.log_every == 0 or done == end:
+            bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
+        if (config.eval_every and done % config.eval_every == 0) or done == config.num_steps:
+            state = evaluate(state, done)
+        if done % config.checkpoint_every == 0 or done == config.num_steps:
+            elapsed = elapsed_before + time.perf_counter() - t0
+            state = state._replace(elapsed=jnp.asarray(elapsed, jnp.float32))
+            checkpoint.save(ckpt_dir, done, state, max_to_keep=config.max_checkpoints)
+    bar.close()
+    if int(state.step) < config.num_steps:
+        return None
+
+    elapsed = elapsed_before + time.perf_counter() - t0 if end > first else float(state.elapsed)
+    losses = np.asarray(state.losses)
+    bpb = np.asarray(state.heldout_bpb)
+    evals = [(int(s), float(bpb[s])) for s in np.flatnonzero(~np.isnan(bpb))]
+    metrics = {
+        "model": config.model,
+        "model_config": config[config.model].to_dict(),
+        "num_params": num_params(state.params),
+        "num_steps": config.num_steps,
+        "tokens_seen": config.num_steps * config.batch_size * config.seq_len,
+        "final_train_loss_bits": float(np.mean(losses[-max(1, config.num_steps // 20) :]))
+        / math.log(2),
+        "heldout_bpb": evals[-1][1],
+        "heldout_bpb_curve": evals,
+        "heldout_bytes_evaluated": int(windows.shape[0] * config.seq_len),
+        "train_loss_nats": [float(x) for x in losses],
+        "wall_time_s": elapsed,
+        "backend": jax.default_backend(),
+        "config": config.to_dict(),
+        "command": command,
+    }
+    with open(os.path.join(workdir, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=1)
+    _save_plot(
+        os.path.join(workdir, "loss.png"),
+        losses,
+        evals,
+        f"{config.model}: {metrics['num_params']:,} params, held-out {evals[-1][1]:.3f} bits/byte",
+    )
+    if config.export_hf:
+        from lookahead_jax.models import save_hf_gpt2
+
+        save_hf_gpt2(os.path.join(workdir, "hf"), model, state.params)
+    return metrics
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    from absl import flags, logging
+
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+
+    config = flags.FLAGS.config
+    workdir = flags.FLAGS.workdir or config.workdir
+    if not workdir:
+        raise ValueError("pass --workdir (or --config.workdir).")
+    os.makedirs(workdir, exist_ok=True)
+    metrics = train_and_evaluate(config, workdir, command=" ".join(sys.argv))
+    print(
+        f"Done: {metrics['num_params']:,} params, held-out {metrics['heldout_bpb']:.4f} "
+        f"bits/byte, {metrics['wall_time_s']:.0f} s.",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    # The default resolves from the repository root whatever the working directory.
+    _default = os.path.join(os.path.dirname(__file__), os.pardir, "configs", "train_lm.py")
+    config_flags.DEFINE_config_file("config", default=os.path.normpath(_default))
+    flags.DEFINE_string("workdir", None, "Output directory (checkpoints, metrics, export).")
+    app.run(main)

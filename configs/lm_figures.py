@@ -17,5 +17,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.seed = 0
     # Peer: HuggingFace transformers (torch, CPU) greedy `generate` on the same weights.
     config.peer = True
+    # torch intra-op threads: 1 is fastest for models this small and avoids OpenMP
+    # spin-waiting when other processes share the 2 cores.
+    config.peer_threads = 1
     config.output_dir = "outputs/lm_figures"
     return config

@@ -48,11 +48,12 @@ def time_ours(model, prompts, lengths, max_new_tokens, repeats):
     return times, out
 
 
-def time_peer(directory, prompt, max_new_tokens, repeats):
+def time_peer(directory, prompt, max_new_tokens, repeats, threads):
     """HF transformers greedy generation of one prompt; returns (times, new tokens)."""
     import torch
     import transformers
 
+    torch.set_num_threads(threads)
     model = transformers.GPT2LMHeadModel.from_pretrained(directory).eval()
     inputs = torch.tensor(prompt[None], dtype=torch.long)
     kwargs = dict(
@@ -119,7 +120,11 @@ def main(argv):
         if config.peer and batch == 1:
             directory = importlib.resources.files("lookahead_jax.models") / "pretrained" / name
             peer_times, peer_tokens = time_peer(
-                directory, prompts[0, : lengths[0]], config.max_new_tokens, config.repeats
+                directory,
+                prompts[0, : lengths[0]],
+                config.max_new_tokens,
+                config.repeats,
+                config.peer_threads,
             )
             ours_tokens = np.asarray(out.tokens[0, lengths[0] : out.lengths[0]])
             row["peer"] = "transformers " + __import__("transformers").__version__

@@ -47,6 +47,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.repeats = 3
     config.seed = 0
     config.peer = True
+    # torch intra-op threads: 1 is fastest for models this small and avoids OpenMP
+    # spin-waiting when other processes share the 2 cores.
+    config.peer_threads = 1
     config.output_dir = "outputs/speculative_decoding"
     return config
 
@@ -110,6 +113,7 @@ def _peer_rows(config, target_dir, draft_dir, prompt: np.ndarray, ours_greedy: n
     import torch
     import transformers
 
+    torch.set_num_threads(config.peer_threads)
     torch.manual_seed(0)
     target = transformers.GPT2LMHeadModel.from_pretrained(target_dir).eval()
     assistant = transformers.GPT2LMHeadModel.from_pretrained(draft_dir).eval()

@@ -116,15 +116,20 @@ def _attention(
     neg = jnp.finfo(q.dtype).min
     scores = jnp.einsum("bihd,bjhd->bhij", q, k_new) * scale
     scores = jnp.where(new_mask[:, None], scores, neg)
-    if k_prefix is not None:
-        prefix_scores = jnp.einsum("bihd,bthd->bhit", q, k_prefix) * scale
-        prefix_scores = jnp.where(prefix_mask[:, None, None, :], prefix_scores, neg)
-        scores = jnp.concatenate([prefix_scores, scores], axis=-1)
-        values = jnp.concatenate([v_prefix, v_new], axis=1)
-    else:
-        values = v_new
-    weights = jax.nn.softmax(scores, axis=-1)
-    return jnp.einsum("bhij,bjhd->bihd", weights, values)
+    if k_prefix is None:
+        return jnp.einsum("bhij,bjhd->bihd", jax.nn.softmax(scores, axis=-1), v_new)
+    # One softmax over prefix and new keys, without concatenating the cache
+    # (a concatenation would copy this layer's whole cache at every call).
+    prefix_scores = jnp.einsum("bihd,bthd->bhit", q, k_prefix) * scale
+    prefix_scores = jnp.where(prefix_mask[:, None, None, :], prefix_scores, neg)
+    top = jnp.maximum(jnp.max(scores, -1, keepdims=True), jnp.max(prefix_scores, -1, keepdims=True))
+    new_weights = jnp.exp(scores - top)
+    prefix_weights = jnp.exp(prefix_scores - top)
+    total = jnp.sum(new_weights, -1) + jnp.sum(prefix_weights, -1)  # [B, H, S]
+    attended = jnp.einsum("bhij,bjhd->bihd", new_weights, v_new) + jnp.einsum(
+        "bhit,bthd->bihd", prefix_weights, v_prefix
+    )
+    return attended / jnp.swapaxes(total, 1, 2)[..., None]
 
 
 def tree_sum(x: jax.Array, axis: int) -> jax.Array:
@@ -187,16 +192,16 @@ def _exact_attention(
     return tree_sum(weights[..., None] * values[:, None], axis=2)  # [B, S, H, Dh]
 
 
-def _write(buffer: jax.Array, update: jax.Array, starts: jax.Array) -> jax.Array:
-    """Writes ``update [B, S, ...]`` into ``buffer [B, T, ...]`` at slot ``starts[b]`` per row.
+def _write(buffer: jax.Array, layer: jax.Array, update: jax.Array, starts: jax.Array) -> jax.Array:
+    """Writes ``update [B, S, H, Dh]`` into ``buffer [L, B, T, H, Dh]`` at ``layer``, ``starts[b]``.
 
     Slots past the end are dropped (``cache.overflowed`` reports it) rather than
     clamped, so an overflow can never overwrite committed entries.
     """
     num_new = update.shape[1]
     slots = starts[:, None] + jnp.arange(num_new, dtype=starts.dtype)[None, :]
-    rows = jnp.arange(buffer.shape[0])[:, None]
-    return buffer.at[rows, slots].set(update, mode="drop")
+    rows = jnp.arange(buffer.shape[1])[:, None]
+    return buffer.at[layer, rows, slots].set(update, mode="drop")
 
 
 def _check_inputs(
@@ -317,32 +322,36 @@ def apply(
         )
         visible = prefix_mask[:, None, :] | (in_block[:, None, :] & block_mask)
 
-    def block(x: jax.Array, layer: tuple[Params, jax.Array | None, jax.Array | None]):
-        p, k_cache, v_cache = layer
+    def block(carry, layer):
+        x, keys, values = carry
+        p, index = layer
         h = layer_norm(p["ln_1"], x, eps, exact)
         qkv = _dense(h, p["attn"]["qkv_kernel"], exact) + p["attn"]["qkv_bias"]
         q, k, v = jnp.split(qkv.reshape(batch, num_new, 3 * heads, head_dim), 3, axis=2)
-        if k_cache is not None:
-            new_k, new_v = _write(k_cache, k, starts), _write(v_cache, v, starts)
+        layer_keys = layer_values = None
+        if keys is not None:
+            # Write first, in place into the carried cache, then read this layer's
+            # slots: the prefix mask hides the new slots from the fast path.
+            keys, values = _write(keys, index, k, starts), _write(values, index, v, starts)
+            layer_keys = lax.dynamic_index_in_dim(keys, index, keepdims=False)
+            layer_values = lax.dynamic_index_in_dim(values, index, keepdims=False)
         if exact:
-            attended = _exact_attention(config, q, new_k, new_v, visible)
+            attended = _exact_attention(config, q, layer_keys, layer_values, visible)
         else:
-            attended = _attention(config, q, k, v, new_mask, k_cache, v_cache, prefix_mask)
+            attended = _attention(config, q, k, v, new_mask, layer_keys, layer_values, prefix_mask)
         attended = attended.reshape(batch, num_new, heads * head_dim)
         x = x + _dense(attended, p["attn"]["out_kernel"], exact) + p["attn"]["out_bias"]
         h = layer_norm(p["ln_2"], x, eps, exact)
         h = _dense(h, p["mlp"]["fc_kernel"], exact) + p["mlp"]["fc_bias"]
         h = jax.nn.gelu(h, approximate=True)
         x = x + _dense(h, p["mlp"]["proj_kernel"], exact) + p["mlp"]["proj_bias"]
-        if k_cache is None:
-            return x, (x, None, None)
-        return x, (x, new_k, new_v)
+        return (x, keys, values), x
 
-    if cache is None:
-        xs = (params["layers"], None, None)
-    else:
-        xs = (params["layers"], cache.keys, cache.values)
-    x_final, (per_layer, new_keys, new_values) = lax.scan(block, x, xs)
+    # The cache rides in the scan carry so that XLA updates it in place; as a
+    # scanned input/output it would be copied whole at every call.
+    init = (x, None, None) if cache is None else (x, cache.keys, cache.values)
+    layers = (params["layers"], jnp.arange(config.num_layers))
+    (x_final, new_keys, new_values), per_layer = lax.scan(block, init, layers)
     if exact:
         normed = layer_norm(params["ln_f"], x_final, config.layer_norm_eps, exact=True)
         logits = _dense(normed, params["wte"].T, exact=True)

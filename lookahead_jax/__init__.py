@@ -2,7 +2,8 @@
 
 Subpackages: ``models`` (reference transformer, KV cache, HF interop, shipped
 models), ``data`` (shipped corpus), ``drafting`` and ``verification``
-(speculative decoding parts), ``decoding`` (generation loops), plus the shared
+(speculative decoding parts), ``decoding`` (generation loops), ``particles``
+(SMC, Kalman reference, language-model particle filtering), plus the shared
 ``sampling``, ``sharding`` and ``checkpoint`` helpers.
 """
 
@@ -12,6 +13,7 @@ from lookahead_jax import (
     decoding,
     drafting,
     models,
+    particles,
     sampling,
     sharding,
     verification,
@@ -31,6 +33,7 @@ __all__ = [
     "drafting",
     "generate",
     "models",
+    "particles",
     "sampling",
     "sharding",
     "verification",

@@ -1,0 +1,71 @@
+"""The exact Kalman filter: the reference every particle filter is tested against."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from lookahead_jax import _checks
+from lookahead_jax.particles.ssm import LinearGaussianSSM
+
+
+class KalmanResult(NamedTuple):
+    """Filtering distributions p(x_t | y_1..t) = N(means[t], covariances[t])."""
+
+    log_likelihood: jax.Array  # [] float, log p(y_1..T)
+    means: jax.Array  # [T, dx]
+    covariances: jax.Array  # [T, dx, dx]
+
+
+def kalman_filter(lgssm: LinearGaussianSSM, observations: jax.Array) -> KalmanResult:
+    """Exact filtering means, covariances and log-likelihood, as one ``lax.scan``.
+
+    Convention: ``N(initial_mean, initial_cov)`` is the prior of the state at the
+    first observation (no transition before it); every later step predicts
+    through ``F, Q`` and then updates with ``y_t``.
+
+    Args:
+      lgssm: the model.
+      observations: [T, dy].
+    """
+    lgssm.check()
+    _checks.check_shape(
+        "observations", observations, (None, lgssm.observation_dim), "[T, observation_dim]"
+    )
+    F, Q = lgssm.transition_matrix, lgssm.transition_cov
+    H, R = lgssm.observation_matrix, lgssm.observation_cov
+    dy = lgssm.observation_dim
+
+    def update(mean, cov, y):
+        s = H @ cov @ H.T + R
+        chol = jnp.linalg.cholesky(s)
+        residual = y - H @ mean
+        # K = P H^T S^{-1}, via two triangular solves instead of an inverse.
+        gain = jax.scipy.linalg.cho_solve((chol, True), H @ cov).T
+        z = jax.scipy.linalg.solve_triangular(chol, residual, lower=True)
+        log_lik = -0.5 * (
+            z @ z + 2.0 * jnp.sum(jnp.log(jnp.diag(chol))) + dy * jnp.log(2.0 * jnp.pi)
+        )
+        mean = mean + gain @ residual
+        # Joseph form keeps the covariance symmetric positive definite.
+        eye = jnp.eye(cov.shape[0], dtype=cov.dtype)
+        a = eye - gain @ H
+        cov = a @ cov @ a.T + gain @ R @ gain.T
+        return mean, cov, log_lik
+
+    def body(carry, y):
+        mean, cov, total = carry
+        mean, cov = F @ mean, F @ cov @ F.T + Q
+        mean, cov, log_lik = update(mean, cov, y)
+        return (mean, cov, total + log_lik), (mean, cov)
+
+    mean, cov, log_lik = update(lgssm.initial_mean, lgssm.initial_cov, observations[0])
+    (_, _, total), (means, covs) = lax.scan(body, (mean, cov, log_lik), observations[1:])
+    return KalmanResult(
+        log_likelihood=total,
+        means=jnp.concatenate([mean[None], means]),
+        covariances=jnp.concatenate([cov[None], covs]),
+    )

@@ -1,0 +1,206 @@
+"""Resampling: unbiased offspring, per-method count invariants, float32 edge cases, errors."""
+
+import functools
+
+import hypothesis.extra.numpy as hnp
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lookahead_jax import particles
+from lookahead_jax.particles import resampling
+
+N = 8
+M = 16
+REPLICATES = 4000
+
+
+@functools.partial(jax.jit, static_argnames=("num_samples",))
+def all_methods(key, log_weights, num_samples):
+    """Offspring [4, N], ancestors [4, M] and degenerate flags [4], one row per method."""
+    rows = [
+        (
+            *particles.offspring_counts(key, log_weights, num_samples, method),
+            particles.resample(key, log_weights, num_samples, method),
+        )
+        for method in particles.METHODS
+    ]
+    offspring, degenerate, ancestors = (jnp.stack(x) for x in zip(*rows, strict=True))
+    return offspring, ancestors, degenerate
+
+
+@functools.partial(jax.jit, static_argnames=("num_samples",))
+def replicated_counts(keys, log_weights, num_samples):
+    """Offspring [4, R, N] over replicate keys [R], one row per method."""
+    return jax.vmap(lambda k: all_methods(k, log_weights, num_samples)[0], out_axes=1)(keys)
+
+
+METHOD_ROW = {method: i for i, method in enumerate(particles.METHODS)}
+
+
+def _float32_log_weights(values):
+    return jnp.log(jnp.asarray(values, jnp.float32))
+
+
+# Weights with zeros, a dominant particle and tiny ones: each method's edge cases at once.
+FIXED_WEIGHTS = np.array([0.0, 0.31, 0.02, 0.0, 0.4, 0.001, 0.269, 0.0])
+
+
+@pytest.fixture(scope="module")
+def fixed_counts():
+    w = FIXED_WEIGHTS / FIXED_WEIGHTS.sum()
+    keys = jax.random.split(jax.random.key(0), REPLICATES)
+    return w, np.asarray(replicated_counts(keys, _float32_log_weights(w), M))
+
+
+@pytest.mark.parametrize("method", particles.METHODS)
+def test_offspring_means_equal_m_times_weights(method, fixed_counts):
+    w, counts = fixed_counts
+    counts = counts[METHOD_ROW[method]]
+    assert (counts.sum(axis=1) == M).all()
+    expected = M * w
+    # Multinomial standard error; the other methods have no larger variance here.
+    tol = 4 * np.sqrt(M * w * (1 - w) / REPLICATES) + 1e-6
+    np.testing.assert_array_less(np.abs(counts.mean(axis=0) - expected), tol + 1e-9)
+    assert (counts[:, w == 0] == 0).all()
+    if method == "systematic":
+        assert np.isin(counts - np.floor(expected), [0, 1]).all()
+    if method == "residual":
+        assert (counts >= np.floor(expected + 1e-6)).all()
+    if method == "multinomial":
+        # Not a lower-variance scheme in disguise: the variance is the multinomial one.
+        np.testing.assert_allclose(counts.var(axis=0), M * w * (1 - w), rtol=0.15, atol=1e-3)
+
+
+# One shape (12) keeps compilation to one program per num_samples; zeros vary the support.
+positive_weights = hnp.arrays(
+    np.float64,
+    12,
+    elements=st.one_of(st.just(0.0), st.floats(1e-6, 1.0)),
+).filter(lambda w: w.sum() > 0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(w=positive_weights, num_samples=st.sampled_from([7, 16]), seed=st.integers(0, 2**16))
+def test_count_invariants(w, num_samples, seed):
+    lw = _float32_log_weights(w)
+    expected = num_samples * w / w.sum()
+    all_offspring, all_ancestors, all_degenerate = all_methods(
+        jax.random.key(seed), lw, num_samples
+    )
+    for method, row in METHOD_ROW.items():
+        offspring, ancestors = np.asarray(all_offspring[row]), np.asarray(all_ancestors[row])
+        degenerate = all_degenerate[row]
+        assert not degenerate
+        assert offspring.sum() == num_samples and (offspring >= 0).all()
+        np.testing.assert_array_equal(np.bincount(ancestors, minlength=len(w)), offspring)
+        assert (np.diff(ancestors) >= 0).all()
+        assert (offspring[w == 0] == 0).all(), method
+        # float32 rounding of M w_i: allow 1e-3 around the integer boundaries.
+        if method == "systematic":
+            assert (offspring >= np.floor(expected - 1e-3)).all()
+            assert (offspring <= np.ceil(expected + 1e-3)).all()
+        if method == "residual":
+            assert (offspring >= np.floor(expected - 1e-3)).all()
+
+
+@pytest.mark.parametrize("n", [1, 5, 13])
+def test_uniform_weights_give_identity(n):
+    lw = jnp.full((n,), -3.7, jnp.float32)
+    for seed in range(5):
+        _, ancestors, _ = all_methods(jax.random.key(seed), lw, n)
+        for method in ("systematic", "stratified", "residual"):
+            np.testing.assert_array_equal(ancestors[METHOD_ROW[method]], np.arange(n))
+
+
+def test_zero_weights_never_picked_when_float32_cdf_ends_below_one():
+    # 997 random float32 weights + trailing zeros: the plain float32 cumsum of the
+    # normalised weights ends an ulp away from 1, and positions near 1 must not fall
+    # through to the zero-weight tail. Also interleaved zeros inside.
+    rng = np.random.default_rng(0)
+    w = rng.exponential(size=1000).astype(np.float32)
+    w[::7] = 0.0
+    w[-3:] = 0.0
+    normalised = w / w.sum()
+    assert np.cumsum(normalised, dtype=np.float32)[-1] != 1.0  # the hazard is real
+    lw = jnp.log(jnp.asarray(normalised))
+    zero = w == 0
+    keys = jax.random.split(jax.random.key(1), 50)
+    counts = np.asarray(replicated_counts(keys, lw, 1000))
+    assert counts.shape == (4, 50, 1000)
+    assert (counts[:, :, zero] == 0).all()
+
+
+def test_extreme_positions_never_pick_zero_weights():
+    # Leading, interleaved and trailing zeros; positions at exactly 0 and just below 1.
+    w = jnp.asarray([0.0, 0.0, 0.3, 0.0, 0.7, 0.0, 0.0], jnp.float32)
+    zero = np.asarray(w) == 0
+    below_one = np.nextafter(np.float32(1), np.float32(0))
+
+    @jax.jit
+    def counts_at(shift, u):
+        cdf = resampling.robust_cdf(w)
+        below = resampling._count_below(u, cdf)
+        return (
+            resampling._systematic_counts(cdf, shift, 10),
+            resampling._stratified_counts(cdf, jnp.full((10,), shift), 10),
+            resampling._offspring_from_counts(cdf, below, 6),
+        )
+
+    # Sorted positions at exactly 0 and exactly 1 (a float32 rounding of S_j / S_M).
+    u = jnp.asarray([0.0, 0.0, 0.3, 0.5, 1.0, 1.0], jnp.float32)
+    for shift in (0.0, below_one):
+        sys, strat, counts = (np.asarray(c) for c in counts_at(jnp.float32(shift), u))
+        for c in (sys, strat):
+            assert c.sum() == 10 and (c[zero] == 0).all()
+    # u < 0.3 twice; 0.3 itself, 0.5 and the two 1.0 go to particle 4.
+    np.testing.assert_array_equal(counts, [0, 0, 2, 0, 4, 0, 0])
+
+
+def test_count_below_matches_searchsorted():
+    rng = np.random.default_rng(3)
+    u = np.concatenate([np.sort(rng.uniform(size=450)), np.full(50, 2.0)]).astype(np.float32)
+    u[:20] = 0.0  # ties at 0, as a float32 S_j / S_M can give; inactive tail as in residual
+    cdf = np.sort(rng.uniform(size=300)).astype(np.float32)
+    cdf[:3] = u[100]  # ties between a cdf entry and a position
+    np.testing.assert_array_equal(
+        jax.jit(resampling._count_below)(u, cdf), np.searchsorted(u, cdf, side="left")
+    )
+
+
+def test_running_max_paths_agree():
+    # Short arrays use lax.cummax, long ones associative_scan: both must be exact.
+    x = jax.random.normal(jax.random.key(5), (resampling._SCAN_MIN_LENGTH,))
+    long = jax.jit(resampling._running_max)(x)
+    short = jax.jit(resampling._running_max)(x[:1000])
+    np.testing.assert_array_equal(long, np.maximum.accumulate(np.asarray(x)))
+    np.testing.assert_array_equal(short, np.maximum.accumulate(np.asarray(x[:1000])))
+
+
+def test_undefined_weights_fall_back_to_uniform_and_flag():
+    lw = jnp.full((5,), -jnp.inf, jnp.float32).at[1].set(jnp.nan)
+    offspring, ancestors, degenerate = all_methods(jax.random.key(0), lw, 5)
+    assert bool(degenerate.all())
+    for method in ("systematic", "stratified", "residual"):
+        np.testing.assert_array_equal(ancestors[METHOD_ROW[method]], np.arange(5))
+    # NaN is weight zero when some weight is defined; +inf particles share all the mass.
+    lw = jnp.asarray([jnp.nan, 0.0, jnp.inf, -1.0, jnp.inf], jnp.float32)
+    offspring, _, degenerate = all_methods(jax.random.key(0), lw, 10)
+    assert not bool(degenerate.any())
+    np.testing.assert_array_equal(offspring[METHOD_ROW["residual"]], [0, 0, 5, 0, 5])
+    np.testing.assert_array_equal(offspring[METHOD_ROW["systematic"]], [0, 0, 5, 0, 5])
+
+
+def test_errors():
+    lw = jnp.zeros((4,))
+    with pytest.raises(ValueError, match="`method` must be one of"):
+        particles.resample(jax.random.key(0), lw, 4, "killing")
+    with pytest.raises(ValueError, match=r"`log_weights` must have rank 1.*\(2, 2\)"):
+        particles.resample(jax.random.key(0), jnp.zeros((2, 2)), 4)
+    with pytest.raises(ValueError, match="`log_weights` must be a floating array"):
+        particles.resample(jax.random.key(0), jnp.zeros((4,), jnp.int32), 4)
+    with pytest.raises(ValueError, match="`num_samples` must be a positive int; got 0"):
+        particles.resample(jax.random.key(0), lw, 0)

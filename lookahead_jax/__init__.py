@@ -3,7 +3,8 @@
 Subpackages: ``models`` (reference transformer, KV cache, HF interop, shipped
 models), ``data`` (shipped corpus), ``drafting`` and ``verification``
 (speculative decoding parts), ``decoding`` (generation loops), ``particles``
-(SMC, Kalman reference, language-model particle filtering), plus the shared
+(SMC, Kalman reference, language-model particle filtering),
+``predictive_coding`` (pyhgf-style HGF networks), plus the shared
 ``sampling``, ``sharding`` and ``checkpoint`` helpers.
 """
 
@@ -14,6 +15,7 @@ from lookahead_jax import (
     drafting,
     models,
     particles,
+    predictive_coding,
     sampling,
     sharding,
     verification,
@@ -34,6 +36,7 @@ __all__ = [
     "generate",
     "models",
     "particles",
+    "predictive_coding",
     "sampling",
     "sharding",
     "verification",

@@ -21,6 +21,25 @@
 # Install from a checkout with `pip install .` (the notebook runs as is once
 # `lookahead_jax` is importable).
 
+# %% [markdown]
+# **Colab / fresh runtime:** the next cell installs lookahead_jax if it is not
+# importable yet, and does nothing otherwise. It installs a wheel uploaded
+# next to the notebook (`python -m build` makes one) or, failing that,
+# `LOOKAHEAD_JAX_SOURCE`: set it to the repository's `git+https://...` URL or
+# a wheel path.
+
+# %%
+import glob
+import importlib.util
+import os
+import subprocess
+import sys
+
+if importlib.util.find_spec("lookahead_jax") is None:
+    wheels = sorted(glob.glob("lookahead_jax-*.whl"))
+    source = wheels[-1] if wheels else os.environ.get("LOOKAHEAD_JAX_SOURCE", "lookahead-jax")
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", source])
+
 # %% tags=["parameters"]
 NUM_PROMPTS = 4
 PROMPT_LENGTH = 48

@@ -90,16 +90,6 @@ def _runner(method: str, k: int, max_new_tokens: int, sampling: Sampling, max_ng
     return jax.jit(run)
 
 
-def _time(fn, args, repeats: int):
-    out = jax.block_until_ready(fn(*args))  # compile + warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return times, out
-
-
 def _theory(acceptance: float, k: int) -> float:
     """Expected tokens per target call for i.i.d. acceptance ``a``: (1 - a^(K+1)) / (1 - a)."""
     if k == 0:
@@ -109,7 +99,8 @@ def _theory(acceptance: float, k: int) -> float:
     return (1 - acceptance ** (k + 1)) / (1 - acceptance)
 
 
-def _peer_rows(config, target_dir, draft_dir, prompt: np.ndarray, ours_greedy: np.ndarray):
+def _peer_calls(config, target_dir, draft_dir, prompt: np.ndarray):
+    """HF generate calls on the same weights: ``[(name, call)]``; ``call() -> (tokens, calls)``."""
     import torch
     import transformers
 
@@ -117,8 +108,8 @@ def _peer_rows(config, target_dir, draft_dir, prompt: np.ndarray, ours_greedy: n
     torch.manual_seed(0)
     target = transformers.GPT2LMHeadModel.from_pretrained(target_dir).eval()
     assistant = transformers.GPT2LMHeadModel.from_pretrained(draft_dir).eval()
-    calls = {"n": 0}
-    target.register_forward_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
+    counter = {"n": 0}
+    target.register_forward_hook(lambda *_: counter.__setitem__("n", counter["n"] + 1))
     inputs = torch.tensor(prompt[None], dtype=torch.long)
     base = dict(
         max_new_tokens=config.max_new_tokens,
@@ -132,32 +123,17 @@ def _peer_rows(config, target_dir, draft_dir, prompt: np.ndarray, ours_greedy: n
         "hf_assisted": {"assistant_model": assistant},
         "hf_prompt_lookup": {"prompt_lookup_num_tokens": config.prompt_lookup_k},
     }
-    rows = []
-    for name, extra in variants.items():
-        with torch.inference_mode():
-            target.generate(inputs, **base, **extra)  # warm-up
-            times, out = [], None
-            for _ in range(config.repeats):
-                calls["n"] = 0
-                start = time.perf_counter()
+
+    def make_call(extra):
+        def call():
+            counter["n"] = 0
+            with torch.inference_mode():
                 out = target.generate(inputs, **base, **extra)
-                times.append(time.perf_counter() - start)
-        new = out[0, len(prompt) :].numpy()
-        seconds = statistics.median(times)
-        rows.append(
-            {
-                "method": name,
-                "peer": f"transformers {transformers.__version__}",
-                "batch": 1,
-                "temperature": 0.0,
-                "new_tokens": len(new),
-                "seconds_median": seconds,
-                "tokens_per_s": len(new) / seconds,
-                "target_calls_per_token": calls["n"] / len(new),
-                "same_tokens_as_our_greedy": bool(np.array_equal(new, ours_greedy)),
-            }
-        )
-    return rows
+            return out[0, len(prompt) :].numpy(), counter["n"]
+
+        return call
+
+    return [(name, make_call(extra)) for name, extra in variants.items()]
 
 
 def run(config: ml_collections.ConfigDict, progress=None) -> dict[str, Any]:
@@ -177,16 +153,44 @@ def run(config: ml_collections.ConfigDict, progress=None) -> dict[str, Any]:
         for m in _methods(config)
         if temperature == 0.0 or not m["method"].endswith("_exact")
     ]
-    iterator = progress(jobs) if progress else jobs
-    reference: dict[tuple[int, float], Any] = {}
-    for batch, temperature, m in iterator:
+    # Compile every configuration first, then time them round-robin: on a shared,
+    # noisy machine each configuration's median then sees the same conditions.
+    prepared = []
+    for batch, temperature, m in progress(jobs) if progress else jobs:
         sampling = Sampling(temperature=temperature)
         prompts, lengths = data.heldout_prompts(batch, config.prompt_length, seed=config.seed)
         fn = _runner(
             m["method"], m["k"], config.max_new_tokens, sampling, config.prompt_lookup_max_ngram
         )
         args = (target, draft, prompts, lengths, jax.random.key(config.seed))
-        times, out = _time(fn, args, config.repeats)
+        prepared.append((fn, args, jax.block_until_ready(fn(*args))))
+    peers = []
+    if config.peer and 1 in config.batch_sizes and 0.0 in config.temperatures:
+        try:
+            import transformers
+        except ImportError:
+            results["peer_skipped"] = "transformers is not installed (pip install '.[peer]')"
+        else:
+            results["peer"] = f"transformers {transformers.__version__}"
+            root = importlib.resources.files("lookahead_jax.models") / "pretrained"
+            prompts, lengths = data.heldout_prompts(1, config.prompt_length, seed=config.seed)
+            for name, call in _peer_calls(
+                config, root / config.target, root / config.draft, prompts[0, : lengths[0]]
+            ):
+                peers.append((name, call, call()))  # the first call warms up
+    timings: list[list[float]] = [[] for _ in prepared]
+    peer_timings: list[list[float]] = [[] for _ in peers]
+    for _ in range(config.repeats):
+        for times, (fn, args, _) in zip(timings, prepared, strict=True):
+            start = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            times.append(time.perf_counter() - start)
+        for times, (_, call, _) in zip(peer_timings, peers, strict=True):
+            start = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - start)
+    reference: dict[tuple[int, float], Any] = {}
+    for (batch, temperature, m), times, (_, _, out) in zip(jobs, timings, prepared, strict=True):
         generated = int(np.sum(out.num_generated))
         calls = int(np.sum(out.stats.target_calls))
         rounds = calls - batch  # the prefill is not a verification round
@@ -220,38 +224,33 @@ def run(config: ml_collections.ConfigDict, progress=None) -> dict[str, Any]:
             )
         row["speedup_vs_autoregressive"] = row["tokens_per_s"] / reference[(batch, temperature)][1]
         results["rows"].append(row)
-        if progress:
-            progress.write(
-                json.dumps(
-                    {k: row[k] for k in ("method", "k", "batch", "temperature", "tokens_per_s")}
-                )
-            )
 
-    if config.peer and 1 in config.batch_sizes and 0.0 in config.temperatures:
-        try:
-            import transformers  # noqa: F401
-        except ImportError:
-            results["peer_skipped"] = "transformers is not installed (pip install '.[peer]')"
-        else:
-            root = importlib.resources.files("lookahead_jax.models") / "pretrained"
-            prompts, lengths = data.heldout_prompts(1, config.prompt_length, seed=config.seed)
-            ours = reference[(1, 0.0)][0]
-            ours_greedy = np.asarray(ours.tokens[0, lengths[0] : ours.lengths[0]])
-            peer = _peer_rows(
-                config,
-                root / config.target,
-                root / config.draft,
-                prompts[0, : lengths[0]],
-                ours_greedy,
+    if peers:
+        prompts, lengths = data.heldout_prompts(1, config.prompt_length, seed=config.seed)
+        ours = reference[(1, 0.0)][0]
+        ours_greedy = np.asarray(ours.tokens[0, lengths[0] : ours.lengths[0]])
+        best = max(
+            (r for r in results["rows"] if r["batch"] == 1 and r["temperature"] == 0.0),
+            key=lambda r: r["tokens_per_s"],
+        )
+        results["peer_rows"] = []
+        for (name, _, (tokens, calls)), times in zip(peers, peer_timings, strict=True):
+            seconds = statistics.median(times)
+            results["peer_rows"].append(
+                {
+                    "method": name,
+                    "peer": results["peer"],
+                    "batch": 1,
+                    "temperature": 0.0,
+                    "new_tokens": len(tokens),
+                    "seconds_median": seconds,
+                    "tokens_per_s": len(tokens) / seconds,
+                    "target_calls_per_token": calls / len(tokens),
+                    "same_tokens_as_our_greedy": bool(np.array_equal(tokens, ours_greedy)),
+                    "ours_best_method": f"{best['method']} k={best['k']}",
+                    "ours_best_speedup": best["tokens_per_s"] * seconds / len(tokens),
+                }
             )
-            results["peer_rows"] = peer
-            best = max(
-                (r for r in results["rows"] if r["batch"] == 1 and r["temperature"] == 0.0),
-                key=lambda r: r["tokens_per_s"],
-            )
-            for r in peer:
-                r["ours_best_method"] = f"{best['method']} k={best['k']}"
-                r["ours_best_speedup"] = best["tokens_per_s"] / r["tokens_per_s"]
     _write(results, pathlib.Path(config.output_dir))
     return results
 

@@ -5,7 +5,8 @@ Usage::
     python experiments/lm_figures.py --config=configs/lm_figures.py \\
         [--config.repeats=5] [--config.peer=False]
 
-Greedy decoding speed is measured side by side in one run: our compiled
+Greedy decoding speed is measured side by side in one run, the two alternating
+call by call so that both see the same machine load: our compiled
 ``generate`` (one ``lax.while_loop``, compile time excluded) and HuggingFace
 transformers' ``generate`` (torch, CPU, ``do_sample=False``, KV cache) on the same
 weights and the same prompts. The peer runs batch 1 only: a ragged batch in
@@ -35,21 +36,16 @@ from lookahead_jax.decoding import generate
 _CONFIG = config_flags.DEFINE_config_file("config", default="configs/lm_figures.py")
 
 
-def time_ours(model, prompts, lengths, max_new_tokens, repeats):
+def ours_call(model, prompts, lengths, max_new_tokens):
+    """Our compiled greedy generation as a zero-argument call (compiled on first use)."""
     run = jax.jit(
         lambda m, p, n: generate(m, p, n, jax.random.key(0), max_new_tokens=max_new_tokens)
     )
-    out = jax.block_until_ready(run(model, prompts, lengths))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = jax.block_until_ready(run(model, prompts, lengths))
-        times.append(time.perf_counter() - start)
-    return times, out
+    return lambda: jax.block_until_ready(run(model, prompts, lengths))
 
 
-def time_peer(directory, prompt, max_new_tokens, repeats, threads):
-    """HF transformers greedy generation of one prompt; returns (times, new tokens)."""
+def peer_call(directory, prompt, max_new_tokens, threads):
+    """HF transformers greedy generation of one prompt as a call returning the new tokens."""
     import torch
     import transformers
 
@@ -64,14 +60,24 @@ def time_peer(directory, prompt, max_new_tokens, repeats, threads):
         pad_token_id=0,
         attention_mask=torch.ones_like(inputs),
     )
-    with torch.inference_mode():
-        out = model.generate(inputs, **kwargs)  # warm-up
-        times = []
-        for _ in range(repeats):
+
+    def call():
+        with torch.inference_mode():
+            return model.generate(inputs, **kwargs)[0, len(prompt) :].numpy()
+
+    return call
+
+
+def interleaved_times(calls, repeats):
+    """Times each call ``repeats`` times, alternating between them (fair under load)."""
+    outputs = [call() for call in calls]  # compile / warm up
+    times = [[] for _ in calls]
+    for _ in range(repeats):
+        for call, record in zip(calls, times, strict=True):
             start = time.perf_counter()
-            out = model.generate(inputs, **kwargs)
-            times.append(time.perf_counter() - start)
-    return times, out[0, len(prompt) :].numpy()
+            call()
+            record.append(time.perf_counter() - start)
+    return times, outputs
 
 
 def main(argv):
@@ -106,9 +112,17 @@ def main(argv):
     jobs = [(name, batch) for name in loaded for batch in config.batch_sizes]
     for name, batch in tqdm(jobs, desc="greedy decoding"):
         prompts, lengths = data.heldout_prompts(batch, config.prompt_length, seed=config.seed)
-        times, out = time_ours(
-            loaded[name], prompts, lengths, config.max_new_tokens, config.repeats
-        )
+        calls = [ours_call(loaded[name], prompts, lengths, config.max_new_tokens)]
+        with_peer = config.peer and batch == 1
+        if with_peer:
+            directory = importlib.resources.files("lookahead_jax.models") / "pretrained" / name
+            calls.append(
+                peer_call(
+                    directory, prompts[0, : lengths[0]], config.max_new_tokens, config.peer_threads
+                )
+            )
+        all_times, outputs = interleaved_times(calls, config.repeats)
+        times, out = all_times[0], outputs[0]
         new = int(np.sum(out.num_generated))
         row = {
             "model": name,
@@ -117,15 +131,8 @@ def main(argv):
             "ours_seconds_median": statistics.median(times),
             "ours_tokens_per_s": new / statistics.median(times),
         }
-        if config.peer and batch == 1:
-            directory = importlib.resources.files("lookahead_jax.models") / "pretrained" / name
-            peer_times, peer_tokens = time_peer(
-                directory,
-                prompts[0, : lengths[0]],
-                config.max_new_tokens,
-                config.repeats,
-                config.peer_threads,
-            )
+        if with_peer:
+            peer_times, peer_tokens = all_times[1], outputs[1]
             ours_tokens = np.asarray(out.tokens[0, lengths[0] : out.lengths[0]])
             row["peer"] = "transformers " + __import__("transformers").__version__
             row["peer_seconds_median"] = statistics.median(peer_times)

@@ -10,7 +10,7 @@ import sys
 from lookahead_jax import __version__
 
 # bench name -> module under lookahead_jax.benchmarks with default_config(), run(), format_table()
-BENCHMARKS = {"spec": "speculative"}
+BENCHMARKS = {"spec": "speculative", "hgf": "hgf", "particles": "inference_time_scaling"}
 
 
 def _apply_overrides(config, overrides: list[str]):

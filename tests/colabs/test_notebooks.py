@@ -17,11 +17,26 @@ SMALL = {
     "01_speculative_decoding": (
         "BATCH = 2\nPROMPT_LENGTH = 24\nMAX_NEW_TOKENS = 16\nDRAFT_LENGTHS = (2, 4)\nREPEATS = 1"
     ),
+    "03_particle_filtering": (
+        "NUM_STEPS = 8\nNUM_PARTICLES = 256\nREPLICATES = 4\nRESAMPLE_REPLICATES = 200\n"
+        "EPF_SEEDS = 32\nEPF_PARTICLES = 4"
+    ),
+    "04_predictive_coding": (
+        "NUM_SUBJECTS = 4\nSUBJECT_STEPS = 100\nFIT_STEPS = 20\nNUM_DRAWS = 32"
+    ),
 }
 
 
 def test_every_notebook_has_small_parameters():
     assert {path.stem for path in NOTEBOOKS} == set(SMALL)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_starts_with_a_colab_install_cell(path):
+    """The first code cell installs the package in Colab and is a no-op where it is importable."""
+    first = next(c for c in jupytext.read(path).cells if c.cell_type == "code")
+    assert 'importlib.util.find_spec("lookahead_jax") is None' in first.source
+    assert "pip" in first.source
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

@@ -36,7 +36,14 @@ import optax
 
 from lookahead_jax import checkpoint
 from lookahead_jax.data import batch_for_step, eval_windows, load_corpus
-from lookahead_jax.models import Params, TransformerConfig, apply, init_params
+from lookahead_jax.models import (
+    Model,
+    Params,
+    TransformerConfig,
+    apply,
+    bits_per_byte,
+    init_params,
+)
 
 MODELS = ("target", "draft")
 
@@ -153,34 +160,6 @@ def make_train_step(model: TransformerConfig, optimizer: optax.GradientTransform
     return jax.jit(train_step, donate_argnums=0)
 
 
-def make_eval_fn(model: TransformerConfig):
-    """A jitted ``(params, windows [B, S + 1], weights [B]) -> total nats`` over weighted rows."""
-
-    def total_nats(params: Params, windows: jax.Array, weights: jax.Array) -> jax.Array:
-        logits, _ = apply(model, params, windows[:, :-1])
-        per_row = jnp.sum(cross_entropy(logits, windows[:, 1:]), axis=-1)
-        return jnp.sum(per_row * weights)
-
-    return jax.jit(total_nats)
-
-
-def heldout_bits_per_byte(eval_fn, params: Params, windows: np.ndarray, batch_size: int) -> float:
-    """Mean next-byte cross-entropy in bits over all targets of ``windows [W, S + 1]``."""
-    num = windows.shape[0]
-    pad = (-num) % batch_size
-    # Pad to whole batches (zero weight) so the eval function compiles once.
-    padded = np.concatenate([windows, np.zeros((pad, windows.shape[1]), windows.dtype)])
-    weights = np.concatenate([np.ones(num, np.float32), np.zeros(pad, np.float32)])
-    total = 0.0
-    for i in range(0, padded.shape[0], batch_size):
-        total += float(eval_fn(params, padded[i : i + batch_size], weights[i : i + batch_size]))
-    return total / (num * (windows.shape[1] - 1)) / math.log(2)
-
-
-def num_params(params: Params) -> int:
-    return int(sum(np.size(x) for x in jax.tree.leaves(params)))
-
-
 def _save_plot(path: str, losses: np.ndarray, evals: list[tuple[int, float]], title: str) -> None:
     import matplotlib
 
@@ -237,7 +216,6 @@ def train_and_evaluate(
     max_windows = config.eval_max_windows or None
     windows = eval_windows(load_corpus("heldout"), config.seq_len, max_windows)
     train_step = make_train_step(model, optimizer)
-    eval_fn = make_eval_fn(model)
 
     end = config.num_steps if stop_after is None else min(stop_after, config.num_steps)
     first = int(state.step)
@@ -245,7 +223,7 @@ def train_and_evaluate(
     t0 = time.perf_counter()
 
     def evaluate(state: TrainState, step: int) -> TrainState:
-        bpb = heldout_bits_per_byte(eval_fn, state.params, windows, config.eval_batch_size)
+        bpb = bits_per_byte(Model(model, state.params), windows, config.eval_batch_size)
         print(f"step {step}: held-out {bpb:.4f} bits/byte", flush=True)
         return state._replace(heldout_bpb=state.heldout_bpb.at[step].set(bpb))
 
@@ -285,7 +263,7 @@ def train_and_evaluate(
     metrics = {
         "model": config.model,
         "model_config": config[config.model].to_dict(),
-        "num_params": num_params(state.params),
+        "num_params": model.num_params(),
         "num_steps": config.num_steps,
         "tokens_seen": config.num_steps * config.batch_size * config.seq_len,
         "final_train_loss_bits": float(np.mean(losses[-max(1, config.num_steps // 20) :]))

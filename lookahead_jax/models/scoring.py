@@ -15,8 +15,8 @@ from lookahead_jax.models.model import Model
 @jax.jit
 def next_token_nll(model: Model, tokens: jax.Array) -> jax.Array:
     """NLL in nats of ``tokens[:, 1:]`` given their prefixes: [B, S] -> [B, S - 1]."""
-    logits, _ = model(tokens)
-    log_probs = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+    logits, _ = model(tokens[:, :-1])  # the last token is only a target
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     return -jnp.take_along_axis(log_probs, tokens[:, 1:, None], axis=-1)[..., 0]
 
 
@@ -28,18 +28,27 @@ def greedy_predictions(model: Model, tokens: jax.Array) -> jax.Array:
 
 
 def _batches(windows: np.ndarray, batch_size: int):
+    """Yields ``(batch [batch_size, S], num_real_rows)``; the last batch is zero-padded so
+    every call has one shape and compiles once."""
     _checks.check_rank("windows", windows, 2, "[num_windows, window_length]")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive int; got {batch_size!r}.")
+    windows = np.asarray(windows)
     for start in range(0, len(windows), batch_size):
-        yield jnp.asarray(windows[start : start + batch_size], jnp.int32)
+        batch = windows[start : start + batch_size]
+        real = len(batch)
+        if real < batch_size:
+            batch = np.concatenate(
+                [batch, np.zeros((batch_size - real, batch.shape[1]), batch.dtype)]
+            )
+        yield jnp.asarray(batch, jnp.int32), real
 
 
 def bits_per_byte(model: Model, windows: np.ndarray, batch_size: int = 32) -> float:
     """Mean next-byte cross-entropy in bits over ``windows [N, S]`` (first byte: context only)."""
     total, count = 0.0, 0
-    for batch in _batches(windows, batch_size):
-        nll = next_token_nll(model, batch)
+    for batch, real in _batches(windows, batch_size):
+        nll = next_token_nll(model, batch)[:real]
         total += float(jnp.sum(nll))
         count += nll.size
     return total / count / math.log(2)
@@ -54,8 +63,8 @@ def greedy_agreement(
     accepted, given the same prefix: it predicts speculative acceptance.
     """
     same, count = 0, 0
-    for batch in _batches(windows, batch_size):
-        agree = greedy_predictions(draft, batch) == greedy_predictions(target, batch)
+    for batch, real in _batches(windows, batch_size):
+        agree = (greedy_predictions(draft, batch) == greedy_predictions(target, batch))[:real]
         same += int(jnp.sum(agree))
         count += agree.size
     return same / count

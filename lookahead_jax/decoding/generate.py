@@ -21,12 +21,19 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from lookahead_jax import _checks
+from lookahead_jax import _checks, trees
 from lookahead_jax import models as _models
-from lookahead_jax.drafting.base import Draft, Drafter
+from lookahead_jax.drafting.base import Draft, Drafter, TreeDrafter
 from lookahead_jax.drafting.controllers import Controller, constant
 from lookahead_jax.sampling import Sampling, log_probs, sample
-from lookahead_jax.verification import Verified, greedy, speculative_sampling
+from lookahead_jax.verification import (
+    TreeVerified,
+    Verified,
+    greedy,
+    speculative_sampling,
+    tree_greedy,
+    tree_speculative_sampling,
+)
 
 VERIFIERS = ("greedy", "speculative_sampling")
 # (key, draft_tokens [B, K], draft_probs [B, K, V], target_probs [B, K + 1, V], num_draft [B])
@@ -39,9 +46,11 @@ class GenerationStats(NamedTuple):
     target_calls: (
         jax.Array
     )  # [B] int32, target forward passes that advanced this row (incl. prefill)
-    drafted: jax.Array  # [B] int32, draft tokens proposed to the target (0 without a drafter)
+    drafted: jax.Array  # [B] int32, draft tokens (tree nodes) proposed to the target
     accepted: jax.Array  # [B] int32, draft tokens the target accepted
-    accept_histogram: jax.Array  # [B, K + 1] int32, rounds that accepted 0..K drafts
+    accept_histogram: (
+        jax.Array
+    )  # [B, K + 1] int32, rounds that accepted 0..K drafts (K = max tree depth for trees)
 
 
 class Generation(NamedTuple):
@@ -51,6 +60,7 @@ class Generation(NamedTuple):
     lengths: jax.Array  # [B] int32, prompt + generated tokens per row
     num_generated: jax.Array  # [B] int32, generated tokens per row (EOS included)
     stats: GenerationStats
+    drafter_state: Any = None  # the drafter's final state (e.g. Token Recycling's table)
 
 
 class _LoopState(NamedTuple):
@@ -77,11 +87,25 @@ def _check_inputs(target, prompt, prompt_lengths, max_new_tokens, drafter, max_d
         raise ValueError(f"`max_new_tokens` must be a positive int; got {max_new_tokens!r}.")
     if not isinstance(max_draft_tokens, int) or max_draft_tokens < 0:
         raise ValueError(f"`max_draft_tokens` must be an int >= 0; got {max_draft_tokens!r}.")
+    if drafter is not None and not isinstance(drafter, Drafter | TreeDrafter):
+        raise ValueError(
+            f"`drafter` must be a drafting.Drafter or drafting.TreeDrafter; got {type(drafter)}."
+        )
     if drafter is not None and drafter.vocab_size != config.vocab_size:
         raise ValueError(
             f"the drafter's vocabulary ({drafter.vocab_size}) must equal the target's "
             f"({config.vocab_size})."
         )
+    if isinstance(drafter, TreeDrafter):
+        # Tree nodes occupy cache slots beyond the committed tokens, but positions only
+        # up to the deepest node.
+        if width + max_new_tokens + drafter.max_depth > config.max_length:
+            raise ValueError(
+                f"prompt width {width} + `max_new_tokens` {max_new_tokens} + the tree's "
+                f"max_depth {drafter.max_depth} exceeds the target's "
+                f"config.max_length={config.max_length} positions."
+            )
+        return
     lookahead = max_draft_tokens if drafter is not None else 0
     if width + max_new_tokens + lookahead > config.max_length:
         raise ValueError(
@@ -138,15 +162,20 @@ def generate(
       max_new_tokens: generation budget per row (static).
       sampling: temperature / top-k / top-p (static), applied identically to the
         target and the draft distributions; default greedy.
-      drafter: ``None`` for autoregressive decoding, or a ``Drafter`` (e.g.
-        ``drafting.draft_model(draft)``, ``drafting.prompt_lookup(vocab)``).
+      drafter: ``None`` for autoregressive decoding, a ``Drafter`` of token chains
+        (e.g. ``drafting.draft_model(draft)``, ``drafting.prompt_lookup(vocab)``,
+        ``drafting.early_exit(target, num_layers)``) or a ``TreeDrafter`` of token
+        trees (``drafting.token_recycling(vocab)``, ``drafting.stochastic_ngram(vocab)``,
+        ``drafting.draft_model_tree(draft)``), verified in one target pass under
+        the tree mask, with the accepted path's KV entries kept.
       verifier: ``"greedy"``, ``"speculative_sampling"`` (lossless), a callable
         ``(key, draft_tokens, draft_probs, target_probs, num_draft) -> Verified``
         (e.g. typical acceptance), or ``None``: greedy when sampling is greedy,
         speculative sampling otherwise.
-      max_draft_tokens: static maximum K of a draft block.
+      max_draft_tokens: static maximum K of a draft block (chain drafters; a tree
+        drafter fixes its own capacity).
       controller: chooses each row's active draft length (traced, <= K);
-        default ``drafting.constant()`` (always K).
+        default ``drafting.constant()`` (always K). Chain drafters only.
       eos_id: a row stops after emitting this token (static; ``None``: never).
       pad_id: fills the output buffer past each row's length.
       exact: run the target with ``apply(..., exact=True)``: every token's logits
@@ -157,7 +186,9 @@ def generate(
         rare cases flip an argmax between the two.
 
     Returns:
-      ``Generation`` with ``tokens [B, P + max_new_tokens]`` and per-row stats.
+      ``Generation`` with ``tokens [B, P + max_new_tokens]``, per-row stats and
+      the drafter's final state (pass it on to keep e.g. an adjacency table
+      across requests).
 
     Compile the whole generation once per shape by wrapping it in ``jax.jit``,
     building the drafter inside the jitted function so that the draft model's
@@ -170,8 +201,18 @@ def generate(
     """
     _check_inputs(target, prompt, prompt_lengths, max_new_tokens, drafter, max_draft_tokens)
     verify = _resolve_verifier(verifier, sampling)
+    is_tree = isinstance(drafter, TreeDrafter)
+    if is_tree:
+        if controller is not None:
+            raise ValueError("`controller` applies to chain drafters, not to a TreeDrafter.")
+        if not isinstance(verify, str):
+            raise ValueError(
+                "a TreeDrafter is verified by name: `verifier` must be 'greedy' or "
+                f"'speculative_sampling'; got {verifier!r}."
+            )
     controller = constant() if controller is None else controller
-    num_slots = max_draft_tokens if drafter is not None else 0
+    num_slots = drafter.num_nodes if is_tree else max_draft_tokens if drafter is not None else 0
+    histogram_bins = (drafter.max_depth if is_tree else num_slots) + 1
     batch, width = prompt.shape
     prompt = jnp.asarray(prompt, jnp.int32)
     prompt_lengths = jnp.asarray(prompt_lengths, jnp.int32)
@@ -181,7 +222,12 @@ def generate(
     vocab = target.config.vocab_size
 
     # Prefill the padded prompts, then forget each row's padding.
-    cache = _models.init_cache(target.config, batch, capacity)
+    cache = _models.init_cache(
+        target.config,
+        batch,
+        min(capacity, target.config.max_length),
+        extra_slots=max(0, capacity - target.config.max_length),
+    )
     logits, cache = target(prompt, cache, exact=exact)
     cache = _models.rewind(cache, prompt_lengths)
     key, first_key = jax.random.split(key)
@@ -210,7 +256,7 @@ def generate(
             target_calls=jnp.ones((batch,), jnp.int32),
             drafted=zeros,
             accepted=zeros,
-            accept_histogram=jnp.zeros((batch, num_slots + 1), jnp.int32),
+            accept_histogram=jnp.zeros((batch, histogram_bins), jnp.int32),
         ),
     )
 
@@ -221,46 +267,74 @@ def generate(
         num_draft = jnp.clip(controller.num_draft(state.controller_state), 0, num_slots)
         num_draft = jnp.where(active, num_draft, 0)
         drafter_state = state.drafter_state
-        if drafter is None:
-            draft = Draft(
-                tokens=jnp.zeros((batch, 0), jnp.int32),
-                probs=jnp.zeros((batch, 0, vocab), jnp.float32),
-                num_draft=zeros,
+        if is_tree:
+            drafter_state, tree_draft = drafter.propose(
+                drafter_state, draft_key, state.tokens, lengths, sampling=sampling
             )
-        else:
-            drafter_state, draft = drafter.propose(
-                drafter_state,
-                draft_key,
-                state.tokens,
-                lengths,
-                num_draft,
-                max_draft=num_slots,
-                sampling=sampling,
+            tree = tree_draft.tree
+            last = state.tokens[rows, lengths - 1]
+            block = jnp.concatenate([last[:, None], tree.token], axis=1)  # [B, N + 1]
+            start = state.target_cache.lengths
+            logits, cache = target(
+                block, state.target_cache, tree_mask=trees.block_mask(tree), exact=exact
             )
-        # One target pass over the last committed token and the drafts.
-        last = state.tokens[rows, lengths - 1]
-        block = jnp.concatenate([last[:, None], draft.tokens], axis=1)  # [B, K + 1]
-        logits, cache = target(block, state.target_cache, exact=exact)
-        if verify == "greedy":
-            verified = greedy(draft.tokens, logits, draft.num_draft)
+            if verify == "greedy":
+                verified_tree = tree_greedy(tree, logits)
+            else:
+                verified_tree = tree_speculative_sampling(
+                    verify_key,
+                    tree,
+                    tree_draft.probs,
+                    jnp.exp(log_probs(logits, sampling)),
+                    replacement=drafter.replacement,
+                )
+            cache = _models.keep_path(cache, start, verified_tree.path, verified_tree.path_length)
+            num_accepted = verified_tree.num_accepted
+            drafts = jnp.take_along_axis(block, verified_tree.path[:, 1:], axis=1)  # [B, N]
+            next_token = verified_tree.next_token
+            num_drafted = jnp.sum(tree.valid, axis=1, dtype=jnp.int32)
         else:
-            target_probs = jnp.exp(log_probs(logits, sampling))
-            if verify == "speculative_sampling":
-                verified = speculative_sampling(
-                    verify_key, draft.tokens, draft.probs, target_probs, draft.num_draft
+            if drafter is None:
+                draft = Draft(
+                    tokens=jnp.zeros((batch, 0), jnp.int32),
+                    probs=jnp.zeros((batch, 0, vocab), jnp.float32),
+                    num_draft=zeros,
                 )
             else:
-                verified = verify(
-                    verify_key, draft.tokens, draft.probs, target_probs, draft.num_draft
+                drafter_state, draft = drafter.propose(
+                    drafter_state,
+                    draft_key,
+                    state.tokens,
+                    lengths,
+                    num_draft,
+                    max_draft=num_slots,
+                    sampling=sampling,
                 )
-        num_accepted = verified.num_accepted
+            # One target pass over the last committed token and the drafts.
+            last = state.tokens[rows, lengths - 1]
+            block = jnp.concatenate([last[:, None], draft.tokens], axis=1)  # [B, K + 1]
+            logits, cache = target(block, state.target_cache, exact=exact)
+            if verify == "greedy":
+                verified = greedy(draft.tokens, logits, draft.num_draft)
+            else:
+                target_probs = jnp.exp(log_probs(logits, sampling))
+                if verify == "speculative_sampling":
+                    verified = speculative_sampling(
+                        verify_key, draft.tokens, draft.probs, target_probs, draft.num_draft
+                    )
+                else:
+                    verified = verify(
+                        verify_key, draft.tokens, draft.probs, target_probs, draft.num_draft
+                    )
+            num_accepted = verified.num_accepted
+            drafts = draft.tokens
+            next_token = verified.next_token
+            num_drafted = draft.num_draft
 
         # Emitted block: the accepted drafts then the target's token.
         slots = jnp.arange(num_slots + 1)[None, :]
-        padded_drafts = jnp.pad(draft.tokens, ((0, 0), (0, 1)))
-        emitted = jnp.where(
-            slots < num_accepted[:, None], padded_drafts, verified.next_token[:, None]
-        )
+        padded_drafts = jnp.pad(drafts, ((0, 0), (0, 1)))
+        emitted = jnp.where(slots < num_accepted[:, None], padded_drafts, next_token[:, None])
         count = num_accepted + 1
         count = jnp.minimum(count, max_new_tokens - (lengths - prompt_lengths))
         stop = jnp.zeros((batch,), bool)
@@ -275,9 +349,19 @@ def generate(
 
         # Target cache: keep the committed tokens but the newest one.
         cache = _models.rewind(cache, jnp.where(active, new_lengths - 1, lengths - 1))
-        if drafter is not None:
-            drafter_state = drafter.update(drafter_state, lengths, jnp.where(active, count - 1, 0))
-        controller_state = controller.update(state.controller_state, draft.num_draft, num_accepted)
+        committed_drafts = jnp.where(active, count - 1, 0)
+        if is_tree:
+            # The drafter learns which nodes were committed (EOS / budget may cut the path).
+            committed = TreeVerified(
+                num_accepted=committed_drafts,
+                next_token=next_token,
+                path=verified_tree.path,
+                path_length=committed_drafts + 1,
+            )
+            drafter_state = drafter.update(drafter_state, lengths, tree_draft, committed, logits)
+        elif drafter is not None:
+            drafter_state = drafter.update(drafter_state, lengths, committed_drafts)
+        controller_state = controller.update(state.controller_state, num_drafted, num_accepted)
         controller_state = jax.tree.map(
             lambda new, old: jnp.where(active.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
             controller_state,
@@ -287,10 +371,10 @@ def generate(
         counted = active.astype(jnp.int32)
         stats = GenerationStats(
             target_calls=state.stats.target_calls + counted,
-            drafted=state.stats.drafted + counted * draft.num_draft,
+            drafted=state.stats.drafted + counted * num_drafted,
             accepted=state.stats.accepted + counted * num_accepted,
             accept_histogram=state.stats.accept_histogram
-            + counted[:, None] * jax.nn.one_hot(num_accepted, num_slots + 1, dtype=jnp.int32),
+            + counted[:, None] * jax.nn.one_hot(num_accepted, histogram_bins, dtype=jnp.int32),
         )
         return _LoopState(
             tokens=tokens,
@@ -309,4 +393,5 @@ def generate(
         lengths=state.lengths,
         num_generated=state.lengths - prompt_lengths,
         stats=state.stats,
+        drafter_state=state.drafter_state,
     )

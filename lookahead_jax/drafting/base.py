@@ -52,3 +52,39 @@ class Drafter(NamedTuple):
     propose: Callable[..., tuple[DrafterState, Draft]]
     update: Callable[..., DrafterState]
     vocab_size: int
+
+
+class TreeDraft(NamedTuple):
+    """One token tree per row (see ``lookahead_jax.trees``)."""
+
+    tree: Any  # trees.TokenTree [B, N]
+    probs: jax.Array  # [B, N, V] float32, distribution node i was drawn from (one-hot if fixed)
+    root: jax.Array  # [B] int32, the last committed token, which the tree hangs below
+
+
+class TreeDrafter(NamedTuple):
+    """Pure functions of a drafter that proposes token trees.
+
+    Attributes:
+      init: ``(prompt [B, P], prompt_lengths [B], capacity) -> state``.
+      propose: ``(state, key, tokens [B, W], lengths [B], *, sampling) -> (state, TreeDraft)``:
+        a tree of at most ``num_nodes`` nodes below each row's last committed token.
+      update: ``(state, lengths_before [B], draft: TreeDraft, verified: TreeVerified,
+        target_logits [B, N + 1, V]) -> state`` after the target scored the tree
+        (logits at the root and every node) and verification chose a path.
+      vocab_size: the vocabulary (must equal the target's).
+      num_nodes: static tree capacity N.
+      max_depth: static bound on node depths (positions needed past the root).
+      replacement: how siblings were drawn (``True``: independently, each from
+        its own ``probs`` row, one-hot for fixed candidates; ``False``: without
+        replacement from the first sibling's row), which selects the lossless
+        verification rule under sampling.
+    """
+
+    init: Callable[..., DrafterState]
+    propose: Callable[..., tuple[DrafterState, TreeDraft]]
+    update: Callable[..., DrafterState]
+    vocab_size: int
+    num_nodes: int
+    max_depth: int
+    replacement: bool = True

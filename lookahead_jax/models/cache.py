@@ -39,9 +39,23 @@ def init_cache(
     batch_size: int,
     max_length: int | None = None,
     dtype: jnp.dtype = jnp.float32,
+    *,
+    extra_slots: int = 0,
 ) -> KVCache:
-    """An empty cache of ``max_length`` slots per row (default ``config.max_length``)."""
+    """An empty cache of ``max_length + extra_slots`` slots per row.
+
+    Args:
+      config: the model's configuration.
+      batch_size: B.
+      max_length: slots for tokens at distinct positions (default ``config.max_length``).
+      dtype: of keys and values.
+      extra_slots: slots beyond ``config.max_length`` for speculative blocks: the
+        nodes of a token tree occupy one slot each but share positions, so a
+        tree of N nodes needs more slots than positions.
+    """
     max_length = config.max_length if max_length is None else max_length
+    if not isinstance(extra_slots, int) or extra_slots < 0:
+        raise ValueError(f"`extra_slots` must be an int >= 0; got {extra_slots!r}.")
     if not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"`batch_size` must be a positive int; got {batch_size!r}.")
     if not isinstance(max_length, int) or not 0 < max_length <= config.max_length:
@@ -49,7 +63,13 @@ def init_cache(
             f"`max_length` must be an int in [1, config.max_length={config.max_length}] "
             f"(positions beyond the model's learned positions do not exist); got {max_length!r}."
         )
-    shape = (config.num_layers, batch_size, max_length, config.num_heads, config.head_dim)
+    shape = (
+        config.num_layers,
+        batch_size,
+        max_length + extra_slots,
+        config.num_heads,
+        config.head_dim,
+    )
     return KVCache(
         keys=jnp.zeros(shape, dtype),
         values=jnp.zeros(shape, dtype),

@@ -1,0 +1,100 @@
+"""Small models for the decoding-strategy tests, all following the ``models.apply`` contract."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lookahead_jax import models
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TableModel:
+    """Synthetic logits: ``token_table[token] + position_table[position]`` (a cached "model").
+
+    The next-token logits after a token depend on that token (a bigram model)
+    and on its position; the KV cache only tracks each row's length, so caches
+    are gathered, rewound and extended exactly like a transformer's.
+    """
+
+    config: models.TransformerConfig = dataclasses.field(metadata={"static": True})
+    token_table: jax.Array  # [V, V]
+    position_table: jax.Array  # [T, V]
+
+    @classmethod
+    def create(cls, token_table, position_table) -> TableModel:
+        token_table = jnp.asarray(token_table, jnp.float32)
+        position_table = jnp.asarray(position_table, jnp.float32)
+        vocab, length = token_table.shape[0], position_table.shape[0]
+        config = models.TransformerConfig(
+            vocab_size=vocab, num_layers=1, num_heads=1, d_model=2, max_length=length
+        )
+        return cls(config, token_table, position_table)
+
+    def __call__(self, tokens, cache=None, **kwargs):
+        batch, num_new = tokens.shape
+        start = jnp.zeros((batch,), jnp.int32) if cache is None else cache.lengths
+        positions = jnp.clip(start[:, None] + jnp.arange(num_new), 0, self.config.max_length - 1)
+        logits = self.token_table[tokens] + self.position_table[positions]
+        if cache is not None:
+            cache = cache._replace(lengths=cache.lengths + num_new)
+        return logits, cache
+
+
+TINY = models.TransformerConfig(vocab_size=16, num_layers=2, num_heads=2, d_model=16, max_length=48)
+
+
+def tiny_transformer(seed: int = 0, sharpness: float = 1.0) -> models.Model:
+    """A random tiny transformer; ``sharpness`` scales the tied embedding (peakier logits)."""
+    params = models.init_params(TINY, jax.random.key(seed))
+    params = dict(params, wte=params["wte"] * sharpness)
+    return models.Model(TINY, params)
+
+
+def ragged_prompts(vocab: int, batch: int, width: int, seed: int):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, width + 1, batch)
+    lengths[0] = width
+    prompt = rng.integers(0, vocab, (batch, width))
+    return jnp.asarray(prompt, jnp.int32), jnp.asarray(lengths, jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("width",))
+def _full_logits(model, padded, width):
+    del width
+    return model(padded)[0]
+
+
+def next_logits(model, sequence) -> np.ndarray:
+    """The model's logits for the token after ``sequence``: a cache-free forward pass.
+
+    Right padding cannot change earlier logits (causal), so one compiled shape serves all.
+    """
+    width = model.config.max_length
+    padded = np.zeros((1, width), np.int32)
+    padded[0, : len(sequence)] = sequence
+    return np.asarray(_full_logits(model, jnp.asarray(padded), width)[0, len(sequence) - 1])
+
+
+def sequence_logits(model, sequence) -> np.ndarray:
+    """``[len(sequence), V]`` logits of every next token (position i predicts token i + 1)."""
+    width = model.config.max_length
+    padded = np.zeros((1, width), np.int32)
+    padded[0, : len(sequence)] = sequence
+    return np.asarray(_full_logits(model, jnp.asarray(padded), width)[0, : len(sequence)])
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def entropy(logits: np.ndarray) -> np.ndarray:
+    lp = log_softmax(logits)
+    return -(np.exp(lp) * lp).sum(axis=-1)

@@ -4,7 +4,8 @@ Subpackages: ``models`` (reference transformer, KV cache, HF interop, shipped
 models), ``data`` (shipped corpus), ``drafting`` and ``verification``
 (speculative decoding parts), ``decoding`` (generation loops), ``particles``
 (SMC, Kalman reference, language-model particle filtering),
-``predictive_coding`` (pyhgf-style HGF networks), plus the shared
+``predictive_coding`` (pyhgf-style HGF networks), ``extrapolation``
+(Leap+Verify weight extrapolation), plus the shared
 ``sampling``, ``sharding`` and ``checkpoint`` helpers.
 """
 
@@ -13,6 +14,7 @@ from lookahead_jax import (
     data,
     decoding,
     drafting,
+    extrapolation,
     models,
     particles,
     predictive_coding,
@@ -33,6 +35,7 @@ __all__ = [
     "data",
     "decoding",
     "drafting",
+    "extrapolation",
     "generate",
     "models",
     "particles",

@@ -1,0 +1,247 @@
+"""The Leap+Verify training wrapper: no-side-effect rejection, jumps, calibration,
+kill-and-resume through orbax, 8 devices = 1 device, one trace.
+
+The mechanics run on a tiny MLP (fast to compile); kill-and-resume runs on the
+reference transformer. Runs that must agree bit for bit use one compiled program and
+differ only in data: the regime thresholds held in the state (``NEVER``: nothing is
+stable, so no leap is ever attempted; ``ALWAYS``: everything after the first check is)."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from lookahead_jax import checkpoint, sharding
+from lookahead_jax.data import batch_for_step, load_corpus
+from lookahead_jax.extrapolation import (
+    ACCEPTED,
+    NOT_ATTEMPTED,
+    REJECTED,
+    UNKNOWN,
+    LeapConfig,
+    Thresholds,
+    advance_counts,
+    init_train_state,
+    leap_verify,
+    make_train_step,
+    model_fingerprint,
+    predict,
+)
+from lookahead_jax.models import TransformerConfig, apply, init_params
+
+STEPS = 7
+NEVER = Thresholds(jnp.float32(2.0), jnp.float32(2.0))  # cosine <= 2: always chaotic
+ALWAYS = Thresholds(jnp.float32(-2.0), jnp.float32(-2.0))  # cosine >= -2: always stable
+
+
+def _mlp_params():
+    k1, k2 = jax.random.split(jax.random.key(0))
+    return {
+        "hidden": {"w": jax.random.normal(k1, (4, 8)) * 0.5, "b": jnp.zeros(8)},
+        "out": ({"w": jax.random.normal(k2, (8, 3)) * 0.5}, {"b": jnp.zeros(3)}),
+    }
+
+
+def _hidden(params, x):
+    return jnp.tanh(x @ params["hidden"]["w"] + params["hidden"]["b"])
+
+
+def _mlp_loss(params, batch):
+    x, y = batch
+    pred = _hidden(params, x) @ params["out"][0]["w"] + params["out"][1]["b"]
+    return jnp.mean(jnp.square(pred - y))
+
+
+def _mlp_batches(steps, batch=8):
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(4, 3))
+    xs = rng.normal(size=(steps, batch, 4)).astype(np.float32)
+    return jnp.asarray(xs), jnp.asarray(np.sin(xs @ w).astype(np.float32))
+
+
+HELDOUT = tuple(b[0] for b in _mlp_batches(1, 16))
+PROBES = jnp.asarray(np.random.default_rng(1).normal(size=(4, 4)), jnp.float32)
+
+
+def _inner():
+    return optax.adam(optax.linear_schedule(3e-2, 3e-3, 40))
+
+
+def _mlp_leap(**overrides):
+    base = dict(
+        delta=2, k=3, method="linear", leap_in="stable", tau_low=0.0, tau_high=0.0, max_checks=8
+    )
+    return leap_verify(
+        _inner(),
+        LeapConfig(**{**base, **overrides}),
+        heldout_loss=lambda p: _mlp_loss(p, HELDOUT),
+        fingerprint=lambda p: _hidden(p, PROBES),
+    )
+
+
+def _run(step, state, batches, start, stop):
+    infos = []
+    for t in range(start, stop):
+        state, info = step(state, jax.tree.map(lambda b, t=t: b[t], batches))
+        infos.append(info)
+    return state, infos
+
+
+def _start(optimizer, params, thresholds=None):
+    state = init_train_state(params, optimizer)
+    if thresholds is not None:
+        state = state._replace(opt_state=state.opt_state._replace(thresholds=thresholds))
+    return state
+
+
+def _assert_trees_equal(a, b):
+    chex.assert_trees_all_equal_structs(a, b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.fixture(scope="module")
+def reject_runs():
+    optimizer = _mlp_leap(criterion="proximity", eps=0.0)  # every attempt is rejected
+    step = jax.jit(make_train_step(_mlp_loss, optimizer))
+    batches = _mlp_batches(STEPS)
+    never, _ = _run(step, _start(optimizer, _mlp_params(), NEVER), batches, 0, STEPS)
+    tried, infos = _run(step, _start(optimizer, _mlp_params(), ALWAYS), batches, 0, STEPS)
+    return never, tried, infos
+
+
+def test_rejected_leaps_leave_the_training_state_bit_identical(reject_runs):
+    never, tried, infos = reject_runs
+    a, b = never.opt_state, tried.opt_state
+    assert int(a.attempts) == 0
+    assert int(b.attempts) == 2 and int(b.accepts) == 0  # checks at steps 2, 4, 6
+    np.testing.assert_array_equal(b.decisions[:3], [NOT_ATTEMPTED, REJECTED, REJECTED])
+    assert bool(infos[3].leap.attempted) and np.isfinite(float(infos[3].leap.predicted_loss))
+    _assert_trees_equal(tried.params, never.params)
+    for field in ("inner_state", "count", "position", "snapshots", "num_snapshots", "fingerprint",
+                  "similarities", "val_losses"):  # fmt: skip
+        _assert_trees_equal(getattr(b, field), getattr(a, field))
+    assert int(b.position) == int(b.count) == STEPS
+
+
+def test_wrapper_without_leaps_is_plain_optax(reject_runs):
+    never, _, _ = reject_runs
+    optimizer = _inner()
+    step = jax.jit(make_train_step(_mlp_loss, optimizer))
+    plain, _ = _run(step, _start(optimizer, _mlp_params()), _mlp_batches(STEPS), 0, STEPS)
+    # A different compiled program: equal up to float rounding of XLA's fusion choices.
+    chex.assert_trees_all_close(never.params, plain.params, rtol=1e-6, atol=1e-7)
+    chex.assert_trees_all_close(never.opt_state.inner_state, plain.opt_state, rtol=1e-6, atol=1e-7)
+
+
+def test_accepted_leap_lands_on_the_prediction_and_advances_the_schedule():
+    optimizer = _mlp_leap(criterion="proximity", eps=1e9)  # every attempt is accepted
+    step = jax.jit(make_train_step(_mlp_loss, optimizer))
+    batches = _mlp_batches(STEPS)
+    never, _ = _run(step, _start(optimizer, _mlp_params(), NEVER), batches, 0, 4)
+    leap, infos = _run(step, _start(optimizer, _mlp_params(), ALWAYS), batches, 0, 4)
+    s = leap.opt_state
+    assert [bool(i.leap.accepted) for i in infos] == [False, False, False, True]
+    # The first possible leap: at the check of step 4, from the snapshots of steps 2 and 4.
+    snaps = never.opt_state.snapshots
+    history = [jax.tree.map(lambda x: x[0], snaps), jax.tree.map(lambda x: x[1], snaps)]
+    _assert_trees_equal(history[1], never.params)
+    want = predict("linear", history, 3, 2)
+    chex.assert_trees_all_close(leap.params, want, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(leap.params["hidden"]["w"], never.params["hidden"]["w"], atol=1e-4)
+    _assert_trees_equal(s.inner_state, advance_counts(never.opt_state.inner_state, 3))
+    assert int(s.inner_state[0].count) == 7  # Adam's count (and the schedule) jumped by K
+    assert (int(s.count), int(s.position), int(leap.step)) == (4, 7, 4)
+    assert int(s.num_snapshots) == 1  # the buffer restarts from the jump
+    np.testing.assert_array_equal(s.decisions[:2], [NOT_ATTEMPTED, ACCEPTED])
+    np.testing.assert_array_equal(s.check_positions[:3], [2, 4, -1])
+    # Continuing: the jump is the first post-jump snapshot, so the check of step 6 leaps again.
+    leap, infos = _run(step, leap, batches, 4, STEPS)
+    assert [bool(i.leap.accepted) for i in infos] == [False, True, False]
+    assert int(leap.opt_state.accepts) == 2 and int(leap.opt_state.position) == STEPS + 6
+
+
+def test_thresholds_are_calibrated_from_the_first_checks():
+    optimizer = _mlp_leap(delta=1, tau_low=None, tau_high=None, calibration_checks=4)
+    step = jax.jit(make_train_step(_mlp_loss, optimizer))
+    leap, infos = _run(step, _start(optimizer, _mlp_params()), _mlp_batches(6), 0, 6)
+    s = leap.opt_state
+    sims = np.asarray(s.similarities)
+    assert np.isnan(sims[0]) and np.all(np.isfinite(sims[1:6]))
+    np.testing.assert_allclose(s.thresholds, np.percentile(sims[1:4], [30, 70]), atol=1e-7)
+    assert [int(i.leap.regime) for i in infos[:3]] == [UNKNOWN] * 3
+    assert all(int(i.leap.regime) != UNKNOWN for i in infos[3:])
+
+
+def test_eight_devices_equal_one_device_and_one_trace():
+    optimizer = _mlp_leap(method="quadratic", criterion="strict")
+    fn = chex.assert_max_traces(make_train_step(_mlp_loss, optimizer), n=1)
+    one_step = jax.jit(fn)
+    batches = _mlp_batches(STEPS + 4)
+    one, _ = _run(one_step, _start(optimizer, _mlp_params(), ALWAYS), batches, 0, STEPS + 4)
+    mesh = sharding.make_mesh(8)
+    sharded_batches = sharding.shard(batches, mesh, axes=1)  # batch rows over the devices
+    state = sharding.replicate(_start(optimizer, _mlp_params(), ALWAYS), mesh)
+    many, _ = _run(
+        jax.jit(make_train_step(_mlp_loss, optimizer)), state, sharded_batches, 0, STEPS + 4
+    )
+    assert int(one.opt_state.attempts) >= 2  # quadratic leaps were verified on the way
+    _assert_trees_equal(many.opt_state.decisions, one.opt_state.decisions)
+    chex.assert_trees_all_close(many.params, one.params, rtol=1e-5, atol=1e-6)
+
+
+def test_kill_and_resume_through_orbax_equals_uninterrupted(tmp_path):
+    model = TransformerConfig(vocab_size=256, num_layers=1, num_heads=2, d_model=16, max_length=8)
+
+    def loss(params, batch):
+        logits, _ = apply(model, params, batch[:, :-1])
+        log_probs = jax.nn.log_softmax(logits, axis=-1)
+        return -jnp.mean(jnp.take_along_axis(log_probs, batch[:, 1:, None], axis=-1))
+
+    train = load_corpus("train")
+    batches = jnp.asarray(np.stack([batch_for_step(train, 0, t, 4, 8) for t in range(11)]))
+    heldout = jnp.asarray(batch_for_step(load_corpus("heldout"), 1, 0, 4, 8))
+    config = LeapConfig(delta=2, k=2, method="quadratic", criterion="adaptive",
+                        leap_in="not_chaotic", calibration_checks=2, max_checks=8)  # fmt: skip
+    optimizer = leap_verify(
+        _inner(),
+        config,
+        heldout_loss=lambda p: loss(p, heldout),
+        fingerprint=lambda p: model_fingerprint(model, p, heldout[:, :8]),
+    )
+    step = jax.jit(make_train_step(loss, optimizer))
+    params = init_params(model, jax.random.key(0))
+    straight, _ = _run(step, init_train_state(params, optimizer), batches, 0, 11)
+    first, _ = _run(step, init_train_state(params, optimizer), batches, 0, 5)
+    checkpoint.save(tmp_path, 5, first)
+    del first  # "killed": only the checkpoint survives
+    restored = checkpoint.restore(tmp_path, init_train_state(params, optimizer))
+    resumed, _ = _run(step, restored, batches, 5, 11)
+    assert int(straight.opt_state.num_checks) == 5
+    assert not np.isnan(float(straight.opt_state.thresholds.tau_low))  # calibrated on the way
+    _assert_trees_equal(resumed, straight)
+
+
+def test_config_and_update_errors():
+    with pytest.raises(ValueError, match="`k` must be a positive int; got 0"):
+        LeapConfig(k=0)
+    with pytest.raises(ValueError, match="`delta` must be a positive int; got -1"):
+        LeapConfig(delta=-1)
+    with pytest.raises(ValueError, match="`method` must be one of"):
+        LeapConfig(method="cubic")
+    with pytest.raises(ValueError, match="both be given or both be None"):
+        LeapConfig(tau_low=0.5)
+    with pytest.raises(ValueError, match="`tau_low` must be <= `tau_high`"):
+        LeapConfig(tau_low=0.9, tau_high=0.1)
+    with pytest.raises(ValueError, match="needs `learning_rate`"):
+        LeapConfig(method="momentum")
+    with pytest.raises(ValueError, match="calibration_checks"):
+        LeapConfig(calibration_checks=1)
+    optimizer = _mlp_leap()
+    params = _mlp_params()
+    with pytest.raises(ValueError, match="needs `params`"):
+        optimizer.update(params, optimizer.init(params))
+    with pytest.raises(ValueError, match="must be a LeapConfig"):
+        leap_verify(_inner(), {"k": 5}, heldout_loss=None, fingerprint=None)

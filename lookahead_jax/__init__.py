@@ -20,6 +20,7 @@ from lookahead_jax import (
     predictive_coding,
     sampling,
     sharding,
+    trees,
     verification,
 )
 from lookahead_jax.decoding import Generation, GenerationStats, generate
@@ -42,5 +43,6 @@ __all__ = [
     "predictive_coding",
     "sampling",
     "sharding",
+    "trees",
     "verification",
 ]

@@ -259,9 +259,20 @@ def _token_recycling_rank_paths() -> list[tuple[int, ...]]:
     return [(*parent, r) for parent, count in spec.items() for r in range(count)]
 
 
-def token_recycling_template() -> Template:
-    """Token Recycling's static "2.2.2" template: 80 nodes, level widths 8/21/25/15/8/3."""
-    return template_from_rank_paths(_token_recycling_rank_paths())
+def token_recycling_template(num_nodes: int | None = None) -> Template:
+    """Token Recycling's static "2.2.2" template: 80 nodes, level widths 8/21/25/15/8/3.
+
+    With ``num_nodes`` < 80, the template keeps its ``num_nodes`` most promising
+    nodes, ordered by depth plus the sum of sibling ranks along the path (a
+    parent always precedes its children, so the result is a tree).
+    """
+    paths = _token_recycling_rank_paths()
+    if num_nodes is not None:
+        if not isinstance(num_nodes, int) or not 1 <= num_nodes <= len(paths):
+            raise ValueError(f"`num_nodes` must be an int in [1, {len(paths)}]; got {num_nodes!r}.")
+        order = sorted(range(len(paths)), key=lambda i: (len(paths[i]) + sum(paths[i]), i))
+        paths = [paths[i] for i in order[:num_nodes]]
+    return template_from_rank_paths(paths)
 
 
 def fill_template(

@@ -1,23 +1,56 @@
-"""Drafters for speculative decoding and draft-length controllers."""
+"""Drafters for speculative decoding (token chains and token trees) and draft-length controllers."""
 
-from lookahead_jax.drafting.base import Draft, Drafter
-from lookahead_jax.drafting.controllers import Controller, constant, heuristic
+from lookahead_jax.drafting.base import Draft, Drafter, TreeDraft, TreeDrafter
+from lookahead_jax.drafting.controllers import (
+    Controller,
+    constant,
+    ema,
+    expected_speedup,
+    heuristic,
+)
 from lookahead_jax.drafting.draft_model import DraftModelState, draft_model
+from lookahead_jax.drafting.draft_tree import DraftTreeState, draft_model_tree
+from lookahead_jax.drafting.early_exit import (
+    ExitChoice,
+    choose_exit,
+    early_exit,
+    early_exit_model,
+    layer_acceptance,
+)
 from lookahead_jax.drafting.prompt_lookup import (
     PromptLookupState,
     find_continuation,
     prompt_lookup,
+)
+from lookahead_jax.drafting.token_recycling import (
+    TokenRecyclingState,
+    initial_table,
+    token_recycling,
 )
 
 __all__ = [
     "Controller",
     "Draft",
     "DraftModelState",
+    "DraftTreeState",
     "Drafter",
+    "ExitChoice",
     "PromptLookupState",
+    "TokenRecyclingState",
+    "TreeDraft",
+    "TreeDrafter",
+    "choose_exit",
     "constant",
     "draft_model",
+    "draft_model_tree",
+    "early_exit",
+    "early_exit_model",
+    "ema",
+    "expected_speedup",
     "find_continuation",
     "heuristic",
+    "initial_table",
+    "layer_acceptance",
     "prompt_lookup",
+    "token_recycling",
 ]

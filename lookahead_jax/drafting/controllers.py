@@ -52,3 +52,100 @@ def heuristic(
         return jnp.maximum(state + step, minimum).astype(jnp.int32)
 
     return Controller(init=init, num_draft=lambda state: state, update=update)
+
+
+class EmaState(NamedTuple):
+    accepted: jax.Array  # [B] float32, EMA of accepted drafts per round
+
+
+def ema(
+    initial: int = 4,
+    minimum: int = 1,
+    decay: float = 0.7,
+    margin: int = 1,
+) -> Controller:
+    """DiffuSpec-style adaptive draft length from an EMA of acceptance feedback.
+
+    After each round ``ema <- decay * ema + (1 - decay) * num_accepted``; the next
+    length is ``clip(ceil(ema) + margin, minimum, K)``: draft about as far as
+    recent rounds got accepted, plus ``margin`` tokens to probe for more. Each
+    row keeps its own EMA.
+    """
+    if not 0 <= decay < 1:
+        raise ValueError(f"`decay` must lie in [0, 1); got {decay!r}.")
+    if not 0 <= minimum <= initial:
+        raise ValueError(f"need 0 <= minimum <= initial; got minimum={minimum}, initial={initial}.")
+    if not isinstance(margin, int) or margin < 0:
+        raise ValueError(f"`margin` must be an int >= 0; got {margin!r}.")
+
+    def init(batch_size: int, max_draft: int) -> EmaState:
+        start = jnp.full((batch_size,), float(min(initial, max_draft) - margin), jnp.float32)
+        return EmaState(accepted=start)
+
+    def num_draft(state: EmaState) -> jax.Array:
+        length = jnp.round(state.accepted).astype(jnp.int32) + margin
+        return jnp.maximum(length, minimum).astype(jnp.int32)
+
+    def update(state: EmaState, num_drafted: jax.Array, num_accepted: jax.Array) -> EmaState:
+        del num_drafted
+        return EmaState(decay * state.accepted + (1 - decay) * num_accepted.astype(jnp.float32))
+
+    return Controller(init=init, num_draft=num_draft, update=update)
+
+
+class AcceptanceRateState(NamedTuple):
+    accepted: jax.Array  # [B] float32, EMA of accepted draft tokens
+    tested: jax.Array  # [B] float32, EMA of draft tokens the target examined
+    lengths: jax.Array  # [B, K] float32, candidate draft lengths 1..K (carries K)
+
+
+def expected_speedup(
+    draft_cost: float,
+    initial_rate: float = 0.6,
+    decay: float = 0.9,
+    minimum: int = 1,
+) -> Controller:
+    """DEL-style draft length: maximise expected tokens per unit of compute.
+
+    With a per-token acceptance rate ``a`` (an EMA, estimated as accepted over
+    examined drafts, where a round examines the accepted drafts plus the first
+    rejected one) and a draft costing ``draft_cost`` target calls per token,
+    ``d`` drafts give ``(1 - a^(d+1)) / (1 - a)`` tokens for ``d c + 1`` calls;
+    the controller picks the ``d`` in ``[minimum, K]`` maximising their ratio.
+    For an early exit after ``l`` of ``L`` layers, ``draft_cost = l / L``.
+    """
+    if not draft_cost >= 0:
+        raise ValueError(f"`draft_cost` must be >= 0; got {draft_cost!r}.")
+    if not 0 <= initial_rate <= 1:
+        raise ValueError(f"`initial_rate` must lie in [0, 1]; got {initial_rate!r}.")
+    if not 0 <= decay < 1:
+        raise ValueError(f"`decay` must lie in [0, 1); got {decay!r}.")
+
+    def init(batch_size: int, max_draft: int) -> AcceptanceRateState:
+        lengths = jnp.arange(1, max(max_draft, 1) + 1, dtype=jnp.float32)
+        return AcceptanceRateState(
+            accepted=jnp.full((batch_size,), initial_rate, jnp.float32),
+            tested=jnp.ones((batch_size,), jnp.float32),
+            lengths=jnp.broadcast_to(lengths, (batch_size, lengths.shape[0])),
+        )
+
+    def num_draft(state: AcceptanceRateState) -> jax.Array:
+        rate = jnp.clip(state.accepted / jnp.maximum(state.tested, 1e-6), 0.0, 1 - 1e-6)
+        d = state.lengths
+        tokens = (1 - rate[:, None] ** (d + 1)) / (1 - rate[:, None])
+        speed = jnp.where(d >= minimum, tokens / (d * draft_cost + 1), -1.0)
+        return jnp.take_along_axis(d, jnp.argmax(speed, axis=1)[:, None], axis=1)[:, 0].astype(
+            jnp.int32
+        )
+
+    def update(
+        state: AcceptanceRateState, num_drafted: jax.Array, num_accepted: jax.Array
+    ) -> AcceptanceRateState:
+        tested = jnp.minimum(num_accepted + 1, num_drafted).astype(jnp.float32)
+        return AcceptanceRateState(
+            accepted=decay * state.accepted + (1 - decay) * num_accepted.astype(jnp.float32),
+            tested=decay * state.tested + (1 - decay) * tested,
+            lengths=state.lengths,
+        )
+
+    return Controller(init=init, num_draft=num_draft, update=update)

@@ -1,0 +1,258 @@
+"""Tree drafters and early exit inside `generate`: lossless greedy and sampling, state, errors."""
+
+import functools
+import itertools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from lookahead_jax import drafting, models, trees
+from lookahead_jax.decoding import generate
+from lookahead_jax.sampling import Sampling
+
+CONFIG = models.TransformerConfig(
+    vocab_size=16, num_layers=3, num_heads=2, d_model=16, max_length=48
+)
+DRAFT_CONFIG = models.TransformerConfig(
+    vocab_size=16, num_layers=1, num_heads=2, d_model=16, max_length=48
+)
+MAX_NEW = 12
+SMALL_TEMPLATE = trees.template_from_rank_paths(
+    [(0,), (1,), (2,), (0, 0), (0, 1), (1, 0), (0, 0, 0)]
+)
+
+
+def perturbed(params, scale, seed):
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    return jax.tree.unflatten(
+        treedef,
+        [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)],
+    )
+
+
+@pytest.fixture(scope="module")
+def target():
+    return models.Model(CONFIG, perturbed(models.init_params(CONFIG, jax.random.key(0)), 0.3, 1))
+
+
+@pytest.fixture(scope="module")
+def draft(target):
+    params = models.init_params(DRAFT_CONFIG, jax.random.key(7))
+    return models.Model(DRAFT_CONFIG, perturbed(params, 0.3, 8))
+
+
+def make_drafter(kind, target, draft):
+    if kind == "ar":
+        return None
+    if kind == "recycling":
+        return drafting.token_recycling(CONFIG.vocab_size)
+    if kind == "recycling_small":
+        return drafting.token_recycling(
+            CONFIG.vocab_size, num_candidates=3, template=SMALL_TEMPLATE
+        )
+    if kind == "draft_tree":
+        return drafting.draft_model_tree(
+            draft, num_nodes=10, beam_width=3, branching=3, max_depth=4
+        )
+    if kind == "self_tree":
+        return drafting.draft_model_tree(
+            target, num_nodes=10, beam_width=3, branching=3, max_depth=4
+        )
+    if kind == "early_exit":
+        return drafting.early_exit(target, 1)
+    raise ValueError(kind)
+
+
+@functools.partial(jax.jit, static_argnames=("kind", "sampling", "eos_id", "max_new"))
+def run(
+    target, draft, prompt, lengths, key, kind, sampling=Sampling(), eos_id=None, max_new=MAX_NEW
+):
+    return generate(
+        target,
+        prompt,
+        lengths,
+        key,
+        max_new_tokens=max_new,
+        sampling=sampling,
+        drafter=make_drafter(kind, target, draft),
+        max_draft_tokens=3,
+        eos_id=eos_id,
+    )
+
+
+def ragged_prompts(batch, width, seed):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(2, width + 1, batch)
+    lengths[0] = width
+    base = rng.integers(0, CONFIG.vocab_size, (batch, 4))  # some repetition to recycle
+    prompt = np.tile(base, (1, width // 4 + 1))[:, :width]
+    return jnp.asarray(prompt, jnp.int32), jnp.asarray(lengths, jnp.int32)
+
+
+@pytest.mark.parametrize(
+    "kind", ["recycling", "recycling_small", "draft_tree", "self_tree", "early_exit"]
+)
+@pytest.mark.parametrize("eos_id", [None, 3])
+def test_greedy_tree_drafters_equal_greedy(target, draft, kind, eos_id):
+    prompt, lengths = ragged_prompts(4, 9, seed=1)
+    key = jax.random.key(0)
+    plain = run(target, draft, prompt, lengths, key, "ar", eos_id=eos_id)
+    spec = run(target, draft, prompt, lengths, key, kind, eos_id=eos_id)
+    np.testing.assert_array_equal(spec.lengths, plain.lengths)
+    np.testing.assert_array_equal(spec.tokens, plain.tokens)
+    assert np.all(spec.stats.accepted <= spec.stats.drafted)
+    assert np.all(spec.stats.accept_histogram.sum(1) == spec.stats.target_calls - 1)
+    if kind == "self_tree" and eos_id is None:  # the target drafting for itself: always accepted
+        assert np.all(spec.stats.target_calls < plain.stats.target_calls)
+        assert np.all(spec.stats.accepted >= MAX_NEW // 2)
+
+
+def test_each_row_equals_the_row_alone(target, draft):
+    prompt, lengths = ragged_prompts(3, 9, seed=4)
+    key = jax.random.key(0)
+    batch = run(target, draft, prompt, lengths, key, "draft_tree")
+    for row in range(3):
+        alone = run(target, draft, prompt[row : row + 1], lengths[row : row + 1], key, "draft_tree")
+        np.testing.assert_array_equal(alone.tokens[0], batch.tokens[row])
+
+
+def test_token_recycling_table_learns_and_carries_across_requests(target, draft):
+    prompt, lengths = ragged_prompts(2, 8, seed=2)
+    first = run(target, draft, prompt, lengths, jax.random.key(0), "recycling")
+    table = first.drafter_state.table
+    assert table.shape == (16, 8)
+    assert not np.array_equal(np.asarray(table), np.asarray(drafting.initial_table(16, 8)))
+    # Warm start: the same request again with the learned table accepts more.
+    warm = jax.jit(
+        lambda t, p, n, tab: generate(
+            t,
+            p,
+            n,
+            jax.random.key(0),
+            max_new_tokens=MAX_NEW,
+            drafter=drafting.token_recycling(16, table=tab),
+        )
+    )(target, prompt, lengths, table)
+    np.testing.assert_array_equal(warm.tokens, first.tokens)
+    assert int(warm.stats.accepted.sum()) > int(first.stats.accepted.sum())
+
+
+def test_sampled_tree_generation_has_target_distribution():
+    """Exact law of 3-token continuations vs samples with a dynamic draft tree (chi-square)."""
+    config = models.TransformerConfig(
+        vocab_size=4, num_layers=1, num_heads=1, d_model=8, max_length=24
+    )
+    target = models.Model(config, perturbed(models.init_params(config, jax.random.key(3)), 0.5, 4))
+    draft = models.Model(config, perturbed(models.init_params(config, jax.random.key(5)), 0.5, 6))
+    prompt = jnp.asarray([[1, 2, 3]], jnp.int32)
+    continuations = jnp.asarray(list(itertools.product(range(4), repeat=3)), jnp.int32)
+    logits, _ = target(jnp.concatenate([jnp.broadcast_to(prompt, (64, 3)), continuations], axis=1))
+    log_p = jax.nn.log_softmax(logits, -1)
+    exact = np.exp(
+        sum(np.asarray(log_p[jnp.arange(64), 2 + i, continuations[:, i]]) for i in range(3))
+    )
+    num = 20000
+    out = jax.jit(
+        lambda t, d, key: generate(
+            t,
+            jnp.broadcast_to(prompt, (num, 3)),
+            jnp.full((num,), 3, jnp.int32),
+            key,
+            max_new_tokens=3,
+            sampling=Sampling(temperature=1.0),
+            drafter=drafting.draft_model_tree(
+                d, num_nodes=5, beam_width=2, branching=2, max_depth=2
+            ),
+        )
+    )(target, draft, jax.random.key(8))
+    assert 0 < int(out.stats.accepted.sum()) < int(out.stats.drafted.sum())
+    codes = np.asarray(out.tokens[:, 3:6]) @ np.array([16, 4, 1])
+    counts = np.bincount(codes, minlength=64)
+    statistic = np.sum((counts - exact * num) ** 2 / (exact * num))
+    assert stats.chi2.sf(statistic, df=63) > 1e-4
+
+
+def test_no_retracing(target, draft):
+    prompt, lengths = ragged_prompts(2, 8, seed=5)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def recycled(target, prompt, lengths, table):
+        return generate(
+            target,
+            prompt,
+            lengths,
+            jax.random.key(0),
+            max_new_tokens=6,
+            drafter=drafting.token_recycling(16, table=table),
+        )
+
+    table = drafting.initial_table(16, 8)
+    for seed in range(3):
+        prompt, lengths = ragged_prompts(2, 8, seed=seed)
+        table = recycled(target, prompt, lengths, table).drafter_state.table
+
+
+def test_bad_arguments_raise(target, draft):
+    prompt, lengths = ragged_prompts(2, 8, seed=0)
+    with pytest.raises(ValueError, match="controller"):
+        generate(
+            target,
+            prompt,
+            lengths,
+            jax.random.key(0),
+            max_new_tokens=4,
+            drafter=drafting.token_recycling(16),
+            controller=drafting.heuristic(),
+        )
+    with pytest.raises(ValueError, match="num_candidates"):
+        drafting.token_recycling(16, num_candidates=4)  # the 2.2.2 template needs rank 7
+    with pytest.raises(ValueError, match="table"):
+        drafting.token_recycling(16, table=jnp.zeros((16, 3), jnp.int32))
+    with pytest.raises(ValueError, match="max_depth"):
+        generate(
+            target,
+            prompt,
+            lengths,
+            jax.random.key(0),
+            max_new_tokens=38,
+            drafter=drafting.token_recycling(16),
+        )
+    with pytest.raises(ValueError, match="num_layers"):
+        drafting.early_exit(target, 3)
+    with pytest.raises(ValueError, match="beam_width"):
+        drafting.draft_model_tree(draft, beam_width=0)
+
+
+def test_early_exit_model_is_the_hidden_state_readout(target):
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 16, (2, 7)), jnp.int32)
+    _, _, hidden = target(tokens, return_hidden=True)
+    for layers in (1, 2):
+        exit_logits, _ = drafting.early_exit_model(target, layers)(tokens)
+        np.testing.assert_allclose(
+            exit_logits, models.logits_from_hidden(CONFIG, target.params, hidden[layers]), atol=1e-5
+        )
+    acceptance = drafting.layer_acceptance(target, tokens)
+    assert acceptance.shape == (2,)
+    assert np.all((acceptance >= 0) & (acceptance <= 1))
+
+
+def test_choose_exit_maximises_the_modelled_speedup():
+    # L = 4; a perfect exit at layer 1 should draft as far as allowed.
+    choice = drafting.choose_exit(np.array([0.999999, 0.2, 0.3]), num_layers=4, max_draft=6)
+    assert (choice.num_layers, choice.num_draft) == (1, 6)
+    # Useless exits: drafting one token at the cheapest layer is the best of bad options.
+    choice = drafting.choose_exit(np.array([0.0, 0.0, 0.0]), num_layers=4, max_draft=6)
+    assert (choice.num_layers, choice.num_draft) == (1, 1)
+    a, layers, d = 0.8, 2, 3
+    want = 4 * (1 - a ** (d + 1)) / (1 - a) / (d * layers + 4)
+    np.testing.assert_allclose(
+        drafting.choose_exit(np.array([0.1, a, 0.1]), 4, 6).table[1, 2], want
+    )
+    with pytest.raises(ValueError, match="acceptance"):
+        drafting.choose_exit(np.array([0.5]), num_layers=4, max_draft=2)

@@ -95,9 +95,17 @@ def ragged_prompts(batch, width, seed):
 
 
 @pytest.mark.parametrize(
-    "kind", ["recycling", "recycling_small", "draft_tree", "self_tree", "early_exit"]
+    ("kind", "eos_id"),
+    [
+        ("recycling", None),
+        ("recycling", 3),
+        ("recycling_small", None),
+        ("draft_tree", None),
+        ("draft_tree", 3),
+        ("self_tree", None),
+        ("early_exit", 3),
+    ],
 )
-@pytest.mark.parametrize("eos_id", [None, 3])
 def test_greedy_tree_drafters_equal_greedy(target, draft, kind, eos_id):
     prompt, lengths = ragged_prompts(4, 9, seed=1)
     key = jax.random.key(0)

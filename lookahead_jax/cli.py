@@ -10,7 +10,12 @@ import sys
 from lookahead_jax import __version__
 
 # bench name -> module under lookahead_jax.benchmarks with default_config(), run(), format_table()
-BENCHMARKS = {"spec": "speculative", "hgf": "hgf", "particles": "inference_time_scaling"}
+BENCHMARKS = {
+    "spec": "speculative",
+    "hgf": "hgf",
+    "particles": "inference_time_scaling",
+    "leap": "leap_verify",
+}
 
 
 def _apply_overrides(config, overrides: list[str]):

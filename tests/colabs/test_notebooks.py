@@ -24,6 +24,10 @@ SMALL = {
     "04_predictive_coding": (
         "NUM_SUBJECTS = 4\nSUBJECT_STEPS = 100\nFIT_STEPS = 20\nNUM_DRAWS = 32"
     ),
+    "05_leap_verify": (
+        "NUM_LAYERS = 1\nD_MODEL = 32\nSEQ_LEN = 32\nBATCH = 8\nNUM_STEPS = 60\nDELTA = 10\n"
+        "KS = (5, 10)\nCALIBRATION_CHECKS = 3"
+    ),
 }
 
 

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lookahead_jax import data, drafting, models, particles, sharding
+from lookahead_jax import data, drafting, models, particles, sharding, trees
 from lookahead_jax.decoding import generate
 
 
@@ -88,7 +88,7 @@ def models_section(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def speculative_section(args: argparse.Namespace) -> dict[str, Any]:
-    """Greedy speculative decoding with the draft model and prompt lookup vs plain greedy."""
+    """Greedy speculative decoding (chains and token trees) vs plain greedy."""
     print("\n== Speculative decoding: same tokens as greedy, fewer target calls ==")
     target = models.Model(*models.load_pretrained("tiny-target"))
     draft = models.Model(*models.load_pretrained("tiny-draft"))
@@ -98,6 +98,13 @@ def speculative_section(args: argparse.Namespace) -> dict[str, Any]:
         ("autoregressive", None, 0),
         ("draft model K=4", lambda: drafting.draft_model(draft), 4),
         ("prompt lookup K=4", lambda: drafting.prompt_lookup(256), 4),
+        # Trees: no draft model at all, then the draft model's best-first tree.
+        (
+            "token recycling 16",
+            lambda: drafting.token_recycling(256, template=trees.token_recycling_template(16)),
+            0,
+        ),
+        ("draft tree 16", lambda: drafting.draft_model_tree(draft, num_nodes=16), 0),
     ]:
 
         def run(t, p, n, drafter_fn=drafter_fn, k=k):

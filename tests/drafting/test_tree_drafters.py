@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from lookahead_jax import drafting, models, trees
+from lookahead_jax import drafting, models, sharding, trees
 from lookahead_jax.decoding import generate
 from lookahead_jax.sampling import Sampling
 
@@ -264,3 +264,23 @@ def test_choose_exit_maximises_the_modelled_speedup():
     )
     with pytest.raises(ValueError, match="acceptance"):
         drafting.choose_exit(np.array([0.5]), num_layers=4, max_draft=2)
+
+
+def test_sharded_tree_generation_equals_single_device(target, draft):
+    """Sampled draft-tree generation over 8 devices (batch sharded) equals 1 device."""
+    prompt, lengths = ragged_prompts(8, 9, seed=9)
+    key = jax.random.key(3)
+    sampling = Sampling(temperature=1.0)
+    single = run(target, draft, prompt, lengths, key, "draft_tree", sampling=sampling)
+    mesh = sharding.make_mesh()
+    sharded = run(
+        sharding.replicate(target, mesh),
+        sharding.replicate(draft, mesh),
+        *sharding.shard((prompt, lengths), mesh),
+        key,
+        "draft_tree",
+        sampling=sampling,
+    )
+    assert len(sharded.tokens.sharding.device_set) == 8
+    np.testing.assert_array_equal(sharded.tokens, single.tokens)
+    np.testing.assert_array_equal(sharded.lengths, single.lengths)

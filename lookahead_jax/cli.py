@@ -15,6 +15,7 @@ BENCHMARKS = {
     "hgf": "hgf",
     "particles": "inference_time_scaling",
     "leap": "leap_verify",
+    "strategies": "decoding_strategies",
 }
 
 

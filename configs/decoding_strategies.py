@@ -1,0 +1,7 @@
+"""Config of experiments/decoding_strategies.py (defaults live with the benchmark)."""
+
+from lookahead_jax.benchmarks.decoding_strategies import default_config
+
+
+def get_config():
+    return default_config()

@@ -309,12 +309,65 @@ def leap_verify_section(args: argparse.Namespace) -> dict[str, Any]:
     return figures
 
 
+def decoding_strategies_section(args: argparse.Namespace) -> dict[str, Any]:
+    """Momentum decoding vs greedy, and a LATR rollout group, on held-out prompts."""
+    from lookahead_jax import decoding  # imported here: one pillar per section
+    from lookahead_jax.benchmarks import decoding_strategies as bench
+    from lookahead_jax.sampling import Sampling
+
+    print("\n== Decoding strategies: lookahead beyond speculative decoding ==")
+    target = models.Model(*models.load_pretrained("tiny-target"))
+    prompts, lengths = data.heldout_prompts(args.num_prompts, args.prompt_length, seed=args.seed)
+    prompt_lists = [list(map(int, p[: int(n)])) for p, n in zip(prompts, lengths, strict=True)]
+    new = args.max_new_tokens
+    runs = {
+        "greedy": lambda m, p, n: decoding.sample_rollouts(
+            m, p, n, jax.random.key(0), max_new_tokens=new, sampling=Sampling()
+        ),
+        "momentum": lambda m, p, n: decoding.momentum_decoding(m, p, n, max_new_tokens=new),
+    }
+    figures: dict[str, Any] = {}
+    for name, fn in runs.items():
+        out = jax.jit(fn)(target, prompts, lengths)
+        tokens = np.asarray(out.tokens).reshape(len(prompt_lists), -1)
+        ends = np.asarray(out.lengths).reshape(-1)
+        outputs = [tokens[i, len(p) : ends[i]].tolist() for i, p in enumerate(prompt_lists)]
+        ll = float(np.mean(bench.score_outputs(target, prompt_lists, outputs)))
+        rep = float(np.mean([bench.repetition_rate(o, 8) for o in outputs]))
+        figures[name] = {"ll_per_byte": ll, "repetition": rep}
+        print(
+            f"{name:9s} target log-lik/byte {ll:6.3f}  repeated 8-grams {rep:5.1%}  "
+            f"{_decode(outputs[0])!r}"
+        )
+    params = decoding.LATRParams(num_rollouts=4, prune_window=8)
+    group = jax.jit(
+        lambda m, p, n: decoding.latr(m, p, n, jax.random.key(1), max_new_tokens=new, params=params)
+    )(target, prompts[:1], lengths[:1])
+    valid = np.flatnonzero(np.asarray(group.valid[0]))
+    figures["latr"] = {
+        "rollouts": len(valid),
+        "branches": int(group.branches[0]),
+        "pruned": int(group.pruned[0]),
+    }
+    print(
+        f"LATR rollout group for prompt 0: {len(valid)} rollouts ({int(group.branches[0])} "
+        f"branches, {int(group.pruned[0])} pruned as too similar), with log-probabilities:"
+    )
+    start = int(lengths[0])
+    for j in valid:
+        text = _decode(np.asarray(group.tokens[0, j, start : int(group.lengths[0, j])]))
+        print(f"  log p {float(group.log_probs[0, j]):7.1f}  {text!r}")
+    print("CNTP, AdaDec and First-Finish: `lookahead-jax bench strategies`.")
+    return figures
+
+
 SECTIONS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "models": models_section,
     "speculative": speculative_section,
     "particles": particles_section,
     "predictive_coding": predictive_coding_section,
     "leap_verify": leap_verify_section,
+    "decoding_strategies": decoding_strategies_section,
 }
 
 

@@ -178,6 +178,7 @@ def score_outputs(model, prompts, outputs, batch_size: int = 64) -> list[float]:
         seq = list(p) + list(o)
         rows[i, : len(seq)] = seq
     values = []
+    batch_size = min(batch_size, len(rows))
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         real = len(chunk)

@@ -28,6 +28,10 @@ SMALL = {
         "NUM_LAYERS = 1\nD_MODEL = 32\nSEQ_LEN = 32\nBATCH = 8\nNUM_STEPS = 60\nDELTA = 10\n"
         "KS = (5, 10)\nCALIBRATION_CHECKS = 3"
     ),
+    "06_decoding_strategies": (
+        "NUM_PROMPTS = 2\nMAX_NEW_TOKENS = 16\nGROUP_SIZE = 2\nFIT_WINDOWS = 8\n"
+        "STRATEGIES = ('greedy', 'momentum')"
+    ),
 }
 
 

@@ -154,29 +154,44 @@ def check_tree(tree: TokenTree, *, capacity: int | None = None) -> None:
         )
 
 
-def ancestor_mask(parent: jax.Array) -> jax.Array:
-    """``[..., N, N]`` bool: ``mask[i, j]`` iff node ``j`` is node ``i`` or one of its ancestors."""
+def ancestor_mask(parent: jax.Array, max_depth: int | None = None) -> jax.Array:
+    """``[..., N, N]`` bool: ``mask[i, j]`` iff node ``j`` is node ``i`` or one of its ancestors.
+
+    With ``max_depth`` (a static bound on node depths) the mask is built by
+    ``max_depth - 1`` parent-pointer jumps; otherwise by repeated squaring.
+    """
     parent = jnp.asarray(parent, jnp.int32)
     num_nodes = parent.shape[-1]
     eye = jnp.eye(num_nodes, dtype=bool)
-    reach = eye | jax.nn.one_hot(parent, num_nodes, dtype=bool)  # parent -1 -> no entry
-    # Transitive closure by repeated squaring: paths of length <= 2^s after s steps.
+    step = jax.nn.one_hot(parent, num_nodes, dtype=bool)  # parent -1 -> no entry
+    if max_depth is not None and max_depth < np.log2(max(num_nodes, 2)) * 4:
+        reach, walk = eye | step, parent
+        for _ in range(max_depth - 1):
+            walk = jnp.where(
+                walk >= 0, jnp.take_along_axis(parent, jnp.maximum(walk, 0), axis=-1), -1
+            )
+            reach = reach | jax.nn.one_hot(walk, num_nodes, dtype=bool)
+        return reach
+    reach = (eye | step).astype(jnp.float32)
+    # Transitive closure by repeated squaring: paths of length <= 2^s after s steps
+    # (float32 counts stay exact: at most N paths between two nodes of a tree).
     steps = max(1, int(np.ceil(np.log2(max(num_nodes, 2)))))
     for _ in range(steps):
-        reach = jnp.einsum("...ij,...jk->...ik", reach.astype(jnp.int32), reach.astype(jnp.int32))
-        reach = reach > 0
-    return reach
+        reach = (jnp.matmul(reach, reach) > 0).astype(jnp.float32)
+    return reach > 0
 
 
-def block_mask(tree: TokenTree) -> jax.Array:
+def block_mask(tree: TokenTree, max_depth: int | None = None) -> jax.Array:
     """``[B, N + 1, N + 1]`` attention mask of the verification block (root first).
 
     The root sees itself; node ``i`` sees the root, its ancestors and itself.
     Invalid nodes see only the root and themselves, so they never disturb
-    valid nodes (which never see them).
+    valid nodes (which never see them). ``max_depth``: optional static bound on
+    node depths (faster for shallow, wide trees).
     """
     batch, num_nodes = tree.parent.shape
-    nodes = ancestor_mask(jnp.where(tree.valid, tree.parent, ROOT)) & tree.valid[:, :, None]
+    nodes = ancestor_mask(jnp.where(tree.valid, tree.parent, ROOT), max_depth)
+    nodes = nodes & tree.valid[:, :, None]
     nodes = nodes | jnp.eye(num_nodes, dtype=bool)
     mask = jnp.zeros((batch, num_nodes + 1, num_nodes + 1), bool)
     mask = mask.at[:, :, 0].set(True)

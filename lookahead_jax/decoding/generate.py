@@ -276,7 +276,10 @@ def generate(
             block = jnp.concatenate([last[:, None], tree.token], axis=1)  # [B, N + 1]
             start = state.target_cache.lengths
             logits, cache = target(
-                block, state.target_cache, tree_mask=trees.block_mask(tree), exact=exact
+                block,
+                state.target_cache,
+                tree_mask=trees.block_mask(tree, drafter.max_depth),
+                exact=exact,
             )
             if verify == "greedy":
                 verified_tree = tree_greedy(tree, logits)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from lookahead_jax import _checks
-from lookahead_jax.trees import TokenTree, check_tree
+from lookahead_jax.trees import TokenTree, ancestor_mask, check_tree
 from lookahead_jax.verification.chain import acceptance_probability, residual_distribution
 
 
@@ -61,7 +61,7 @@ def _walk(tree: TokenTree, decide, carry_extra):
 
 
 def tree_greedy(tree: TokenTree, target_logits: jax.Array) -> TreeVerified:
-    """Greedy tree verification: follow the children equal to the target's argmax.
+    """Greedy tree verification: the deepest node whose whole path is the target's argmax.
 
     Args:
       tree: ``TokenTree`` [B, N].
@@ -69,20 +69,32 @@ def tree_greedy(tree: TokenTree, target_logits: jax.Array) -> TreeVerified:
         0) and at every node (block index ``i + 1``), scored under ``block_mask``.
     Returns:
       ``TreeVerified``: the longest root path whose every token is the target's
-      argmax after its prefix (the first such child when siblings repeat a
-      token), and the argmax after it. Equals plain greedy decoding.
+      argmax after its prefix (the lowest-index one when siblings repeat a
+      token, so that several paths spell the same tokens), and the argmax after
+      it. Equals plain greedy decoding.
+
+    Vectorised (no walk): a node is on a greedy path iff it and all its
+    ancestors match, which one ancestor-mask reduction decides for every node.
     """
     _check(tree, target_logits, "target_logits")
+    batch, num_nodes = tree.parent.shape
     choice = jnp.argmax(target_logits, axis=-1).astype(jnp.int32)  # [B, N + 1]
-
-    def one_row(tree, choice):
-        def decide(extra, node, current, is_child):
-            return tree.token[node] == choice[current], extra
-
-        current, count, path, _ = _walk(tree, decide, ())
-        return count, choice[current], path
-
-    count, next_token, path = jax.vmap(one_row)(tree, choice)
+    parent_choice = jnp.take_along_axis(choice, jnp.clip(tree.parent + 1, 0, num_nodes), axis=1)
+    match = tree.valid & (tree.token == parent_choice)
+    ancestors = ancestor_mask(jnp.where(tree.valid, tree.parent, -1))  # [B, N, N]
+    on_path = match & jnp.all(~ancestors | match[:, None, :], axis=2)
+    depth = jnp.where(on_path, tree.depth, 0)
+    best = jnp.argmax(depth, axis=1)  # deepest matching node, lowest index on ties
+    count = jnp.max(depth, axis=1).astype(jnp.int32)
+    rows = jnp.arange(batch)
+    # The path: the chosen node's ancestors by depth (block index = node + 1).
+    chosen = ancestors[rows, best] & (count > 0)[:, None]  # [B, N]
+    levels = jnp.arange(1, num_nodes + 1)
+    at_level = chosen[:, None, :] & (tree.depth[:, None, :] == levels[None, :, None])  # [B, N, N]
+    nodes = jnp.sum(jnp.where(at_level, jnp.arange(num_nodes) + 1, 0), axis=2)  # [B, N]
+    path = jnp.concatenate([jnp.zeros((batch, 1), jnp.int32), nodes.astype(jnp.int32)], axis=1)
+    current = jnp.where(count > 0, best + 1, 0)
+    next_token = choice[rows, current]
     return TreeVerified(count, next_token, path, count + 1)
 
 

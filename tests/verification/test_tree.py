@@ -196,30 +196,34 @@ def test_two_level_tree_output_law_is_the_target(replacement):
     assert np.any(count == 2)
 
 
-def test_tree_greedy_follows_the_argmax_path():
+def test_tree_greedy_takes_the_deepest_argmax_path():
     rng = np.random.default_rng(3)
     batch, num_nodes, vocab = 64, 10, 3
     parents = np.stack(
         [np.array([int(rng.integers(-1, i)) for i in range(num_nodes)]) for _ in range(batch)]
     )
     tokens = rng.integers(0, vocab, (batch, num_nodes))
-    tree = trees.make_tree(jnp.asarray(parents), jnp.asarray(tokens))
+    valid = rng.random((batch, num_nodes)) < 0.9
+    for b in range(batch):  # keep the tree well formed: children of invalid nodes are invalid
+        for i in range(num_nodes):
+            if parents[b, i] >= 0 and not valid[b, parents[b, i]]:
+                valid[b, i] = False
+    tree = trees.make_tree(jnp.asarray(parents), jnp.asarray(tokens), jnp.asarray(valid))
     logits = rng.normal(size=(batch, num_nodes + 1, vocab)).astype(np.float32)
     out = tree_greedy(tree, jnp.asarray(logits))
     for b in range(batch):
-        current, path = -1, [0]
-        while True:
-            want = int(np.argmax(logits[b, current + 1]))
-            children = [
-                i for i in range(num_nodes) if parents[b, i] == current and tokens[b, i] == want
-            ]
-            if not children:
-                break
-            current = children[0]
-            path.append(current + 1)
-        assert int(out.num_accepted[b]) == len(path) - 1
-        assert int(out.next_token[b]) == int(np.argmax(logits[b, current + 1]))
-        np.testing.assert_array_equal(out.path[b, : len(path)], path)
+        best, best_path = -1, [0]
+        for node in range(num_nodes):  # every node whose whole path is the argmax chain
+            path, walk, ok = [], node, valid[b, node]
+            while walk >= 0 and ok:
+                ok = tokens[b, walk] == np.argmax(logits[b, parents[b, walk] + 1])
+                path.append(walk + 1)
+                walk = parents[b, walk]
+            if ok and len(path) > len(best_path) - 1:
+                best, best_path = node, [0, *path[::-1]]
+        assert int(out.num_accepted[b]) == len(best_path) - 1
+        assert int(out.next_token[b]) == int(np.argmax(logits[b, best + 1]))
+        np.testing.assert_array_equal(out.path[b, : len(best_path)], best_path)
     assert np.asarray(out.num_accepted).max() >= 2
 
 

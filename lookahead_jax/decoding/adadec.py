@@ -348,6 +348,9 @@ def fit_entropy_threshold(
     )
 
 
+_fit_jit = jax.jit(fit_entropy_threshold, static_argnames=("iterations", "l2"))
+
+
 @jax.jit
 def _window_stats(model, windows):
     logits, _ = model(windows[:, :-1])
@@ -380,6 +383,4 @@ def fit_adadec_threshold(model: Any, windows: Any, *, batch_size: int = 16) -> T
         h, c = _window_stats(model, jnp.asarray(chunk, jnp.int32))
         entropies.append(np.asarray(h[:real]).reshape(-1))
         labels.append(np.asarray(c[:real]).reshape(-1))
-    return fit_entropy_threshold(
-        jnp.asarray(np.concatenate(entropies)), jnp.asarray(np.concatenate(labels))
-    )
+    return _fit_jit(jnp.asarray(np.concatenate(entropies)), jnp.asarray(np.concatenate(labels)))

@@ -98,3 +98,37 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
 def entropy(logits: np.ndarray) -> np.ndarray:
     lp = log_softmax(logits)
     return -(np.exp(lp) * lp).sum(axis=-1)
+
+
+GREEDY_BATCH, GREEDY_WIDTH, GREEDY_NEW, GREEDY_EOS = 4, 6, 10, 5
+
+
+@jax.jit
+def greedy_reference(model, prompt, lengths):
+    """``generate``'s greedy decoding, the reference the strategies reduce to.
+
+    One shape for every test module (``[4, 6]`` prompts, 10 new tokens, EOS 5) and
+    any model of the same structure, so it compiles once per test session.
+    """
+    from lookahead_jax.decoding import generate
+
+    return generate(
+        model, prompt, lengths, jax.random.key(0), max_new_tokens=GREEDY_NEW, eos_id=GREEDY_EOS
+    )
+
+
+@jax.jit
+def sampling_reference(model, prompt, lengths, key):
+    """Four plain-sampling rollouts per prompt (temperature 1), same shapes as
+    ``greedy_reference``; rollout 0 is *the* plain sample other strategies reproduce."""
+    from lookahead_jax.decoding import sample_rollouts
+
+    return sample_rollouts(
+        model,
+        prompt,
+        lengths,
+        key,
+        max_new_tokens=GREEDY_NEW,
+        num_rollouts=4,
+        eos_id=GREEDY_EOS,
+    )

@@ -13,11 +13,13 @@ from hypothesis import given, settings
 
 from lookahead_jax import decoding
 from lookahead_jax.decoding import _strategy_common as common
-from lookahead_jax.decoding import generate
 from lookahead_jax.decoding.adadec import lookahead_scores
 from tests.decoding.strategy_models import (
+    GREEDY_EOS,
+    GREEDY_NEW,
     TINY,
     entropy,
+    greedy_reference,
     log_softmax,
     next_logits,
     ragged_prompts,
@@ -25,8 +27,8 @@ from tests.decoding.strategy_models import (
     tiny_transformer,
 )
 
-MAX_NEW = 10
-EOS = 5
+MAX_NEW = GREEDY_NEW
+EOS = GREEDY_EOS
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +47,7 @@ def run(model, prompt, lengths, params):
 def test_infinite_threshold_equals_greedy(model):
     prompt, lengths = ragged_prompts(TINY.vocab_size, 4, 6, seed=0)
     out = run(model, prompt, lengths, decoding.AdaDecParams(threshold=math.inf))
-    ref = generate(model, prompt, lengths, jax.random.key(0), max_new_tokens=MAX_NEW, eos_id=EOS)
+    ref = greedy_reference(model, prompt, lengths)
     np.testing.assert_array_equal(out.tokens, ref.tokens)
     np.testing.assert_array_equal(out.num_generated, ref.num_generated)
     np.testing.assert_array_equal(out.pauses, 0)
@@ -114,13 +116,16 @@ def test_lookahead_scores_equal_naive_beam_search(model):
         np.testing.assert_allclose(np.asarray(score[b]), expected, rtol=1e-4, atol=1e-5)
 
 
+fit_jit = jax.jit(decoding.fit_entropy_threshold)
+
+
 @settings(max_examples=8, deadline=None)
 @given(tau=st.floats(0.5, 3.0), noise=st.floats(0.0, 0.15), seed=st.integers(0, 1000))
 def test_threshold_fit_recovers_a_planted_boundary(tau, noise, seed):
     rng = np.random.default_rng(seed)
     h = rng.uniform(0.0, 4.0, 4000)
     labels = (h < tau) ^ (rng.uniform(size=h.shape) < noise)
-    fit = decoding.fit_entropy_threshold(jnp.asarray(h), jnp.asarray(labels))
+    fit = fit_jit(jnp.asarray(h), jnp.asarray(labels))
     assert float(fit.weight) < 0  # high entropy: greedy less often right
     assert abs(float(fit.threshold) - tau) < 0.15
     np.testing.assert_allclose(float(fit.pause_rate), np.mean(h >= float(fit.threshold)))

@@ -11,16 +11,21 @@ from lookahead_jax import decoding
 from lookahead_jax.decoding import _strategy_common as common
 from lookahead_jax.sampling import Sampling
 from tests.decoding.strategy_models import (
+    GREEDY_BATCH,
+    GREEDY_EOS,
+    GREEDY_NEW,
+    GREEDY_WIDTH,
     TINY,
     log_softmax,
     next_logits,
     ragged_prompts,
+    sampling_reference,
     sequence_logits,
     tiny_transformer,
 )
 
-MAX_NEW = 12
-EOS = 5
+MAX_NEW = GREEDY_NEW
+EOS = GREEDY_EOS
 STOPS = (2, 7)
 SAMPLING = Sampling(temperature=1.0)
 # H_lo above every entropy of a 16-token vocabulary (log 16 = 2.77): always one trial.
@@ -44,11 +49,6 @@ def run(model, prompt, lengths, key, params):
 
 
 @jax.jit
-def run_plain(model, prompt, lengths, key):
-    return decoding.sample_rollouts(model, prompt, lengths, key, max_new_tokens=MAX_NEW, eos_id=EOS)
-
-
-@jax.jit
 def init(model, prompt, lengths):
     return decoding.cntp_init(model, prompt, lengths, max_new_tokens=MAX_NEW)
 
@@ -61,17 +61,18 @@ def step(model, state, keys):
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_below_low_entropy_bound_equals_plain_sampling(model, seed):
-    prompt, lengths = ragged_prompts(TINY.vocab_size, 4, 6, seed=seed)
+    prompt, lengths = ragged_prompts(TINY.vocab_size, GREEDY_BATCH, GREEDY_WIDTH, seed=seed)
     key = jax.random.key(seed)
     out = run(model, prompt, lengths, key, NEVER)
-    plain = run_plain(model, prompt, lengths, key)
+    plain = sampling_reference(model, prompt, lengths, key)  # rollout 0: plain sampling
     np.testing.assert_array_equal(out.tokens, plain.tokens[:, 0])
     np.testing.assert_array_equal(out.num_generated, plain.num_generated[:, 0])
     np.testing.assert_array_equal(out.multi_trial_steps, 0)
     np.testing.assert_array_equal(out.steps, out.num_generated)
     np.testing.assert_allclose(out.token_log_probs, plain.token_log_probs[:, 0], rtol=1e-6)
-    np.testing.assert_array_equal(out.compute.model_calls, plain.compute.model_calls)
-    np.testing.assert_array_equal(out.compute.tokens_evaluated, plain.compute.tokens_evaluated)
+    # One call per token (prefill included); the last token is never fed.
+    np.testing.assert_array_equal(out.compute.model_calls, out.num_generated)
+    np.testing.assert_array_equal(out.compute.tokens_evaluated, lengths + out.num_generated - 1)
 
 
 def test_trials_commit_min_perplexity_segment_ending_at_first_stop(model):

@@ -9,12 +9,22 @@ import numpy as np
 import pytest
 
 from lookahead_jax import decoding
-from lookahead_jax.decoding import generate
 from lookahead_jax.sampling import Sampling, log_probs
-from tests.decoding.strategy_models import TINY, next_logits, ragged_prompts, tiny_transformer
+from tests.decoding.strategy_models import (
+    GREEDY_BATCH,
+    GREEDY_EOS,
+    GREEDY_NEW,
+    GREEDY_WIDTH,
+    TINY,
+    greedy_reference,
+    next_logits,
+    ragged_prompts,
+    sampling_reference,
+    tiny_transformer,
+)
 
-MAX_NEW = 10
-EOS = 5
+MAX_NEW = GREEDY_NEW
+EOS = GREEDY_EOS
 SAMPLING = Sampling(temperature=1.0)
 
 
@@ -26,22 +36,16 @@ def model():
     return type(m)(m.config, dict(m.params, wte=wte.at[EOS].multiply(1.5)))
 
 
-@functools.partial(
-    jax.jit, static_argnames=("num", "sampling", "eos_id", "stop_at_first_eos", "max_new")
-)
-def run_rollouts(
-    model, prompt, lengths, key, num, sampling, eos_id, stop_at_first_eos=False, max_new=MAX_NEW
-):
+@jax.jit
+def run_greedy(model, prompt, lengths):
     return decoding.sample_rollouts(
         model,
         prompt,
         lengths,
-        key,
-        max_new_tokens=max_new,
-        num_rollouts=num,
-        sampling=sampling,
-        eos_id=eos_id,
-        stop_at_first_eos=stop_at_first_eos,
+        jax.random.key(0),
+        max_new_tokens=MAX_NEW,
+        sampling=Sampling(),
+        eos_id=EOS,
     )
 
 
@@ -69,13 +73,13 @@ def naive_sample(model, prompt_row, row, lane, key, batch, max_new, eos_id):
 
 
 def test_rollouts_equal_naive_sampling_on_ragged_batch(model):
-    prompt, lengths = ragged_prompts(TINY.vocab_size, 3, 5, seed=0)
+    prompt, lengths = ragged_prompts(TINY.vocab_size, GREEDY_BATCH, GREEDY_WIDTH, seed=0)
     key = jax.random.key(7)
-    out = run_rollouts(model, prompt, lengths, key, 2, SAMPLING, EOS)
+    out = sampling_reference(model, prompt, lengths, key)
     for b in range(3):
-        for j in range(2):
+        for j in (0, 3):
             expected, total = naive_sample(
-                model, np.asarray(prompt[b, : lengths[b]]), b, j, key, 3, MAX_NEW, EOS
+                model, np.asarray(prompt[b, : lengths[b]]), b, j, key, GREEDY_BATCH, MAX_NEW, EOS
             )
             n = int(out.lengths[b, j])
             assert out.tokens[b, j, :n].tolist() == expected
@@ -85,9 +89,9 @@ def test_rollouts_equal_naive_sampling_on_ragged_batch(model):
 
 
 def test_greedy_rollouts_equal_generate(model):
-    prompt, lengths = ragged_prompts(TINY.vocab_size, 3, 5, seed=1)
-    out = run_rollouts(model, prompt, lengths, jax.random.key(0), 1, Sampling(), EOS)
-    ref = generate(model, prompt, lengths, jax.random.key(0), max_new_tokens=MAX_NEW, eos_id=EOS)
+    prompt, lengths = ragged_prompts(TINY.vocab_size, GREEDY_BATCH, GREEDY_WIDTH, seed=1)
+    out = run_greedy(model, prompt, lengths)
+    ref = greedy_reference(model, prompt, lengths)
     np.testing.assert_array_equal(out.tokens[:, 0], ref.tokens)
     np.testing.assert_array_equal(out.num_generated[:, 0], ref.num_generated)
     # One call per generated token (prefill included), like `generate`'s target_calls.
@@ -95,13 +99,13 @@ def test_greedy_rollouts_equal_generate(model):
 
 
 def test_first_finish_equals_shortest_of_all_completed(model):
-    num, batch = 4, 6
+    num, batch = 4, GREEDY_BATCH
     outcomes = set()
-    for seed in range(3):
-        prompt, lengths = ragged_prompts(TINY.vocab_size, batch, 5, seed=seed)
+    for seed in range(4):
+        prompt, lengths = ragged_prompts(TINY.vocab_size, batch, GREEDY_WIDTH, seed=seed)
         key = jax.random.key(seed)
         ffs = run_ffs(model, prompt, lengths, key, num)
-        full = run_rollouts(model, prompt, lengths, key, num, SAMPLING, EOS)
+        full = sampling_reference(model, prompt, lengths, key)  # all 4 run to completion
         finished = np.asarray(full.ended_with_eos)
         gen = np.where(finished, np.asarray(full.num_generated), MAX_NEW + 1)
         for b in range(batch):

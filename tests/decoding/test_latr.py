@@ -12,10 +12,14 @@ import pytest
 from hypothesis import given, settings
 
 from lookahead_jax import decoding
-from lookahead_jax.decoding import generate
 from lookahead_jax.sampling import Sampling
 from tests.decoding.strategy_models import (
+    GREEDY_BATCH,
+    GREEDY_EOS,
+    GREEDY_NEW,
+    GREEDY_WIDTH,
     TableModel,
+    greedy_reference,
     log_softmax,
     next_logits,
     ragged_prompts,
@@ -66,13 +70,16 @@ def levenshtein(a, b):
     return prev[-1]
 
 
-@settings(max_examples=40, deadline=None)
+distance_jit = jax.jit(decoding.normalized_edit_distance)
+
+
+@settings(max_examples=30, deadline=None)
 @given(st.data())
 def test_normalized_edit_distance_matches_dynamic_programming(data):
-    r = data.draw(st.integers(1, 6))
+    r = data.draw(st.integers(1, 4))
     a = data.draw(st.lists(st.integers(0, 2), min_size=r, max_size=r))
     b = data.draw(st.lists(st.integers(0, 2), min_size=r, max_size=r))
-    got = float(decoding.normalized_edit_distance(jnp.asarray([a]), jnp.asarray([b]))[0])
+    got = float(distance_jit(jnp.asarray([a]), jnp.asarray([b]))[0])
     assert got == pytest.approx(levenshtein(a, b) / r)
 
 
@@ -188,10 +195,10 @@ def test_identical_continuations_are_pruned():
 
 def test_tau_abs_one_is_greedy():
     model = near_tie_model(seed=1, ties=tuple(range(VOCAB)))  # the predicate would hold often
-    prompt, lengths = ragged_prompts(VOCAB, 3, 6, seed=2)
+    prompt, lengths = ragged_prompts(VOCAB, GREEDY_BATCH, GREEDY_WIDTH, seed=2)
     params = decoding.LATRParams(num_rollouts=3, tau_abs=1.0)
-    out = run(model, prompt, lengths, jax.random.key(0), params, 10, eos_id=5)
-    ref = generate(model, prompt, lengths, jax.random.key(0), max_new_tokens=10, eos_id=5)
+    out = run(model, prompt, lengths, jax.random.key(0), params, GREEDY_NEW, eos_id=GREEDY_EOS)
+    ref = greedy_reference(model, prompt, lengths)
     np.testing.assert_array_equal(out.tokens[:, 0], ref.tokens)
     np.testing.assert_array_equal(out.num_rollouts, 1)
     np.testing.assert_array_equal(out.branches, 0)

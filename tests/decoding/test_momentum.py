@@ -11,17 +11,19 @@ import pytest
 from hypothesis import given, settings
 
 from lookahead_jax import decoding
-from lookahead_jax.decoding import generate
 from lookahead_jax.decoding.momentum import repeat_lengths
 from tests.decoding.strategy_models import (
+    GREEDY_EOS,
+    GREEDY_NEW,
     TINY,
+    greedy_reference,
     next_logits,
     ragged_prompts,
     tiny_transformer,
 )
 
-MAX_NEW = 12
-EOS = 5
+MAX_NEW = GREEDY_NEW
+EOS = GREEDY_EOS
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +55,7 @@ def brute_repeat_length(sequence, candidate, max_ngram):
 def test_alpha_zero_equals_greedy(model):
     prompt, lengths = ragged_prompts(TINY.vocab_size, 4, 6, seed=0)
     out = run(model, prompt, lengths, 0.0)
-    ref = generate(model, prompt, lengths, jax.random.key(0), max_new_tokens=MAX_NEW, eos_id=EOS)
+    ref = greedy_reference(model, prompt, lengths)
     np.testing.assert_array_equal(out.tokens, ref.tokens)
     np.testing.assert_array_equal(out.lengths, ref.lengths)
     np.testing.assert_array_equal(out.changed, 0)

@@ -49,6 +49,8 @@ def test_ancestor_mask_depths_and_paths_match_naive(seed, num_nodes):
     tokens = rng.integers(0, 16, parents.shape)
     tree = trees.make_tree(jnp.asarray(parents), jnp.asarray(tokens))
     mask = np.asarray(trees.ancestor_mask(tree.parent))
+    by_jumps = trees.ancestor_mask(tree.parent, max_depth=int(tree.depth.max()))
+    np.testing.assert_array_equal(by_jumps, mask)
     path_tokens, path_lengths = trees.paths(tree)
     for row in range(2):
         np.testing.assert_array_equal(mask[row], naive_ancestors(parents[row]))

@@ -60,6 +60,7 @@ FIT_WINDOWS = 64  # held-out windows for the AdaDec threshold
 STRATEGIES = (
     "greedy",
     "sampling",
+    "sampling_cool",
     "cntp",
     "adadec",
     "momentum",

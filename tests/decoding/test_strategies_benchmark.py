@@ -1,0 +1,54 @@
+"""The decoding-strategies benchmark's metrics and its verdict on each published direction."""
+
+import hypothesis.strategies as st
+import numpy as np
+import pytest
+from hypothesis import given, settings
+
+from lookahead_jax.benchmarks import decoding_strategies as bench
+
+
+def levenshtein(a, b):
+    prev = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        cur = [i]
+        for j, y in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
+        prev = cur
+    return prev[-1]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(0, 3), max_size=9), st.lists(st.integers(0, 3), max_size=9))
+def test_edit_distance_matches_dynamic_programming(a, b):
+    assert bench.edit_distance(a, b) == levenshtein(a, b)
+
+
+def test_repetition_distinct_and_prefix_match():
+    assert bench.repetition_rate([1, 2, 1, 2, 1, 2], 2) == pytest.approx(1 - 2 / 5)
+    assert bench.repetition_rate([1, 2, 3], 4) == 0.0
+    assert bench.distinct_n([[1, 2, 3], [1, 2, 3]], 2) == pytest.approx(2 / 4)
+    assert bench.distinct_n([[1, 2, 3], [3, 2, 1]], 2) == 1.0
+    assert bench.pairwise_edit_distance([[1, 2, 3]]) == 0.0
+    assert bench.pairwise_edit_distance([[1, 2, 3], [1, 2, 4], [1, 2, 3]]) == pytest.approx(
+        (1 / 3 + 0 + 1 / 3) / 3
+    )
+    assert bench.prefix_match([1, 2, 3, 4], [1, 2, 5]) == 2
+
+
+def test_verdicts():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=40)
+    per_prompt = {
+        "a": {"m": list(base + 1.0)},
+        "b": {"m": list(base)},
+        "c": {"m": list(base + rng.normal(scale=1.0, size=40) * 0.01)},
+    }
+    claims = [
+        ("a", "m", "b", +1, "up"),
+        ("a", "m", "b", -1, "down"),
+        ("c", "m", "b", +1, "noise"),
+        ("b", "m", "b", +1, "same"),
+    ]
+    verdicts = [row["verdict"] for row in bench._compare(per_prompt, claims)]
+    assert verdicts == ["reproduced", "reversed", "not significant", "no difference"]

@@ -21,9 +21,11 @@ lockstep:
   from) their check, the group is full and every rollout continues with
   ordinary sampling (``sampling``) to the end.
 
-With ``tau_abs = 1`` nothing ever branches: the single rollout is greedy
-decoding. ``latr`` returns the group with per-token log-probabilities (the
-model's, at temperature 1), ready for GRPO-style losses: a rollout generator.
+With ``tau_abs = 1`` (and ``n >= 2``) nothing ever branches: the single
+rollout is greedy decoding; with ``n = 1`` the group is full from the start,
+i.e. plain sampling (rollout 0 of ``sample_rollouts``, same keys). ``latr``
+returns the group with per-token log-probabilities (the model's, at
+temperature 1), ready for GRPO-style losses: a rollout generator.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from lookahead_jax.drafting.prompt_lookup import (
     find_continuation,
     prompt_lookup,
 )
+from lookahead_jax.drafting.stochastic_ngram import StochasticNgramState, stochastic_ngram
 from lookahead_jax.drafting.token_recycling import (
     TokenRecyclingState,
     initial_table,
@@ -36,6 +37,7 @@ __all__ = [
     "Drafter",
     "ExitChoice",
     "PromptLookupState",
+    "StochasticNgramState",
     "TokenRecyclingState",
     "TreeDraft",
     "TreeDrafter",
@@ -52,5 +54,6 @@ __all__ = [
     "initial_table",
     "layer_acceptance",
     "prompt_lookup",
+    "stochastic_ngram",
     "token_recycling",
 ]

@@ -122,9 +122,6 @@ def loss_fn(params, batch):
 
 schedule = optax.warmup_cosine_decay_schedule(0.0, 3e-3, NUM_STEPS // 20, NUM_STEPS, 3e-4)
 adamw = optax.adamw(schedule, b2=0.99, weight_decay=0.1)
-heldout_loss = jax.jit(lambda p: loss_fn(p, acceptance_batch))
-eval_loss = jax.jit(lambda p: loss_fn(p, eval_set))
-fingerprint = jax.jit(lambda p: ex.model_fingerprint(model, p, probes, lengths))
 
 
 def batch(step):
@@ -132,35 +129,42 @@ def batch(step):
 
 
 @jax.jit
-def predicted_losses(older, prev, cur, opt_state, lr):
-    """Held-out loss of each predictor at each K: [3, len(KS)]."""
+def at_checkpoint(older, prev, cur, opt_state, lr):
+    """Held-out loss (acceptance batch, evaluation windows), fingerprint [32, D], and each
+    predictor's held-out loss at each K: [3, len(KS)]. One compiled function (K is traced)."""
     moments = ex.adam_moments(opt_state, b2=0.99)
-    rows = []
-    for method in ("linear", "quadratic", "momentum"):
-        row = []
-        for k in KS:
-            p = ex.predict(method, [older, prev, cur], k, DELTA, moments=moments, learning_rate=lr)
-            row.append(loss_fn(p, acceptance_batch))
-        rows.append(jnp.stack(row))
-    return jnp.stack(rows)
+
+    def at(method, k):
+        p = ex.predict(method, [older, prev, cur], k, DELTA, moments=moments, learning_rate=lr)
+        return loss_fn(p, acceptance_batch)
+
+    ks = jnp.asarray(KS, jnp.float32)
+    methods = ("linear", "quadratic", "momentum")
+    predicted = jnp.stack([jax.lax.map(lambda k, m=m: at(m, k), ks) for m in methods])
+    fingerprint = ex.model_fingerprint(model, cur, probes, lengths)
+    return loss_fn(cur, acceptance_batch), loss_fn(cur, eval_set), fingerprint, predicted
 
 
 step_fn = jax.jit(ex.make_train_step(loss_fn, adamw))
-state = ex.init_train_state(models.init_params(model, jax.random.key(0)), adamw)
-snapshots, prints = [state.params], [fingerprint(state.params)]
-current, predicted, curve = [], [], [(0, float(eval_loss(state.params)))]
+params0 = models.init_params(model, jax.random.key(0))
+state = ex.init_train_state(params0, adamw)
+_, eval0, print0, _ = at_checkpoint(*[state.params] * 3, state.opt_state, jnp.float32(0))
+snapshots, prints, curve = [state.params], [print0], [(0, float(eval0))]
+current, predicted = [], []
 start = time.perf_counter()
 for t in range(NUM_STEPS):
     state, info = step_fn(state, batch(t))
     if (t + 1) % DELTA == 0:
-        older, prev = ([snapshots[0]] * 2 + snapshots)[-2:]
-        current.append(float(heldout_loss(state.params)))
-        predicted.append(
-            predicted_losses(older, prev, state.params, state.opt_state, schedule(t + 1))
+        older, prev = ([snapshots[0], *snapshots])[-2:]  # the first checkpoint has no `older`
+        loss, evaluated, fp, pred = at_checkpoint(
+            older, prev, state.params, state.opt_state, jnp.float32(schedule(t + 1))
         )
+        current.append(float(loss))
+        predicted.append(np.array(pred))  # a writable copy
         snapshots.append(state.params)
-        prints.append(fingerprint(state.params))
-        curve.append((t + 1, float(eval_loss(state.params))))
+        prints.append(fp)
+        curve.append((t + 1, float(evaluated)))
+predicted[0][1] = np.nan  # quadratic needs three snapshots: none at the first checkpoint
 print(
     f"baseline: {NUM_STEPS} steps in {time.perf_counter() - start:.1f} s, "
     f"held-out {curve[-1][1]:.3f} nats/byte"
@@ -200,8 +204,9 @@ plt.show()
 
 # %%
 cur = np.array(current)[:, None, None]
-pred = np.stack([np.asarray(p) for p in predicted])  # [checkpoints, 3, len(KS)]
-strict = pred < cur
+pred = np.stack(predicted)  # [checkpoints, 3, len(KS)], NaN where a predictor lacks history
+strict = np.where(np.isnan(pred), np.nan, pred < cur)
+KS_SHAPE = strict.shape[1:]
 fig, axes = plt.subplots(1, 3, figsize=(12, 3))
 for ax, (r, name) in zip(
     axes,
@@ -209,7 +214,7 @@ for ax, (r, name) in zip(
     strict=True,
 ):
     sel = regimes == r
-    rate = strict[sel].mean(axis=0) * 100 if sel.any() else np.full(strict.shape[1:], np.nan)
+    rate = np.nanmean(strict[sel], axis=0) * 100 if sel.any() else np.full(KS_SHAPE, np.nan)
     ax.imshow(rate, vmin=0, vmax=100, cmap="viridis", aspect="auto")
     for (i, j), v in np.ndenumerate(rate):
         ax.text(j, i, "-" if np.isnan(v) else f"{v:.0f}", ha="center", va="center", color="w")
@@ -244,12 +249,18 @@ leap = ex.leap_verify(
     fingerprint=lambda p: ex.model_fingerprint(model, p, probes, lengths),
 )
 leap_step = jax.jit(ex.make_train_step(loss_fn, leap))
-leap_state = ex.init_train_state(models.init_params(model, jax.random.key(0)), leap)
-leap_curve = [(0, float(eval_loss(leap_state.params)))]
+leap_state = ex.init_train_state(params0, leap)
+
+
+def eval_loss(params):  # reuses the compiled checkpoint function (its other outputs unused)
+    return float(at_checkpoint(*[params] * 3, leap_state.opt_state.inner_state, jnp.float32(0))[1])
+
+
+leap_curve = [(0, eval_loss(leap_state.params))]
 while int(leap_state.opt_state.position) < NUM_STEPS:
     leap_state, info = leap_step(leap_state, batch(int(leap_state.opt_state.position)))
     if int(leap_state.step) % DELTA == 0 or int(leap_state.opt_state.position) >= NUM_STEPS:
-        leap_curve.append((int(leap_state.step), float(eval_loss(leap_state.params))))
+        leap_curve.append((int(leap_state.step), eval_loss(leap_state.params)))
 s = leap_state.opt_state
 print(
     f"Leap+Verify: {int(s.count)} optimiser steps for {NUM_STEPS} schedule steps, "
@@ -276,8 +287,8 @@ plt.show()
 # %%
 with tempfile.TemporaryDirectory() as workdir:
     checkpoint.save(workdir, int(leap_state.step), leap_state)
-    fresh = ex.init_train_state(models.init_params(model, jax.random.key(1)), leap)
-    restored = checkpoint.restore(workdir, fresh)
+    like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), leap_state)
+    restored = checkpoint.restore(workdir, like)  # only structure, shapes and dtypes given
 same = all(
     bool(jnp.array_equal(a, b, equal_nan=True))
     for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(leap_state), strict=True)

@@ -83,16 +83,17 @@ def test_calibration_ignores_nan_and_masked_entries():
 
 def test_fingerprint_masks_padding_and_cosine_modes():
     config = TransformerConfig(vocab_size=32, num_layers=1, num_heads=2, d_model=16, max_length=8)
-    params = init_params(config, jax.random.key(0))
+    params = jax.jit(init_params, static_argnums=0)(config, jax.random.key(0))  # eager: slow
     probes = jnp.array([[3, 4, 5, 6, 0, 0, 0, 0], [7, 8, 9, 10, 11, 12, 13, 14]])
     lengths = jnp.array([4, 8])
-    fp = model_fingerprint(config, params, probes, lengths)
+    fingerprint = jax.jit(model_fingerprint, static_argnums=0)  # eager op-by-op is slower
+    fp = fingerprint(config, params, probes, lengths)
     assert fp.shape == (2, 16)
     # Causal model + masked pool: the padded probe has the fingerprint of the unpadded one.
-    alone = model_fingerprint(config, params, probes[:1, :4])
+    alone = fingerprint(config, params, probes[:1, :4], jnp.array([4]))
     np.testing.assert_allclose(fp[0], alone[0], rtol=1e-5, atol=1e-6)
     # Pooling over padding too (the original code) gives something else.
-    unmasked = model_fingerprint(config, params, probes)
+    unmasked = fingerprint(config, params, probes, jnp.array([8, 8]))
     assert not np.allclose(unmasked[0], fp[0], atol=1e-4)
     np.testing.assert_allclose(cosine_similarity(fp, fp), 1.0, rtol=1e-6)
     a = jnp.array([[1.0, 0.0], [0.0, 10.0]])

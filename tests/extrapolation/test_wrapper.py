@@ -212,7 +212,7 @@ def test_kill_and_resume_through_orbax_equals_uninterrupted(tmp_path):
         fingerprint=lambda p: model_fingerprint(model, p, heldout[:, :8]),
     )
     step = jax.jit(make_train_step(loss, optimizer))
-    params = init_params(model, jax.random.key(0))
+    params = jax.jit(init_params, static_argnums=0)(model, jax.random.key(0))  # eager: slow
     straight, _ = _run(step, init_train_state(params, optimizer), batches, 0, 11)
     first, _ = _run(step, init_train_state(params, optimizer), batches, 0, 5)
     checkpoint.save(tmp_path, 5, first)

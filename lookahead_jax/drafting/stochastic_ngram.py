@@ -20,9 +20,10 @@ contexts overwrite each other (most recent wins). The memory is shared by all
 rows of a batch and carried across steps; ``Generation.drafter_state`` returned
 by ``generate`` can be passed back as ``memory=`` to keep it across requests.
 
-Writing (``update``). After the target scored a tree, the log-softmax of its
-logits at the root and at every valid node are written under that slot's
-contexts of every length. When several writes of one update hit the same slot,
+Writing (``update``). After the target scored a tree, the top ``k`` of its
+log-softmax at the root and at every valid node is written under each of that
+slot's contexts (every length ``1..order``; ``write`` does the same for any
+contexts, e.g. to seed a memory from a corpus). When several writes of one update hit the same slot,
 the committed path wins over other nodes, then the later (deeper, later row).
 
 Drafting (``propose``). The tree has a static shape: ``widths[d]`` children per

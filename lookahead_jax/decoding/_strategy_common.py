@@ -89,7 +89,12 @@ def check_float(
     low_open: bool = False,
     high_open: bool = False,
 ) -> None:
-    """``value`` must be a real number in the given interval (never NaN)."""
+    """``value`` must be a real number in the given interval (never NaN).
+
+    A traced value (e.g. ``alpha`` passed through ``jit``) cannot be checked and passes.
+    """
+    if isinstance(value, jax.Array) and _checks.concrete_value(value) is None:
+        return
     try:
         x = float(value)
     except (TypeError, ValueError):

@@ -1,11 +1,18 @@
 """Speculative decoding benchmark on the shipped models, side by side with HuggingFace.
 
 Rows: autoregressive decoding, the draft model at several K, prompt lookup,
-the draft model under the +2/-1 heuristic controller; at each batch size and
-sampling mode. For each: tokens/s (median of repeats, compile excluded), target
-calls per token, mean accepted length, acceptance rate, the i.i.d. theory
-``(1 - a^(K+1)) / (1 - a)`` next to the measured tokens per target call, and
-token-for-token equality with our autoregressive greedy output.
+the draft model under the +2/-1 heuristic, EMA and expected-speedup
+controllers, early-exit self-speculation, and the tree drafters (Token
+Recycling, the stochastic n-gram drafter, the draft model's dynamic tree; for
+trees ``k`` is the number of tree nodes); at each batch size and sampling mode.
+A tree-size sweep (batch 1, greedy) runs each tree drafter at several sizes.
+Drafters whose state persists across requests (Token Recycling's table, the
+n-gram memory) are warmed on other held-out prompts first, as a deployment
+would have them; cold-start rows are reported too. For each: tokens/s (median
+of repeats, compile excluded), target calls per token, mean accepted length,
+acceptance rate, the i.i.d. theory ``(1 - a^(K+1)) / (1 - a)`` next to the
+measured tokens per target call (chains only), and token-for-token equality
+with our autoregressive greedy output.
 
 Peer (batch 1, greedy; transformers raises for assisted generation at batch > 1):
 HuggingFace transformers' plain greedy ``generate``, assisted generation with
@@ -26,7 +33,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from lookahead_jax import data, drafting, models
+from lookahead_jax import data, drafting, models, trees
 from lookahead_jax.decoding import generate
 from lookahead_jax.sampling import Sampling
 
@@ -40,6 +47,21 @@ def default_config() -> ml_collections.ConfigDict:
     config.prompt_lookup_max_ngram = 3
     config.heuristic_max_k = 8  # static maximum under the +2/-1 controller
     config.exact_k = 4  # also run exact mode (greedy rows only) at this K; 0 to skip
+    config.ema_max_k = 8  # static maximum under the EMA and expected-speedup controllers
+    config.draft_cost = 0.1  # draft / target time per token (expected-speedup controller)
+    config.early_exit_layers = 2  # exit after this many of the target's blocks
+    config.early_exit_k = 4
+    config.recycling_nodes = 80  # Token Recycling's template size (80 = the paper's 2.2.2)
+    config.ngram_widths = (4, 2, 2, 1, 1)  # stochastic n-gram tree: children per depth
+    config.ngram_order = 3  # longest context of the n-gram memory
+    config.draft_tree_nodes = 32
+    config.draft_tree_beam = 4
+    config.draft_tree_branching = 4
+    config.draft_tree_depth = 6
+    config.tree_sweep = True  # batch 1, greedy: every tree drafter at several sizes
+    config.recycling_sweep = (8, 16, 32, 80)
+    config.draft_tree_sweep = (8, 16, 64)
+    config.warmup_prompts = 8  # prompts used to warm persistent drafter state (0: cold)
     config.batch_sizes = (1, 8)
     config.temperatures = (0.0, 1.0)
     config.prompt_length = 64
@@ -59,6 +81,13 @@ def _methods(config) -> list[dict[str, Any]]:
     methods += [{"method": "draft_model", "k": k} for k in config.draft_lengths]
     methods.append({"method": "prompt_lookup", "k": config.prompt_lookup_k})
     methods.append({"method": "draft_model_heuristic", "k": config.heuristic_max_k})
+    methods.append({"method": "draft_model_ema", "k": config.ema_max_k})
+    methods.append({"method": "draft_model_speedup", "k": config.ema_max_k})
+    methods.append({"method": "early_exit", "k": config.early_exit_k})
+    methods.append({"method": "token_recycling", "k": config.recycling_nodes})
+    methods.append({"method": "token_recycling_cold", "k": config.recycling_nodes})
+    methods.append({"method": "stochastic_ngram", "k": _ngram_nodes(config.ngram_widths)})
+    methods.append({"method": "draft_model_tree", "k": config.draft_tree_nodes})
     if config.exact_k:
         # Bitwise width-independent target numerics (apply(exact=True)): the cost of a proof.
         methods.append({"method": "autoregressive_exact", "k": 0})
@@ -66,21 +95,75 @@ def _methods(config) -> list[dict[str, Any]]:
     return methods
 
 
-def _runner(method: str, k: int, max_new_tokens: int, sampling: Sampling, max_ngram: int):
-    def run(target, draft, prompt, lengths, key):
-        drafter, controller = None, None
-        if method.startswith("draft_model"):
-            drafter = drafting.draft_model(draft)
-        elif method == "prompt_lookup":
-            drafter = drafting.prompt_lookup(target.config.vocab_size, max_ngram=max_ngram)
-        if method == "draft_model_heuristic":
-            controller = drafting.heuristic()
+def _ngram_nodes(widths) -> int:
+    total, level = 0, 1
+    for width in widths:
+        level *= width
+        total += level
+    return total
+
+
+def _sweep(config) -> list[dict[str, Any]]:
+    """Tree-size sweep rows (batch 1, greedy only)."""
+    if not config.tree_sweep:
+        return []
+    rows = [
+        {"method": "token_recycling", "k": n}
+        for n in config.recycling_sweep
+        if n != config.recycling_nodes
+    ]
+    rows += [
+        {"method": "draft_model_tree", "k": n}
+        for n in config.draft_tree_sweep
+        if n != config.draft_tree_nodes
+    ]
+    return rows
+
+
+def _drafter(method: str, k: int, config, target, draft, state, layers: int | None = None):
+    """The drafter (and controller) of one benchmark row; ``state``: warmed drafter state."""
+    vocab = target.config.vocab_size
+    if method in ("draft_model", "draft_model_exact", "draft_model_heuristic"):
+        controller = drafting.heuristic() if method == "draft_model_heuristic" else None
+        return drafting.draft_model(draft), controller
+    if method == "draft_model_ema":
+        return drafting.draft_model(draft), drafting.ema()
+    if method == "draft_model_speedup":
+        return drafting.draft_model(draft), drafting.expected_speedup(config.draft_cost)
+    if method == "prompt_lookup":
+        return drafting.prompt_lookup(vocab, max_ngram=config.prompt_lookup_max_ngram), None
+    if method in ("early_exit", "early_exit_del"):
+        return drafting.early_exit(target, layers or config.early_exit_layers), None
+    if method.startswith("token_recycling"):
+        template = trees.token_recycling_template(k)
+        return drafting.token_recycling(vocab, template=template, table=state), None
+    if method == "stochastic_ngram":
+        widths = tuple(config.ngram_widths)
+        ngram = drafting.stochastic_ngram(
+            vocab, order=config.ngram_order, widths=widths, memory=state
+        )
+        return ngram, None
+    if method == "draft_model_tree":
+        tree = drafting.draft_model_tree(
+            draft,
+            num_nodes=k,
+            beam_width=config.draft_tree_beam,
+            branching=config.draft_tree_branching,
+            max_depth=config.draft_tree_depth,
+        )
+        return tree, None
+    return None, None
+
+
+def _runner(method: str, k: int, config, sampling: Sampling, layers: int | None = None):
+    def run(target, draft, prompt, lengths, key, state=None):
+        drafter, controller = _drafter(method, k, config, target, draft, state, layers)
         return generate(
             target,
             prompt,
             lengths,
             key,
-            max_new_tokens=max_new_tokens,
+            max_new_tokens=config.max_new_tokens,
             sampling=sampling,
             drafter=drafter,
             max_draft_tokens=k,
@@ -88,6 +171,32 @@ def _runner(method: str, k: int, max_new_tokens: int, sampling: Sampling, max_ng
         )
 
     return jax.jit(run)
+
+
+def _is_tree(method: str) -> bool:
+    return method.startswith(("token_recycling", "stochastic_ngram", "draft_model_tree"))
+
+
+def _warm_state(method: str, fn, config, target, draft, batch: int, sampling: Sampling):
+    """Persistent drafter state after generating from other held-out prompts (None: cold)."""
+    if method not in ("token_recycling", "stochastic_ngram") or not config.warmup_prompts:
+        return None
+    prompts, lengths = data.heldout_prompts(
+        config.warmup_prompts, config.prompt_length, seed=config.seed + 1
+    )
+    state = None
+    for start in range(0, config.warmup_prompts, batch):
+        out = fn(
+            target,
+            draft,
+            prompts[start : start + batch],
+            lengths[start : start + batch],
+            jax.random.key(config.seed + 1),
+            state,
+        )
+        state = out.drafter_state
+        state = state.table if method == "token_recycling" else state
+    return state
 
 
 def _theory(acceptance: float, k: int) -> float:
@@ -146,23 +255,38 @@ def run(config: ml_collections.ConfigDict, progress=None) -> dict[str, Any]:
         "config": config.to_dict(),
         "rows": [],
     }
+    # DEL's choice of exit layer and draft length from per-layer acceptance on held-out text.
+    windows = data.eval_windows(data.load_corpus("heldout"), 128, 32)
+    layer_rates = drafting.layer_acceptance(target, jax.numpy.asarray(windows))
+    choice = drafting.choose_exit(layer_rates, target.config.num_layers, config.ema_max_k)
+    results["early_exit_choice"] = {
+        "layer_acceptance": np.asarray(layer_rates).tolist(),
+        "num_layers": choice.num_layers,
+        "num_draft": choice.num_draft,
+        "modelled_speedup": choice.speedup,
+    }
+    methods = [
+        *_methods(config),
+        {"method": "early_exit_del", "k": choice.num_draft, "layers": choice.num_layers},
+    ]
     jobs = [
         (batch, temperature, m)
         for batch in config.batch_sizes
         for temperature in config.temperatures
-        for m in _methods(config)
+        for m in methods
         if temperature == 0.0 or not m["method"].endswith("_exact")
     ]
+    if 1 in config.batch_sizes and 0.0 in config.temperatures:
+        jobs += [(1, 0.0, m) for m in _sweep(config)]
     # Compile every configuration first, then time them round-robin: on a shared,
     # noisy machine each configuration's median then sees the same conditions.
     prepared = []
     for batch, temperature, m in progress(jobs) if progress else jobs:
         sampling = Sampling(temperature=temperature)
         prompts, lengths = data.heldout_prompts(batch, config.prompt_length, seed=config.seed)
-        fn = _runner(
-            m["method"], m["k"], config.max_new_tokens, sampling, config.prompt_lookup_max_ngram
-        )
-        args = (target, draft, prompts, lengths, jax.random.key(config.seed))
+        fn = _runner(m["method"], m["k"], config, sampling, m.get("layers"))
+        state = _warm_state(m["method"], fn, config, target, draft, batch, sampling)
+        args = (target, draft, prompts, lengths, jax.random.key(config.seed), state)
         prepared.append((fn, args, jax.block_until_ready(fn(*args))))
     peers = []
     if config.peer and 1 in config.batch_sizes and 0.0 in config.temperatures:
@@ -200,6 +324,9 @@ def run(config: ml_collections.ConfigDict, progress=None) -> dict[str, Any]:
         row = {
             "method": m["method"],
             "k": m["k"],
+            "exit_layers": m.get("layers", config.early_exit_layers)
+            if m["method"].startswith("early_exit")
+            else None,
             "batch": batch,
             "temperature": temperature,
             "new_tokens": generated,
@@ -209,7 +336,10 @@ def run(config: ml_collections.ConfigDict, progress=None) -> dict[str, Any]:
             "tokens_per_round": (generated - batch) / rounds if rounds else 0.0,
             "mean_accepted_per_round": accepted / rounds if rounds else 0.0,
             "acceptance_rate": acceptance,
-            "theory_tokens_per_round": _theory(acceptance, m["k"]),
+            "theory_tokens_per_round": (
+                None if _is_tree(m["method"]) else _theory(acceptance, m["k"])
+            ),
+            "tree": _is_tree(m["method"]),
             "accept_histogram": np.asarray(out.stats.accept_histogram).sum(0).tolist(),
         }
         if m["method"] == "autoregressive":
@@ -225,6 +355,7 @@ def run(config: ml_collections.ConfigDict, progress=None) -> dict[str, Any]:
         row["speedup_vs_autoregressive"] = row["tokens_per_s"] / reference[(batch, temperature)][1]
         results["rows"].append(row)
 
+    results["trees_vs_chains"] = _trees_vs_chains(results["rows"])
     if peers:
         prompts, lengths = data.heldout_prompts(1, config.prompt_length, seed=config.seed)
         ours = reference[(1, 0.0)][0]
@@ -253,6 +384,32 @@ def run(config: ml_collections.ConfigDict, progress=None) -> dict[str, Any]:
             )
     _write(results, pathlib.Path(config.output_dir))
     return results
+
+
+def _trees_vs_chains(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Best tree vs best chain method by tokens per round (batch 1, greedy), and speed."""
+    pool = [r for r in rows if r["batch"] == 1 and r["temperature"] == 0.0 and r["k"] > 0]
+    chains = [r for r in pool if not r["tree"] and not r["method"].endswith("_exact")]
+    tree_rows = [r for r in pool if r["tree"]]
+    if not chains or not tree_rows:
+        return {}
+    best_chain = max(chains, key=lambda r: r["tokens_per_round"])
+    best_tree = max(tree_rows, key=lambda r: r["tokens_per_round"])
+    recycling = [r for r in tree_rows if r["method"] == "token_recycling"]
+    fastest_recycling = max(recycling, key=lambda r: r["tokens_per_s"]) if recycling else None
+    return {
+        "best_chain": f"{best_chain['method']} k={best_chain['k']}",
+        "best_chain_tokens_per_round": best_chain["tokens_per_round"],
+        "best_tree": f"{best_tree['method']} k={best_tree['k']}",
+        "best_tree_tokens_per_round": best_tree["tokens_per_round"],
+        "tree_over_chain_accepted_length": (
+            best_tree["tokens_per_round"] / best_chain["tokens_per_round"]
+        ),
+        "token_recycling_best_speedup_vs_autoregressive": (
+            None if fastest_recycling is None else fastest_recycling["speedup_vs_autoregressive"]
+        ),
+        "token_recycling_best_nodes": None if fastest_recycling is None else fastest_recycling["k"],
+    }
 
 
 def _write(results: dict[str, Any], out_dir: pathlib.Path) -> None:
@@ -289,6 +446,10 @@ def _write(results: dict[str, Any], out_dir: pathlib.Path) -> None:
     plt.close(fig)
 
 
+def _theory_text(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def format_table(results: dict[str, Any]) -> str:
     """The benchmark as a plain-text table."""
     header = (
@@ -302,7 +463,7 @@ def format_table(results: dict[str, Any]) -> str:
             f"{r['method']:24s} {r['k']:2d} {r['batch']:2d} {r['temperature']:3.1f} "
             f"{r['tokens_per_s']:8.0f} {r['speedup_vs_autoregressive']:5.2f} "
             f"{r['target_calls_per_token']:9.3f} {r['acceptance_rate']:5.2f} "
-            f"{r['tokens_per_round']:9.2f} {r['theory_tokens_per_round']:6.2f} "
+            f"{r['tokens_per_round']:9.2f} {_theory_text(r['theory_tokens_per_round']):>6s} "
             f"{'' if same is None else ('yes' if same else 'NO'):>4s}"
         )
     for r in results.get("peer_rows", []):
@@ -314,4 +475,14 @@ def format_table(results: dict[str, Any]) -> str:
         )
     if "peer_skipped" in results:
         lines.append(f"peer skipped: {results['peer_skipped']}")
+    summary = results.get("trees_vs_chains")
+    if summary:
+        lines.append(
+            f"best tree {summary['best_tree']}: {summary['best_tree_tokens_per_round']:.2f} "
+            f"tokens/round vs best chain {summary['best_chain']}: "
+            f"{summary['best_chain_tokens_per_round']:.2f} "
+            f"({summary['tree_over_chain_accepted_length']:.2f}x); fastest Token Recycling "
+            f"(k={summary['token_recycling_best_nodes']}): "
+            f"{summary['token_recycling_best_speedup_vs_autoregressive']:.2f}x autoregressive"
+        )
     return "\n".join(lines)

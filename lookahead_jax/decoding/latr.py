@@ -6,7 +6,8 @@ rollouts per prompt live in ``n`` slots and advance one token per step in
 lockstep:
 
 * **branching** (until the group is full): every rollout takes its top-1
-  token; each other top-``m`` candidate ``i`` with ``p_i > tau_abs`` and
+  token (``growth="greedy"``, the default; ``growth="sample"`` samples it
+  instead); each other top-``m`` candidate ``i`` with ``p_i > tau_abs`` and
   ``p_1 - p_i < tau_rel`` spawns a child rollout in a free slot (candidates in
   slot order, then rank order, into free slots in index order; none once no
   slot is free). The child copies its parent's prefix and KV cache and takes
@@ -22,8 +23,9 @@ lockstep:
   ordinary sampling (``sampling``) to the end.
 
 With ``tau_abs = 1`` (and ``n >= 2``) nothing ever branches: the single
-rollout is greedy decoding; with ``n = 1`` the group is full from the start,
-i.e. plain sampling (rollout 0 of ``sample_rollouts``, same keys). ``latr``
+rollout is greedy decoding (plain sampling with ``growth="sample"``); with
+``n = 1`` the group is full from the start, i.e. plain sampling (rollout 0 of
+``sample_rollouts``, same keys). ``latr``
 returns the group with per-token log-probabilities (the model's, at
 temperature 1), ready for GRPO-style losses: a rollout generator.
 """
@@ -50,6 +52,9 @@ class LATRParams(NamedTuple):
     tau_rel: float = 0.15
     tau_ed: float = 0.4
     prune_window: int = 20  # r
+    # The rollouts' own token while branching: "greedy" (the spec: top-1, so tau_abs = 1 is
+    # greedy decoding) or "sample" (from `sampling`, so tau_abs = 1 is plain sampling).
+    growth: str = "greedy"
 
 
 DEFAULT_PARAMS = LATRParams()
@@ -125,6 +130,8 @@ def _check(model, params: LATRParams, eos_id, max_new_tokens) -> None:
     common.check_float("tau_rel", params.tau_rel, 0.0, 1.0)
     common.check_float("tau_ed", params.tau_ed, 0.0, 1.0)
     common.check_int("prune_window", params.prune_window, 1)
+    if params.growth not in ("greedy", "sample"):
+        raise ValueError(f"`growth` must be 'greedy' or 'sample'; got {params.growth!r}.")
     common.check_token("eos_id", eos_id, model.config.vocab_size)
 
 
@@ -206,33 +213,37 @@ def latr_step(
     sampling_mode = state.sampling_mode | full
     handoff_step = jnp.where(handoff_now, t, state.handoff_step)
 
-    # 3. One token per live rollout: top-1 while branching, a sample once handed off.
+    # 3. One token per live rollout: top-1 while branching (a sample with growth="sample"),
+    #    a sample once handed off.
+    m = params.top_m
     active = alive & ~state.done
     logits = state.next_logits.reshape(batch, n, -1)
     lp = jax.nn.log_softmax(logits, axis=-1)
-    top_lp, top_tok = lax.top_k(lp, params.top_m)  # [B, n, m]
+    top_lp, top_tok = lax.top_k(lp, m)  # [B, n, m]
+    top_tok = top_tok.astype(jnp.int32)
     top_p = jnp.exp(top_lp)
     sampled, _ = common.draw(common.token_keys(keys, t), logits, sampling)
-    token = jnp.where(sampling_mode[:, None], sampled, top_tok[..., 0].astype(jnp.int32))
+    own = top_tok[..., 0] if params.growth == "greedy" else sampled
+    token = jnp.where(sampling_mode[:, None], sampled, own)
 
-    # 4. Branch candidates (ranks 1..m-1) into free slots.
+    # 4. Branch candidates: top-m tokens other than the rollout's own, into free slots.
     cand = (
         active[..., None]
         & ~sampling_mode[:, None, None]
-        & (top_p[..., 1:] > params.tau_abs)
-        & (top_p[..., :1] - top_p[..., 1:] < params.tau_rel)
-    )  # [B, n, m - 1]
+        & (top_tok != own[..., None])
+        & (top_p > params.tau_abs)
+        & (top_p[..., :1] - top_p < params.tau_rel)
+    )  # [B, n, m]; with greedy growth rank 0 is the rollout's own token
     flat = cand.reshape(batch, -1)
     num_cand = jnp.sum(flat, axis=1)
     order = jnp.argsort(~flat, axis=1, stable=True)  # true candidates first, in order
     free = ~alive
     free_rank = jnp.cumsum(free, axis=1) - 1
     spawn = free & (free_rank < num_cand[:, None])  # [B, n]
-    src = order[rows, jnp.clip(free_rank, 0, n * (params.top_m - 1) - 1)]
-    src_parent = src // (params.top_m - 1)
-    src_rank = src % (params.top_m - 1) + 1
+    src = order[rows, jnp.clip(free_rank, 0, n * m - 1)]
+    src_parent, src_rank = src // m, src % m
     src_parent = jnp.where(spawn, src_parent, slots)
-    child_token = top_tok[rows, src_parent, src_rank].astype(jnp.int32)
+    child_token = top_tok[rows, src_parent, src_rank]
     token = jnp.where(spawn, child_token, token)
 
     from_slot = jnp.where(spawn, src_parent, slots)

@@ -23,6 +23,7 @@ from tests.decoding.strategy_models import (
     log_softmax,
     next_logits,
     ragged_prompts,
+    sampling_reference,
 )
 
 VOCAB = 8
@@ -53,7 +54,7 @@ def near_tie_model(seed: int, ties: tuple[int, ...]) -> TableModel:
 
 
 @functools.partial(jax.jit, static_argnames=("params", "max_new", "eos_id"))
-@chex.assert_max_traces(n=4)  # one per LATRParams used below: compiled once per shape
+@chex.assert_max_traces(n=6)  # one per LATRParams used below: compiled once per shape
 def run(model, prompt, lengths, key, params, max_new, eos_id=None):
     return decoding.latr(
         model, prompt, lengths, key, max_new_tokens=max_new, params=params, eos_id=eos_id
@@ -204,6 +205,31 @@ def test_tau_abs_one_is_greedy():
     np.testing.assert_array_equal(out.branches, 0)
 
 
+def test_sampled_growth():
+    """growth="sample": without branching it is plain sampling; children still share the
+    parent's prefix and differ at their birth token."""
+    model = near_tie_model(seed=2, ties=(0, 3, 5))
+    prompt, lengths = ragged_prompts(VOCAB, GREEDY_BATCH, GREEDY_WIDTH, seed=5)
+    key = jax.random.key(3)
+    alone = decoding.LATRParams(num_rollouts=3, tau_abs=1.0, growth="sample")
+    out = run(model, prompt, lengths, key, alone, GREEDY_NEW, eos_id=GREEDY_EOS)
+    plain = sampling_reference(model, prompt, lengths, key)
+    np.testing.assert_array_equal(out.tokens[:, 0], plain.tokens[:, 0])
+    np.testing.assert_array_equal(out.num_rollouts, 1)
+    params = decoding.LATRParams(num_rollouts=6, tau_abs=0.05, tau_rel=1.0, growth="sample")
+    out = run(model, prompt, lengths, key, params, GREEDY_NEW, eos_id=GREEDY_EOS)
+    assert int(np.sum(out.branches)) > 0
+    for b in range(GREEDY_BATCH):
+        start = int(lengths[b])
+        for s in np.flatnonzero(np.asarray(out.valid[b])):
+            parent, birth = int(out.parent[b, s]), int(out.birth[b, s])
+            if parent >= 0 and bool(out.valid[b, parent]):
+                mine = np.asarray(out.tokens[b, s, : start + birth + 1])
+                theirs = np.asarray(out.tokens[b, parent, : start + birth + 1])
+                np.testing.assert_array_equal(mine[:-1], theirs[:-1])
+                assert mine[-1] != theirs[-1]
+
+
 def test_errors():
     model = bigram_model(seed=0, scale=1.0)
     prompt, lengths = ragged_prompts(VOCAB, 2, 4, seed=0)
@@ -216,6 +242,7 @@ def test_errors():
         (decoding.LATRParams(tau_rel=-0.1), "tau_rel"),
         (decoding.LATRParams(tau_ed=float("nan")), "tau_ed"),
         (decoding.LATRParams(prune_window=0), "prune_window"),
+        (decoding.LATRParams(growth="beam"), "growth"),
     ]:
         with pytest.raises(ValueError, match=name):
             decoding.latr(model, prompt, lengths, key, max_new_tokens=4, params=params)

@@ -65,6 +65,7 @@ STRATEGIES = (
     "adadec",
     "momentum",
     "latr",
+    "latr_sampled",
     "first_finish",
     "sampling_to_stop",
 )

@@ -25,8 +25,10 @@ likelihood of the lookahead methods, for a diversity comparison at similar
 quality); ``cntp``;
 ``adadec`` (threshold fitted on held-out windows with ``fit_adadec_threshold``
 unless ``adadec_threshold >= 0``); ``momentum``; ``latr`` (a group of
-``group_size``); ``first_finish`` (``ffs_samples`` traces per answer, the end
-marker ``ffs_stop``, ``group_size`` answers per prompt) with its baseline
+``group_size``; the rollouts' own tokens greedy while branching, as specified) and
+``latr_sampled`` (the same with ``growth="sample"``: own tokens sampled);
+``first_finish`` (``ffs_samples`` traces per answer, the end marker
+``ffs_stop``, ``group_size`` answers per prompt) with its baseline
 ``sampling_to_stop`` (single samples to the same end marker). The byte models
 never emit their EOS id (255 never occurs in UTF-8 text), so First-Finish
 uses the newline as its end marker: "the first trace to finish the line".
@@ -66,6 +68,7 @@ STRATEGIES = (
     "adadec",
     "momentum",
     "latr",
+    "latr_sampled",
     "first_finish",
     "sampling_to_stop",
 )
@@ -292,6 +295,15 @@ def _strategy_fns(config, target, threshold: float) -> dict[str, Callable]:
         "latr": lambda p, lens, k: decoding.latr(
             target, p, lens, k, max_new_tokens=n, params=latr_params, sampling=sampling
         ),
+        "latr_sampled": lambda p, lens, k: decoding.latr(
+            target,
+            p,
+            lens,
+            k,
+            max_new_tokens=n,
+            params=latr_params._replace(growth="sample"),
+            sampling=sampling,
+        ),
         "first_finish": lambda p, lens, k: decoding.first_finish(
             target,
             p,
@@ -309,7 +321,7 @@ def _strategy_fns(config, target, threshold: float) -> dict[str, Callable]:
 
 
 # Strategies whose one call returns a group per prompt, and those replicated per prompt.
-_GROUPED = {"sampling", "sampling_cool", "latr", "sampling_to_stop"}
+_GROUPED = {"sampling", "sampling_cool", "latr", "latr_sampled", "sampling_to_stop"}
 _REPLICATED = {"cntp", "first_finish"}
 
 
@@ -334,7 +346,7 @@ def _collect(name, outs, num_prompts, prompt_lengths) -> Output:
                     groups[p].append(_generated(out.tokens[i, j], out.lengths[i, j], plen))
                 if name == "sampling_to_stop":
                     add("ended_at_stop", np.mean(out.ended_with_eos[i]))
-            elif name == "latr":
+            elif name in ("latr", "latr_sampled"):
                 for j in np.flatnonzero(out.valid[i]):
                     groups[p].append(_generated(out.tokens[i, j], out.lengths[i, j], plen))
                 add("rollouts", out.num_rollouts[i])
@@ -442,6 +454,20 @@ CLAIMS = (
         "sampling_cool",
         +1,
         "LATR: more diverse than sampling at a temperature closer to its quality",
+    ),
+    (
+        "latr_sampled",
+        "distinct",
+        "sampling",
+        +1,
+        "LATR (sampled growth): more diverse rollouts than sampling (distinct-n)",
+    ),
+    (
+        "latr_sampled",
+        "pairwise_edit",
+        "sampling",
+        +1,
+        "LATR (sampled growth): rollouts further apart than sampling's",
     ),
     (
         "first_finish",

@@ -126,6 +126,20 @@ def cntp_init(
     )
 
 
+class _TrialCarry(NamedTuple):
+    """The trials of one step, M = lanes per row, S = max segment tokens."""
+
+    k: jax.Array  # [] int32, tokens drawn so far
+    active: jax.Array  # [B, M] bool, lane still sampling
+    tokens: jax.Array  # [B, M, S] int32
+    lps: jax.Array  # [B, M, S] float32
+    lengths: jax.Array  # [B, M] int32
+    logits: jax.Array  # [B, M, V] float32, each lane's next-token logits
+    cache: _models.KVCache  # [B * M] rows
+    fed: jax.Array  # [B, M] int32, tokens fed per lane
+    calls: jax.Array  # [B] int32, model calls per row
+
+
 def _run_trials(
     model,
     cache,
@@ -150,18 +164,7 @@ def _run_trials(
     stop_ids = jnp.asarray(stop_tokens + (() if eos_id is None else (eos_id,)), jnp.int32)
     active = (jnp.arange(lanes)[None, :] < counts[:, None]) & (caps[:, None] > 0)
 
-    class Carry(NamedTuple):
-        k: jax.Array
-        active: jax.Array  # [B, M]
-        tokens: jax.Array  # [B, M, S]
-        lps: jax.Array  # [B, M, S]
-        lengths: jax.Array  # [B, M]
-        logits: jax.Array  # [B, M, V]
-        cache: _models.KVCache
-        fed: jax.Array  # [B, M] tokens fed per lane
-        calls: jax.Array  # [B] model calls per row
-
-    def body(c: Carry) -> Carry:
+    def body(c: _TrialCarry) -> _TrialCarry:
         tok, lp = common.draw(common.token_keys(keys, (start[:, None] + c.k)), c.logits, sampling)
         write = jnp.where(c.active, c.k, max_tokens)
         rows, cols = jnp.arange(batch)[:, None], jnp.arange(lanes)[None, :]
@@ -176,7 +179,7 @@ def _run_trials(
         feed = c.active & ~ends_row
         new_logits, cache = common.feed(model, c.cache, tok.reshape(-1), feed.reshape(-1))
         new_logits = new_logits.reshape(batch, lanes, -1)
-        return Carry(
+        return _TrialCarry(
             k=c.k + 1,
             active=c.active & ~stop,
             tokens=tokens,
@@ -188,7 +191,7 @@ def _run_trials(
             calls=c.calls + jnp.any(feed, axis=1),
         )
 
-    init = Carry(
+    init = _TrialCarry(
         k=jnp.zeros((), jnp.int32),
         active=active,
         tokens=jnp.zeros((batch, lanes, max_tokens), jnp.int32),

@@ -626,9 +626,19 @@ def _plots(results: dict[str, Any], out_dir: str) -> None:
     curves.update({f"leap {v}": r["curve"] for v, r in p["online"].items()})
     curves["LAWA"] = p["lawa"]["curve"]
     curves["optax.lookahead"] = p["lookahead"]["curve"]
+    zoom = ax.inset_axes([0.5, 0.5, 0.48, 0.47])  # the last fifth of training
+    last = 0.8 * results["config"]["num_steps"]
     for name, curve in curves.items():
         steps, losses = zip(*curve, strict=True)
-        ax.plot(steps, np.asarray(losses) / math.log(2), lw=1.2, label=name)
+        bits = np.asarray(losses) / math.log(2)
+        ax.plot(steps, bits, lw=1.2, label=name)
+        keep = np.asarray(steps) >= last
+        zoom.plot(np.asarray(steps)[keep], bits[keep], lw=1.2)
+    zoom.axhline(results["target_loss"][0] / math.log(2), color="k", ls=":", lw=0.8)
+    tail = [x / math.log(2) for t, x in p["baseline"]["curve"] if t >= last]
+    zoom.set_ylim(min(tail) * 0.99, max(tail) * 1.01)  # baseline's range (lookahead may be off)
+    zoom.tick_params(labelsize=7)
+    zoom.grid(alpha=0.3)
     ax.axhline(results["target_loss"][0] / math.log(2), color="k", ls=":", lw=0.8,
                label="baseline final")  # fmt: skip
     start = max(1, len(p["baseline"]["curve"]) // 3)
@@ -638,7 +648,7 @@ def _plots(results: dict[str, Any], out_dir: str) -> None:
     ax.set_ylabel("held-out bits per byte")
     ax.set_title(f"Online: held-out loss vs optimiser steps (seed {p['seed']})")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "online.png"), dpi=120)
     plt.close(fig)

@@ -54,13 +54,13 @@ def default_config() -> ml_collections.ConfigDict:
     config.recycling_nodes = 80  # Token Recycling's template size (80 = the paper's 2.2.2)
     config.ngram_widths = (4, 2, 2, 1, 1)  # stochastic n-gram tree: children per depth
     config.ngram_order = 3  # longest context of the n-gram memory
-    config.draft_tree_nodes = 32
+    config.draft_tree_nodes = 64
     config.draft_tree_beam = 4
     config.draft_tree_branching = 4
-    config.draft_tree_depth = 6
+    config.draft_tree_depth = 10
     config.tree_sweep = True  # batch 1, greedy: every tree drafter at several sizes
     config.recycling_sweep = (8, 16, 32, 80)
-    config.draft_tree_sweep = (8, 16, 64)
+    config.draft_tree_sweep = (8, 16, 32, 96)
     config.warmup_prompts = 8  # prompts used to warm persistent drafter state (0: cold)
     config.batch_sizes = (1, 8)
     config.temperatures = (0.0, 1.0)

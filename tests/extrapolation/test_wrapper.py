@@ -22,6 +22,7 @@ from lookahead_jax.extrapolation import (
     UNKNOWN,
     LeapConfig,
     Thresholds,
+    adam_moments,
     advance_counts,
     init_train_state,
     leap_verify,
@@ -245,3 +246,26 @@ def test_config_and_update_errors():
         optimizer.update(params, optimizer.init(params))
     with pytest.raises(ValueError, match="must be a LeapConfig"):
         leap_verify(_inner(), {"k": 5}, heldout_loss=None, fingerprint=None)
+
+
+def test_momentum_leap_uses_the_inner_adam_moments_and_schedule():
+    schedule = optax.linear_schedule(3e-2, 3e-3, 40)
+    optimizer = _mlp_leap(
+        method="momentum", criterion="proximity", eps=1e9, learning_rate=schedule, b1=0.9,
+        b2=0.999,
+    )  # fmt: skip
+    step = jax.jit(make_train_step(_mlp_loss, optimizer))
+    batches = _mlp_batches(STEPS)
+    never, _ = _run(step, _start(optimizer, _mlp_params(), NEVER), batches, 0, 2)
+    leap, infos = _run(step, _start(optimizer, _mlp_params(), ALWAYS), batches, 0, 2)
+    # Momentum needs one snapshot, but at the first check (step 2) there is no previous
+    # fingerprint: the regime is unknown and `leap_in="stable"` gates the leap off.
+    assert not bool(infos[1].leap.attempted)
+    leap, infos = _run(step, leap, batches, 2, 4)
+    never, _ = _run(step, never, batches, 2, 4)
+    assert bool(infos[1].leap.accepted)
+    inner = never.opt_state.inner_state
+    want = predict(
+        "momentum", [never.params], 3, 2, moments=adam_moments(inner), learning_rate=schedule(4)
+    )
+    chex.assert_trees_all_close(leap.params, want, rtol=1e-6, atol=1e-7)

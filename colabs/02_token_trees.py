@@ -51,6 +51,7 @@ BATCH = 1
 PROMPT_LENGTH = 64
 MAX_NEW_TOKENS = 128
 TREE_SIZES = (8, 16, 32, 80)
+OTHER_DRAFTERS = ("draft_model_chain", "early_exit", "stochastic_ngram")  # no size sweep
 REPEATS = 3
 
 # %%
@@ -154,17 +155,13 @@ def timed(fn, *args):
 # Warm the persistent state (adjacency table, n-gram memory) on other prompts first.
 warm_prompts, warm_lengths = data.heldout_prompts(BATCH, PROMPT_LENGTH, seed=1)
 states = {}
-for kind in ("token_recycling", "stochastic_ngram"):
+persistent = ["token_recycling"] + [k for k in OTHER_DRAFTERS if k == "stochastic_ngram"]
+for kind in persistent:
     size = max(TREE_SIZES) if kind == "token_recycling" else None  # the table fits any template
     out = make_runner(kind, size)(target, draft, warm_prompts, warm_lengths, None)
     states[kind] = out.drafter_state.table if kind == "token_recycling" else out.drafter_state
 
-rows = [
-    ("autoregressive", None),
-    ("draft_model_chain", None),
-    ("early_exit", None),
-    ("stochastic_ngram", None),
-]
+rows = [("autoregressive", None)] + [(kind, None) for kind in OTHER_DRAFTERS]
 rows += [("token_recycling", n) for n in TREE_SIZES] + [("draft_model_tree", n) for n in TREE_SIZES]
 results = {}
 for kind, size in rows:

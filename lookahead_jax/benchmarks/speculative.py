@@ -52,7 +52,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.early_exit_layers = 2  # exit after this many of the target's blocks
     config.early_exit_k = 4
     config.recycling_nodes = 80  # Token Recycling's template size (80 = the paper's 2.2.2)
-    config.ngram_widths = (4, 2, 2, 1, 1)  # stochastic n-gram tree: children per depth
+    config.ngram_widths = (2, 1, 1, 1, 1)  # stochastic n-gram tree: children per depth
     config.ngram_order = 3  # longest context of the n-gram memory
     config.draft_tree_nodes = 64
     config.draft_tree_beam = 4
@@ -61,6 +61,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.tree_sweep = True  # batch 1, greedy: every tree drafter at several sizes
     config.recycling_sweep = (8, 16, 32, 80)
     config.draft_tree_sweep = (8, 16, 32, 96)
+    config.ngram_sweep = ((1, 1, 1, 1, 1, 1), (4, 2, 2, 1, 1))
     config.warmup_prompts = 8  # prompts used to warm persistent drafter state (0: cold)
     config.batch_sizes = (1, 8)
     config.temperatures = (0.0, 1.0)
@@ -117,10 +118,24 @@ def _sweep(config) -> list[dict[str, Any]]:
         for n in config.draft_tree_sweep
         if n != config.draft_tree_nodes
     ]
+    rows += [
+        {"method": "stochastic_ngram", "k": _ngram_nodes(w), "widths": tuple(w)}
+        for w in config.ngram_sweep
+        if tuple(w) != tuple(config.ngram_widths)
+    ]
     return rows
 
 
-def _drafter(method: str, k: int, config, target, draft, state, layers: int | None = None):
+def _drafter(
+    method: str,
+    k: int,
+    config,
+    target,
+    draft,
+    state,
+    layers: int | None = None,
+    widths: tuple[int, ...] | None = None,
+):
     """The drafter (and controller) of one benchmark row; ``state``: warmed drafter state."""
     vocab = target.config.vocab_size
     if method in ("draft_model", "draft_model_exact", "draft_model_heuristic"):
@@ -138,7 +153,7 @@ def _drafter(method: str, k: int, config, target, draft, state, layers: int | No
         template = trees.token_recycling_template(k)
         return drafting.token_recycling(vocab, template=template, table=state), None
     if method == "stochastic_ngram":
-        widths = tuple(config.ngram_widths)
+        widths = tuple(config.ngram_widths) if widths is None else widths
         ngram = drafting.stochastic_ngram(
             vocab, order=config.ngram_order, widths=widths, memory=state
         )
@@ -155,9 +170,9 @@ def _drafter(method: str, k: int, config, target, draft, state, layers: int | No
     return None, None
 
 
-def _runner(method: str, k: int, config, sampling: Sampling, layers: int | None = None):
+def _runner(method: str, k: int, config, sampling: Sampling, layers=None, widths=None):
     def run(target, draft, prompt, lengths, key, state=None):
-        drafter, controller = _drafter(method, k, config, target, draft, state, layers)
+        drafter, controller = _drafter(method, k, config, target, draft, state, layers, widths)
         return generate(
             target,
             prompt,
@@ -284,7 +299,7 @@ def run(config: ml_collections.ConfigDict, progress=None) -> dict[str, Any]:
     for batch, temperature, m in progress(jobs) if progress else jobs:
         sampling = Sampling(temperature=temperature)
         prompts, lengths = data.heldout_prompts(batch, config.prompt_length, seed=config.seed)
-        fn = _runner(m["method"], m["k"], config, sampling, m.get("layers"))
+        fn = _runner(m["method"], m["k"], config, sampling, m.get("layers"), m.get("widths"))
         state = _warm_state(m["method"], fn, config, target, draft, batch, sampling)
         args = (target, draft, prompts, lengths, jax.random.key(config.seed), state)
         prepared.append((fn, args, jax.block_until_ready(fn(*args))))
@@ -340,6 +355,9 @@ def run(config: ml_collections.ConfigDict, progress=None) -> dict[str, Any]:
                 None if _is_tree(m["method"]) else _theory(acceptance, m["k"])
             ),
             "tree": _is_tree(m["method"]),
+            "ngram_widths": m.get("widths", tuple(config.ngram_widths))
+            if m["method"] == "stochastic_ngram"
+            else None,
             "accept_histogram": np.asarray(out.stats.accept_histogram).sum(0).tolist(),
         }
         if m["method"] == "autoregressive":

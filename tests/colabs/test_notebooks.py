@@ -18,7 +18,8 @@ SMALL = {
         "BATCH = 2\nPROMPT_LENGTH = 24\nMAX_NEW_TOKENS = 16\nDRAFT_LENGTHS = (2, 4)\nREPEATS = 1"
     ),
     "02_token_trees": (
-        "BATCH = 1\nPROMPT_LENGTH = 24\nMAX_NEW_TOKENS = 16\nTREE_SIZES = (8,)\nREPEATS = 1"
+        "BATCH = 1\nPROMPT_LENGTH = 24\nMAX_NEW_TOKENS = 16\nTREE_SIZES = (8,)\nREPEATS = 1\n"
+        'OTHER_DRAFTERS = ("stochastic_ngram",)'
     ),
     "03_particle_filtering": (
         "NUM_STEPS = 8\nNUM_PARTICLES = 256\nREPLICATES = 4\nRESAMPLE_REPLICATES = 200\n"

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from lookahead_jax import models, trees
 from lookahead_jax.verification import tree_greedy
+from tests.helpers import naive_ancestor_mask, root_path
 
 CONFIG = models.TransformerConfig(
     vocab_size=16, num_layers=2, num_heads=2, d_model=16, max_length=32
@@ -20,25 +21,6 @@ CONFIG = models.TransformerConfig(
 
 def random_parents(rng, num_nodes):
     return np.array([int(rng.integers(-1, i)) for i in range(num_nodes)], np.int32)
-
-
-def naive_ancestors(parents):
-    n = len(parents)
-    mask = np.zeros((n, n), bool)
-    for node in range(n):
-        walk = node
-        while walk >= 0:
-            mask[node, walk] = True
-            walk = parents[walk]
-    return mask
-
-
-def root_path(parents, node):
-    path = []
-    while node >= 0:
-        path.append(node)
-        node = parents[node]
-    return path[::-1]
 
 
 @settings(max_examples=10, deadline=None)
@@ -53,7 +35,7 @@ def test_ancestor_mask_depths_and_paths_match_naive(seed, num_nodes):
     np.testing.assert_array_equal(by_jumps, mask)
     path_tokens, path_lengths = trees.paths(tree)
     for row in range(2):
-        np.testing.assert_array_equal(mask[row], naive_ancestors(parents[row]))
+        np.testing.assert_array_equal(mask[row], naive_ancestor_mask(parents[row]))
         for node in range(num_nodes):
             path = root_path(parents[row], node)
             assert tree.depth[row, node] == len(path)

@@ -1,7 +1,6 @@
 """Speculative generation: lossless greedy and sampling, ragged batches, drafters, errors."""
 
 import functools
-import itertools
 
 import chex
 import jax
@@ -13,6 +12,7 @@ from scipy import stats
 from lookahead_jax import drafting, models, sharding
 from lookahead_jax.decoding import generate
 from lookahead_jax.sampling import Sampling
+from tests.helpers import continuation_codes, exact_continuation_law, perturbed
 
 CONFIG = models.TransformerConfig(
     vocab_size=16, num_layers=2, num_heads=2, d_model=16, max_length=48
@@ -21,13 +21,6 @@ DRAFT_CONFIG = models.TransformerConfig(
     vocab_size=16, num_layers=1, num_heads=2, d_model=16, max_length=48
 )
 MAX_NEW = 12
-
-
-def perturbed(params, scale, seed):
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
-    noisy = [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
-    return jax.tree.unflatten(treedef, noisy)
 
 
 @pytest.fixture(scope="module")
@@ -169,13 +162,7 @@ def test_speculative_sampling_generation_has_target_distribution(drafts):
     draft = models.Model(config, perturbed(models.init_params(config, jax.random.key(5)), 0.5, 6))
     prompt = jnp.asarray([[1, 2, 3]], jnp.int32)
     # Exact: p(t1 t2 t3 | prompt) from full forward passes over all 64 continuations.
-    continuations = jnp.asarray(list(itertools.product(range(4), repeat=3)), jnp.int32)
-    full = jnp.concatenate([jnp.broadcast_to(prompt, (64, 3)), continuations], axis=1)
-    logits, _ = target(full)
-    log_p = jax.nn.log_softmax(logits, -1)
-    exact = np.exp(
-        sum(np.asarray(log_p[jnp.arange(64), 2 + i, continuations[:, i]]) for i in range(3))
-    )
+    exact = exact_continuation_law(target, prompt, 3)
     num = 20000
     out = jax.jit(
         lambda t, d, key: generate(
@@ -190,8 +177,7 @@ def test_speculative_sampling_generation_has_target_distribution(drafts):
         )
     )(target, draft, jax.random.key(8))
     assert 0 < int(out.stats.accepted.sum()) < int(out.stats.drafted.sum())
-    codes = np.asarray(out.tokens[:, 3:6]) @ np.array([16, 4, 1])
-    counts = np.bincount(codes, minlength=64)
+    counts = np.bincount(continuation_codes(out.tokens[:, 3:6], 4), minlength=64)
     expected = exact * num
     statistic = np.sum((counts - expected) ** 2 / expected)
     assert stats.chi2.sf(statistic, df=63) > 1e-4

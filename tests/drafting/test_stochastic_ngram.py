@@ -20,18 +20,12 @@ from lookahead_jax.drafting.stochastic_ngram import (
 from lookahead_jax.drafting.stochastic_ngram import lookup as sng_lookup
 from lookahead_jax.drafting.stochastic_ngram import write as sng_write
 from lookahead_jax.sampling import Sampling, log_probs
+from tests.helpers import continuation_codes, exact_continuation_law, perturbed
 
 CONFIG = models.TransformerConfig(
     vocab_size=16, num_layers=2, num_heads=2, d_model=16, max_length=48
 )
 MAX_NEW = 16
-
-
-def perturbed(params, scale, seed):
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
-    noisy = [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
-    return jax.tree.unflatten(treedef, noisy)
 
 
 @pytest.fixture(scope="module")
@@ -286,13 +280,8 @@ def test_sampled_generation_has_the_target_law():
     memory, _, _ = random_memory(vocab, order, k, seed=5)
     sampling = Sampling(temperature=1.0)
     prompt = jnp.asarray([[1, 2, 3]], jnp.int32)
-    continuations = jnp.asarray(list(itertools.product(range(vocab), repeat=3)), jnp.int32)
-    count = continuations.shape[0]
-    full = jnp.concatenate([jnp.broadcast_to(prompt, (count, 3)), continuations], axis=1)
-    log_p = log_probs(jax.jit(lambda m, x: m(x)[0])(target, full), sampling)
-    exact = np.exp(
-        sum(np.asarray(log_p[jnp.arange(count), 2 + i, continuations[:, i]]) for i in range(3))
-    )
+    exact = exact_continuation_law(target, prompt, 3, sampling)
+    count = exact.shape[0]
     num = 20000
     out = jax.jit(
         lambda target, memory, prompt, lengths, key: generate(
@@ -310,8 +299,7 @@ def test_sampled_generation_has_the_target_law():
     # Drafts are tried and some, not all, are accepted (rejections exercise the residuals).
     histogram = np.asarray(out.stats.accept_histogram).sum(0)
     assert histogram[0] > 0 and histogram[1:].sum() > 0
-    codes = np.asarray(out.tokens[:, 3:6]) @ np.array([vocab * vocab, vocab, 1])
-    counts = np.bincount(codes, minlength=count)
+    counts = np.bincount(continuation_codes(out.tokens[:, 3:6], vocab), minlength=count)
     # Continuations expected fewer than 5 times share one bin (the chi-square approximation).
     expected = exact * num
     rare = expected < 5

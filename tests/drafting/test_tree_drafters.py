@@ -1,7 +1,6 @@
 """Tree drafters and early exit inside `generate`: lossless greedy and sampling, state, errors."""
 
 import functools
-import itertools
 
 import chex
 import jax
@@ -13,6 +12,7 @@ from scipy import stats
 from lookahead_jax import drafting, models, sharding, trees
 from lookahead_jax.decoding import generate
 from lookahead_jax.sampling import Sampling
+from tests.helpers import continuation_codes, exact_continuation_law, perturbed
 
 CONFIG = models.TransformerConfig(
     vocab_size=16, num_layers=3, num_heads=2, d_model=16, max_length=48
@@ -24,15 +24,6 @@ MAX_NEW = 12
 SMALL_TEMPLATE = trees.template_from_rank_paths(
     [(0,), (1,), (2,), (0, 0), (0, 1), (1, 0), (0, 0, 0)]
 )
-
-
-def perturbed(params, scale, seed):
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
-    return jax.tree.unflatten(
-        treedef,
-        [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)],
-    )
 
 
 @pytest.fixture(scope="module")
@@ -158,12 +149,7 @@ def test_sampled_tree_generation_has_target_distribution():
     target = models.Model(config, perturbed(models.init_params(config, jax.random.key(3)), 0.5, 4))
     draft = models.Model(config, perturbed(models.init_params(config, jax.random.key(5)), 0.5, 6))
     prompt = jnp.asarray([[1, 2, 3]], jnp.int32)
-    continuations = jnp.asarray(list(itertools.product(range(4), repeat=3)), jnp.int32)
-    logits, _ = target(jnp.concatenate([jnp.broadcast_to(prompt, (64, 3)), continuations], axis=1))
-    log_p = jax.nn.log_softmax(logits, -1)
-    exact = np.exp(
-        sum(np.asarray(log_p[jnp.arange(64), 2 + i, continuations[:, i]]) for i in range(3))
-    )
+    exact = exact_continuation_law(target, prompt, 3)
     num = 20000
     out = jax.jit(
         lambda t, d, key: generate(
@@ -179,8 +165,7 @@ def test_sampled_tree_generation_has_target_distribution():
         )
     )(target, draft, jax.random.key(8))
     assert 0 < int(out.stats.accepted.sum()) < int(out.stats.drafted.sum())
-    codes = np.asarray(out.tokens[:, 3:6]) @ np.array([16, 4, 1])
-    counts = np.bincount(codes, minlength=64)
+    counts = np.bincount(continuation_codes(out.tokens[:, 3:6], 4), minlength=64)
     statistic = np.sum((counts - exact * num) ** 2 / (exact * num))
     assert stats.chi2.sf(statistic, df=63) > 1e-4
 

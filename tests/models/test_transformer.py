@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lookahead_jax import models
+from tests.helpers import naive_ancestor_mask, root_path
 
 CONFIG = models.TransformerConfig(
     vocab_size=48, num_layers=2, num_heads=2, d_model=16, max_length=40
@@ -93,25 +94,6 @@ def random_tree(rng, num_nodes):
     return np.array(parents)
 
 
-def ancestor_mask(parents):
-    n = len(parents)
-    mask = np.zeros((n, n), bool)
-    for node in range(n):
-        walk = node
-        while walk >= 0:
-            mask[node, walk] = True
-            walk = parents[walk]
-    return mask
-
-
-def root_path(parents, node):
-    path = []
-    while node >= 0:
-        path.append(node)
-        node = parents[node]
-    return path[::-1]
-
-
 @settings(max_examples=8, deadline=None)
 @given(seed=st.integers(0, 2**16), num_nodes=st.integers(2, 8))
 def test_tree_mask_logits_equal_path_logits(params, seed, num_nodes):
@@ -119,7 +101,7 @@ def test_tree_mask_logits_equal_path_logits(params, seed, num_nodes):
     batch = 2
     prefix_lengths = np.array([4, 7])
     parents = [random_tree(rng, num_nodes) for _ in range(batch)]
-    mask = jnp.asarray(np.stack([ancestor_mask(p) for p in parents]))
+    mask = jnp.asarray(np.stack([naive_ancestor_mask(p) for p in parents]))
     prefix = jnp.asarray(rng.integers(0, CONFIG.vocab_size, (batch, 7)), jnp.int32)
     nodes = jnp.asarray(rng.integers(0, CONFIG.vocab_size, (batch, num_nodes)), jnp.int32)
     cache = models.init_cache(CONFIG, batch, CAPACITY)

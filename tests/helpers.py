@@ -1,0 +1,64 @@
+"""Reference helpers shared by several test files (naive trees, exact laws, perturbed weights)."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lookahead_jax.sampling import Sampling, log_probs
+
+
+def perturbed(params, scale, seed):
+    """``params`` plus N(0, scale^2) noise: larger weights give peaked, trained-like outputs."""
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    noisy = [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
+    return jax.tree.unflatten(treedef, noisy)
+
+
+def naive_ancestor_mask(parents):
+    """[N, N] bool: node j is node i or one of its ancestors (parent -1 = the root)."""
+    n = len(parents)
+    mask = np.zeros((n, n), bool)
+    for node in range(n):
+        walk = node
+        while walk >= 0:
+            mask[node, walk] = True
+            walk = parents[walk]
+    return mask
+
+
+def root_path(parents, node):
+    """Node indices from the root's child down to ``node``."""
+    path = []
+    while node >= 0:
+        path.append(node)
+        node = parents[node]
+    return path[::-1]
+
+
+def exact_continuation_law(target, prompt, length, sampling=Sampling(temperature=1.0)):
+    """Exact p(t_1..t_length | prompt) of every continuation, from cache-free forward passes.
+
+    Args:
+      target: a model; prompt: [1, P] int.
+    Returns:
+      [V ** length] probabilities indexed by ``continuation_codes``.
+    """
+    vocab = target.config.vocab_size
+    width = prompt.shape[1]
+    continuations = jnp.asarray(list(itertools.product(range(vocab), repeat=length)), jnp.int32)
+    count = continuations.shape[0]
+    full = jnp.concatenate([jnp.broadcast_to(prompt, (count, width)), continuations], axis=1)
+    log_p = log_probs(jax.jit(lambda m, x: m(x)[0])(target, full), sampling)
+    rows = jnp.arange(count)
+    return np.exp(
+        sum(np.asarray(log_p[rows, width - 1 + i, continuations[:, i]]) for i in range(length))
+    )
+
+
+def continuation_codes(tokens, vocab):
+    """[N, length] tokens -> [N] indices into ``exact_continuation_law`` (first token major)."""
+    length = tokens.shape[1]
+    return np.asarray(tokens) @ (vocab ** np.arange(length - 1, -1, -1))

@@ -297,6 +297,11 @@ class SyntheticPolicy:
         )
         return cls(config, env, instance)
 
+    @property
+    def dtype(self) -> jnp.dtype:
+        """The "cache" holds token ids exactly in float32."""
+        return jnp.dtype(jnp.float32)
+
     def __call__(self, tokens: jax.Array, cache: models.KVCache | None = None, **kwargs):
         if cache is None:
             cache = models.init_cache(self.config, tokens.shape[0], self.env.width)

@@ -14,7 +14,6 @@ target's): expected tokens per round ``(1 - a^(d+1)) / (1 - a)`` over its cost
 
 from __future__ import annotations
 
-import dataclasses
 from typing import NamedTuple
 
 import jax
@@ -36,7 +35,7 @@ def early_exit_model(target: _models.Model, num_layers: int) -> _models.Model:
         )
     params = dict(target.params)
     params["layers"] = jax.tree.map(lambda x: x[:num_layers], target.params["layers"])
-    config = dataclasses.replace(target.config, num_layers=num_layers)
+    config = target.config.truncated(num_layers)
     return _models.Model(config, params)
 
 

@@ -20,8 +20,8 @@ from lookahead_jax.models.config import TransformerConfig
 class KVCache(NamedTuple):
     """Keys and values of every layer, with one committed length per row."""
 
-    keys: jax.Array  # [L, B, T, H, Dh] float
-    values: jax.Array  # [L, B, T, H, Dh] float
+    keys: jax.Array  # [L, B, T, KV, Dh] float (the parameters' dtype by default)
+    values: jax.Array  # [L, B, T, KV, Dh] float
     lengths: jax.Array  # [B] int32, committed tokens per row (<= T)
 
     @property
@@ -38,7 +38,7 @@ def init_cache(
     config: TransformerConfig,
     batch_size: int,
     max_length: int | None = None,
-    dtype: jnp.dtype = jnp.float32,
+    dtype: jnp.dtype | None = None,
     *,
     extra_slots: int = 0,
 ) -> KVCache:
@@ -48,7 +48,8 @@ def init_cache(
       config: the model's configuration.
       batch_size: B.
       max_length: slots for tokens at distinct positions (default ``config.max_length``).
-      dtype: of keys and values.
+      dtype: of keys and values; ``None`` = float32. Pass the parameters' dtype
+        (``Model.dtype``) to keep a bfloat16 model's cache in bfloat16.
       extra_slots: slots beyond ``config.max_length`` for speculative blocks: the
         nodes of a token tree occupy one slot each but share positions, so a
         tree of N nodes needs more slots than positions.
@@ -67,9 +68,10 @@ def init_cache(
         config.num_layers,
         batch_size,
         max_length + extra_slots,
-        config.num_heads,
+        config.num_kv_heads,
         config.head_dim,
     )
+    dtype = jnp.float32 if dtype is None else dtype
     return KVCache(
         keys=jnp.zeros(shape, dtype),
         values=jnp.zeros(shape, dtype),
@@ -127,8 +129,8 @@ def keep_path(
     target = jnp.where(valid, target, cache.capacity)
     rows = jnp.arange(batch)[:, None]
 
-    def move(buffer: jax.Array) -> jax.Array:  # [L, B, T, H, Dh]
-        gathered = buffer[:, rows, jnp.clip(source, 0, cache.capacity - 1)]  # [L, B, P, H, Dh]
+    def move(buffer: jax.Array) -> jax.Array:  # [L, B, T, KV, Dh]
+        gathered = buffer[:, rows, jnp.clip(source, 0, cache.capacity - 1)]  # [L, B, P, KV, Dh]
         return buffer.at[:, rows, target].set(gathered, mode="drop")
 
     return KVCache(

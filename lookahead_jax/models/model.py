@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 
 from lookahead_jax.models.cache import KVCache
 from lookahead_jax.models.config import TransformerConfig
-from lookahead_jax.models.transformer import Params, apply
+from lookahead_jax.models.transformer import Params, apply, param_dtype
 
 
 @jax.tree_util.register_dataclass
@@ -23,6 +24,11 @@ class Model:
 
     config: TransformerConfig = dataclasses.field(metadata={"static": True})
     params: Params  # pytree of arrays, layout in transformer.py
+
+    @property
+    def dtype(self) -> jnp.dtype:
+        """The parameters' (and by default the KV cache's) dtype."""
+        return param_dtype(self.params)
 
     def __call__(self, tokens: jax.Array, cache: KVCache | None = None, **kwargs):
         """``apply(self.config, self.params, tokens, cache, **kwargs)``."""

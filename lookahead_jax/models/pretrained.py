@@ -16,7 +16,7 @@ import importlib.resources
 import pathlib
 
 from lookahead_jax.models.config import TransformerConfig
-from lookahead_jax.models.hf_gpt2 import load_hf_gpt2
+from lookahead_jax.models.hf import load_hf
 from lookahead_jax.models.transformer import Params
 
 
@@ -47,7 +47,7 @@ def load_pretrained(name: str) -> tuple[TransformerConfig, Params]:
         raise ValueError(f"unknown pretrained model {name!r}; available: {names}.")
     resource = _root() / name
     if isinstance(resource, pathlib.Path):  # a normal install: files on disk
-        return load_hf_gpt2(resource)
+        return load_hf(resource)
     # A zipped install: extract to a temporary folder first (Python >= 3.12).
     with importlib.resources.as_file(resource) as path:
-        return load_hf_gpt2(path)
+        return load_hf(path)

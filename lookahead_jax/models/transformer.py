@@ -1,20 +1,34 @@
-"""The reference decoder-only transformer (GPT-2 architecture) as pure functions.
+"""The one decoder-only transformer (GPT-2, Llama/Mistral, Qwen2/3, Gemma 2) as pure functions.
 
 Parameters are a plain dict of arrays; the blocks' parameters are stacked on a
 leading layer axis so that the forward pass is one ``lax.scan`` (fast to
-compile) and the first ``l`` layers are a slice (early-exit drafting)::
+compile) and the first ``l`` layers are a slice (early-exit drafting). Kernels
+are ``[in, out]``; ``Q = num_heads * head_dim``, ``K = num_kv_heads * head_dim``::
 
-    {"wte": [V, D], "wpe": [P, D],
-     "layers": {"ln_1": {"scale": [L, D], "bias": [L, D]},
-                "attn": {"qkv_kernel": [L, D, 3D], "qkv_bias": [L, 3D],
-                         "out_kernel": [L, D, D], "out_bias": [L, D]},
-                "ln_2": {"scale": [L, D], "bias": [L, D]},
-                "mlp": {"fc_kernel": [L, D, F], "fc_bias": [L, F],
+    {"wte": [V, D],                               token embedding
+     "wpe": [P, D],                               learned positions only (GPT-2)
+     "lm_head": [D, V],                           untied heads only
+     "layers": {
+        "ln_1": norm,                             before attention
+        "attn": {"q_kernel": [L, D, Q], "k_kernel": [L, D, K], "v_kernel": [L, D, K],
+                 "out_kernel": [L, Q, D],
+                 "q_bias": [L, Q], "k_bias": [L, K], "v_bias": [L, K],   if qkv_bias
+                 "out_bias": [L, D],                                     if out_bias
+                 "q_norm": {"scale": [L, Dh]}, "k_norm": {...}},          if qk_norm
+        "ln_post_attn": norm, "ln_post_mlp": norm, if sandwich_norms (Gemma 2)
+        "ln_2": norm,                             before the MLP
+        "mlp": gated:  {"gate_kernel": [L, D, F], "up_kernel": [L, D, F],
+                        "down_kernel": [L, F, D], (+ "gate_bias", "up_bias", "down_bias")}
+               GPT-2:  {"fc_kernel": [L, D, F], "fc_bias": [L, F],
                         "proj_kernel": [L, F, D], "proj_bias": [L, D]}},
-     "ln_f": {"scale": [D], "bias": [D]}}
+     "ln_f": norm}                                final norm
 
-Kernels are ``[in, out]`` like GPT-2's ``Conv1D`` weights; the output head is
-tied to ``wte``.
+where ``norm`` is ``{"scale": [.., D], "bias": [.., D]}`` for LayerNorm and
+``{"scale": [.., D]}`` for RMSNorm.
+
+Precision: activations and the KV cache keep the parameters' dtype (float32 or
+bfloat16); norms, rotary angles, softmax and logits are computed in float32
+and the logits come back in float32.
 """
 
 from __future__ import annotations
@@ -23,6 +37,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from lookahead_jax import _checks
@@ -30,106 +45,265 @@ from lookahead_jax.models.cache import KVCache
 from lookahead_jax.models.config import TransformerConfig
 
 Params = dict[str, Any]
+_F32 = jnp.float32
 
 
-def init_params(config: TransformerConfig, key: jax.Array) -> Params:
-    """GPT-2 initialisation: N(0, 0.02) weights, residual projections scaled by 1/sqrt(2L)."""
+def _norm_params(config: TransformerConfig, *lead: int, dtype: Any) -> dict[str, jax.Array]:
+    d = config.d_model
+    if config.norm == "layer_norm":
+        return {"scale": jnp.ones((*lead, d), dtype), "bias": jnp.zeros((*lead, d), dtype)}
+    # Gemma's (1 + w) norm stores w near 0.
+    fill = 0.0 if config.norm == "rms_norm_plus_one" else 1.0
+    return {"scale": jnp.full((*lead, d), fill, dtype)}
+
+
+def init_params(config: TransformerConfig, key: jax.Array, dtype: Any = jnp.float32) -> Params:
+    """GPT-2 style initialisation: N(0, 0.02) weights, residual outputs scaled by 1/sqrt(2L).
+
+    Args:
+      config: the model's configuration.
+      key: PRNG key.
+      dtype: of every parameter (float32 or bfloat16).
+    Returns:
+      Parameters in the layout of this module's docstring.
+    """
     d, f, n = config.d_model, config.hidden_dim, config.num_layers
+    q_width = config.num_heads * config.head_dim
+    kv_width = config.num_kv_heads * config.head_dim
+    # One key per role, in the order of the GPT-2-only releases, and fused q/k/v
+    # (gate/up) draws split afterwards: a GPT-2 config gets the same weights as before.
     keys = jax.random.split(key, 6)
     std = 0.02
     residual_std = std / (2 * n) ** 0.5
 
-    def normal(k: jax.Array, shape: tuple[int, ...], scale: float) -> jax.Array:
-        return scale * jax.random.normal(k, shape, jnp.float32)
+    def normal(index: int, shape: tuple[int, ...], scale: float) -> jax.Array:
+        return (scale * jax.random.normal(keys[index], shape, _F32)).astype(dtype)
 
-    def layer_norm(*lead: int) -> dict[str, jax.Array]:
-        return {"scale": jnp.ones((*lead, d)), "bias": jnp.zeros((*lead, d))}
+    def zeros(*shape: int) -> jax.Array:
+        return jnp.zeros(shape, dtype)
 
-    return {
-        "wte": normal(keys[0], (config.vocab_size, d), std),
-        "wpe": normal(keys[1], (config.max_length, d), 0.01),
-        "layers": {
-            "ln_1": layer_norm(n),
-            "attn": {
-                "qkv_kernel": normal(keys[2], (n, d, 3 * d), std),
-                "qkv_bias": jnp.zeros((n, 3 * d)),
-                "out_kernel": normal(keys[3], (n, d, d), residual_std),
-                "out_bias": jnp.zeros((n, d)),
-            },
-            "ln_2": layer_norm(n),
-            "mlp": {
-                "fc_kernel": normal(keys[4], (n, d, f), std),
-                "fc_bias": jnp.zeros((n, f)),
-                "proj_kernel": normal(keys[5], (n, f, d), residual_std),
-                "proj_bias": jnp.zeros((n, d)),
-            },
-        },
-        "ln_f": layer_norm(),
+    qkv = normal(2, (n, d, q_width + 2 * kv_width), std)
+    attn = {
+        "q_kernel": qkv[..., :q_width],
+        "k_kernel": qkv[..., q_width : q_width + kv_width],
+        "v_kernel": qkv[..., q_width + kv_width :],
+        "out_kernel": normal(3, (n, q_width, d), residual_std),
     }
+    if config.qkv_bias:
+        attn.update(q_bias=zeros(n, q_width), k_bias=zeros(n, kv_width), v_bias=zeros(n, kv_width))
+    if config.out_bias:
+        attn["out_bias"] = zeros(n, d)
+    if config.qk_norm:
+        attn["q_norm"] = {"scale": jnp.ones((n, config.head_dim), dtype)}
+        attn["k_norm"] = {"scale": jnp.ones((n, config.head_dim), dtype)}
+    if config.gated_mlp:
+        gate_up = normal(4, (n, d, 2 * f), std)
+        mlp = {
+            "gate_kernel": gate_up[..., :f],
+            "up_kernel": gate_up[..., f:],
+            "down_kernel": normal(5, (n, f, d), residual_std),
+        }
+        if config.mlp_bias:
+            mlp.update(gate_bias=zeros(n, f), up_bias=zeros(n, f), down_bias=zeros(n, d))
+    else:
+        mlp = {
+            "fc_kernel": normal(4, (n, d, f), std),
+            "proj_kernel": normal(5, (n, f, d), residual_std),
+        }
+        if config.mlp_bias:
+            mlp.update(fc_bias=zeros(n, f), proj_bias=zeros(n, d))
+    layers: Params = {
+        "ln_1": _norm_params(config, n, dtype=dtype),
+        "attn": attn,
+        "ln_2": _norm_params(config, n, dtype=dtype),
+        "mlp": mlp,
+    }
+    if config.sandwich_norms:
+        layers["ln_post_attn"] = _norm_params(config, n, dtype=dtype)
+        layers["ln_post_mlp"] = _norm_params(config, n, dtype=dtype)
+    params: Params = {
+        "wte": normal(0, (config.vocab_size, d), std),
+        "layers": layers,
+        "ln_f": _norm_params(config, dtype=dtype),
+    }
+    if config.positions == "learned":
+        params["wpe"] = normal(1, (config.max_length, d), 0.01)
+    if not config.tie_embeddings:
+        head_key = jax.random.fold_in(key, 6)
+        params["lm_head"] = (std * jax.random.normal(head_key, (d, config.vocab_size))).astype(
+            dtype
+        )
+    return params
 
 
-def param_shapes(config: TransformerConfig) -> Params:
+def param_shapes(config: TransformerConfig, dtype: Any = jnp.float32) -> Params:
     """The shape of every parameter, as a pytree of ``jax.ShapeDtypeStruct``."""
-    return jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
+    return jax.eval_shape(lambda: init_params(config, jax.random.key(0), dtype))
+
+
+def param_dtype(params: Params) -> jnp.dtype:
+    """The dtype activations and caches take: the token embedding's."""
+    return jnp.result_type(params["wte"])
+
+
+def _mean(x: jax.Array, exact: bool) -> jax.Array:
+    if exact:
+        return (tree_sum(x, axis=-1) / x.shape[-1])[..., None]
+    return jnp.mean(x, axis=-1, keepdims=True)
+
+
+def _inverse_sqrt(x: jax.Array, exact: bool) -> jax.Array:
+    # XLA's vectorised rsqrt differs from its scalar path; sqrt and divide are exact.
+    return 1.0 / jnp.sqrt(x) if exact else lax.rsqrt(x)
+
+
+def norm(
+    config: TransformerConfig,
+    params: dict[str, jax.Array],
+    x: jax.Array,
+    exact: bool = False,
+    kind: str | None = None,
+) -> jax.Array:
+    """LayerNorm or RMSNorm (``config.norm`` unless ``kind``) over the last axis, in float32."""
+    kind = config.norm if kind is None else kind
+    eps = config.layer_norm_eps
+    h = x.astype(_F32)
+    scale = params["scale"].astype(_F32)
+    if kind == "layer_norm":
+        h = h - _mean(h, exact)
+        h = h * _inverse_sqrt(_mean(jnp.square(h), exact) + eps, exact)
+        out = h * scale + params["bias"].astype(_F32)
+    else:
+        h = h * _inverse_sqrt(_mean(jnp.square(h), exact) + eps, exact)
+        out = h * (1.0 + scale) if kind == "rms_norm_plus_one" else h * scale
+    return out.astype(x.dtype)
 
 
 def layer_norm(
     params: dict[str, jax.Array], x: jax.Array, eps: float, exact: bool = False
 ) -> jax.Array:
-    if exact:
-        size = x.shape[-1]
-        mean = (tree_sum(x, axis=-1) / size)[..., None]
-        var = (tree_sum(jnp.square(x - mean), axis=-1) / size)[..., None]
-        # XLA's vectorised rsqrt differs from its scalar path; sqrt and divide are exact.
-        return (x - mean) / jnp.sqrt(var + eps) * params["scale"] + params["bias"]
-    else:
-        mean = jnp.mean(x, axis=-1, keepdims=True)
-        var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
-    return (x - mean) * lax.rsqrt(var + eps) * params["scale"] + params["bias"]
+    """GPT-2's LayerNorm (kept for callers of the GPT-2-only API)."""
+    config = TransformerConfig(layer_norm_eps=eps)
+    return norm(config, params, x, exact, kind="layer_norm")
 
 
 def final_norm(config: TransformerConfig, params: Params, hidden: jax.Array) -> jax.Array:
-    """The final LayerNorm applied to residual-stream states ``[..., D]``."""
-    return layer_norm(params["ln_f"], hidden, config.layer_norm_eps)
+    """The final norm applied to residual-stream states ``[..., D]``."""
+    return norm(config, params["ln_f"], hidden)
+
+
+def _softcap(x: jax.Array, cap: float | None) -> jax.Array:
+    return x if cap is None else cap * jnp.tanh(x / cap)
+
+
+def _head(config: TransformerConfig, params: Params) -> jax.Array:
+    """The output head ``[D, V]``: the embedding transposed when tied."""
+    return params["wte"].T if config.tie_embeddings else params["lm_head"]
 
 
 def logits_from_hidden(config: TransformerConfig, params: Params, hidden: jax.Array) -> jax.Array:
-    """Final LayerNorm then the tied output head: ``[..., D] -> [..., V]``.
+    """Final norm, output head and soft-cap: ``[..., D] -> [..., V]`` float32.
 
     Applied to ``hidden[l]`` from ``apply(..., return_hidden=True)`` it gives the
     logits of an early exit after ``l`` blocks.
     """
-    return final_norm(config, params, hidden) @ params["wte"].T
+    normed = final_norm(config, params, hidden)
+    logits = jnp.matmul(normed, _head(config, params), preferred_element_type=_F32)
+    return _softcap(logits.astype(_F32), config.final_logit_softcap)
+
+
+def rope_frequencies(config: TransformerConfig) -> np.ndarray:
+    """``inv_freq [head_dim / 2]`` float32 after ``config.rope_type``'s scaling.
+
+    Computed in NumPy float32 at trace time as transformers computes it in torch.
+    """
+    dim = config.head_dim
+    exponents = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)
+    inv_freq = (np.float32(1.0) / (np.float32(config.rope_theta) ** exponents)).astype(np.float32)
+    if config.rope_type == "linear":
+        inv_freq = inv_freq / np.float32(config.rope_factor)
+    elif config.rope_type == "llama3":
+        factor = np.float32(config.rope_factor)
+        low, high = (
+            np.float32(config.rope_low_freq_factor),
+            np.float32(config.rope_high_freq_factor),
+        )
+        original = np.float32(config.rope_original_max_length)
+        wavelength = np.float32(2 * np.pi) / inv_freq
+        low_freq_wavelength, high_freq_wavelength = original / low, original / high
+        scaled = np.where(wavelength > low_freq_wavelength, inv_freq / factor, inv_freq)
+        smooth = (original / wavelength - low) / (high - low)
+        blended = (1 - smooth) * scaled / factor + smooth * scaled
+        in_band = (wavelength >= high_freq_wavelength) & (wavelength <= low_freq_wavelength)
+        inv_freq = np.where(in_band, blended, scaled).astype(np.float32)
+    return inv_freq.astype(np.float32)
+
+
+def _rope_tables(
+    config: TransformerConfig, positions: jax.Array, exact: bool
+) -> tuple[jax.Array, jax.Array]:
+    """``cos, sin [B, S, head_dim]`` float32 for the given positions."""
+    inv_freq = jnp.asarray(rope_frequencies(config))
+    if exact:
+        # One table over every position, gathered: the values of cos/sin then never
+        # depend on how many tokens share the call (vectorised and scalar paths differ).
+        angles = jnp.arange(config.max_length, dtype=_F32)[:, None] * inv_freq
+        table = jnp.concatenate([angles, angles], axis=-1)
+        cos_table, sin_table = jnp.cos(table), jnp.sin(table)
+        index = jnp.clip(positions, 0, config.max_length - 1)
+        return cos_table[index], sin_table[index]
+    angles = positions.astype(_F32)[..., None] * inv_freq
+    angles = jnp.concatenate([angles, angles], axis=-1)
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def _apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotate-half rotary positions on ``x [B, S, N, Dh]``."""
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    cos, sin = cos[:, :, None].astype(x.dtype), sin[:, :, None].astype(x.dtype)
+    return x * cos + rotated * sin
 
 
 def _attention(
     config: TransformerConfig,
     q: jax.Array,  # [B, S, H, Dh]
-    k_new: jax.Array,  # [B, S, H, Dh]
-    v_new: jax.Array,  # [B, S, H, Dh]
+    k_new: jax.Array,  # [B, S, KV, Dh]
+    v_new: jax.Array,  # [B, S, KV, Dh]
     new_mask: jax.Array,  # [B, S, S] bool: query i sees new token j
-    k_prefix: jax.Array | None,  # [B, T, H, Dh] cache before this call
+    k_prefix: jax.Array | None,  # [B, T, KV, Dh] cache before this call
     v_prefix: jax.Array | None,
-    prefix_mask: jax.Array | None,  # [B, T] bool: slot is committed
+    prefix_mask: jax.Array | None,  # [B, S or 1, T] bool: query i sees slot t
 ) -> jax.Array:
-    scale = config.head_dim**-0.5
-    neg = jnp.finfo(q.dtype).min
-    scores = jnp.einsum("bihd,bjhd->bhij", q, k_new) * scale
-    scores = jnp.where(new_mask[:, None], scores, neg)
+    batch, num_new, heads, head_dim = q.shape
+    kv_heads = config.num_kv_heads
+    # Query head h reads key/value head h // group (transformers' repeat_kv order).
+    q = q.reshape(batch, num_new, kv_heads, heads // kv_heads, head_dim)
+    scale = config.attention_scale
+    neg = jnp.finfo(_F32).min
+
+    def scores_against(keys: jax.Array, mask: jax.Array) -> jax.Array:
+        scores = jnp.einsum("bikgd,bjkd->bkgij", q, keys, preferred_element_type=_F32) * scale
+        scores = _softcap(scores, config.attn_logit_softcap)
+        return jnp.where(mask[:, None, None], scores, neg)
+
+    def mix(weights: jax.Array, values: jax.Array) -> jax.Array:
+        return jnp.einsum("bkgij,bjkd->bikgd", weights, values.astype(_F32))
+
+    scores = scores_against(k_new, new_mask)
     if k_prefix is None:
-        return jnp.einsum("bhij,bjhd->bihd", jax.nn.softmax(scores, axis=-1), v_new)
+        attended = mix(jax.nn.softmax(scores, axis=-1), v_new)
+        return attended.reshape(batch, num_new, heads, head_dim).astype(q.dtype)
     # One softmax over prefix and new keys, without concatenating the cache
     # (a concatenation would copy this layer's whole cache at every call).
-    prefix_scores = jnp.einsum("bihd,bthd->bhit", q, k_prefix) * scale
-    prefix_scores = jnp.where(prefix_mask[:, None, None, :], prefix_scores, neg)
+    prefix_scores = scores_against(k_prefix, prefix_mask)
     top = jnp.maximum(jnp.max(scores, -1, keepdims=True), jnp.max(prefix_scores, -1, keepdims=True))
     new_weights = jnp.exp(scores - top)
     prefix_weights = jnp.exp(prefix_scores - top)
-    total = jnp.sum(new_weights, -1) + jnp.sum(prefix_weights, -1)  # [B, H, S]
-    attended = jnp.einsum("bhij,bjhd->bihd", new_weights, v_new) + jnp.einsum(
-        "bhit,bthd->bihd", prefix_weights, v_prefix
-    )
-    return attended / jnp.swapaxes(total, 1, 2)[..., None]
+    total = jnp.sum(new_weights, -1) + jnp.sum(prefix_weights, -1)  # [B, KV, G, S]
+    attended = mix(new_weights, v_new) + mix(prefix_weights, v_prefix)  # [B, S, KV, G, Dh]
+    attended = attended / jnp.moveaxis(total, -1, 1)[..., None]
+    return attended.reshape(batch, num_new, heads, head_dim).astype(q.dtype)
 
 
 def tree_sum(x: jax.Array, axis: int) -> jax.Array:
@@ -179,21 +353,26 @@ def _dense(x: jax.Array, kernel: jax.Array, exact: bool) -> jax.Array:
 def _exact_attention(
     config: TransformerConfig,
     q: jax.Array,  # [B, S, H, Dh]
-    keys: jax.Array,  # [B, T, H, Dh] cache after this call's write
-    values: jax.Array,  # [B, T, H, Dh]
+    keys: jax.Array,  # [B, T, KV, Dh] cache after this call's write
+    values: jax.Array,  # [B, T, KV, Dh]
     visible: jax.Array,  # [B, S, T] bool
 ) -> jax.Array:
     """Attention over the whole cache with width-independent reductions (see ``_dense``)."""
-    scale = config.head_dim**-0.5
-    scores = tree_sum(q[:, :, None] * keys[:, None], axis=-1) * scale  # [B, S, T, H]
-    scores = jnp.where(visible[..., None], scores, -jnp.inf)
+    batch, num_new, heads, head_dim = q.shape
+    kv_heads = config.num_kv_heads
+    q = q.astype(_F32).reshape(batch, num_new, kv_heads, heads // kv_heads, head_dim)
+    keys, values = keys.astype(_F32)[:, None, :, :, None], values.astype(_F32)[:, None, :, :, None]
+    scores = tree_sum(q[:, :, None] * keys, axis=-1) * config.attention_scale  # [B, S, T, KV, G]
+    scores = _softcap(scores, config.attn_logit_softcap)
+    scores = jnp.where(visible[..., None, None], scores, -jnp.inf)
     weights = jnp.exp(scores - tree_max(scores, axis=2)[:, :, None])
     weights = weights / tree_sum(weights, axis=2)[:, :, None]
-    return tree_sum(weights[..., None] * values[:, None], axis=2)  # [B, S, H, Dh]
+    attended = tree_sum(weights[..., None] * values, axis=2)  # [B, S, KV, G, Dh]
+    return attended.reshape(batch, num_new, heads, head_dim)
 
 
 def _write(buffer: jax.Array, layer: jax.Array, update: jax.Array, starts: jax.Array) -> jax.Array:
-    """Writes ``update [B, S, H, Dh]`` into ``buffer [L, B, T, H, Dh]`` at ``layer``, ``starts[b]``.
+    """Writes ``update [B, S, KV, Dh]`` into ``buffer [L, B, T, KV, Dh]`` at ``layer``, ``starts``.
 
     Slots past the end are dropped (``cache.overflowed`` reports it) rather than
     clamped, so an overflow can never overwrite committed entries.
@@ -201,7 +380,7 @@ def _write(buffer: jax.Array, layer: jax.Array, update: jax.Array, starts: jax.A
     num_new = update.shape[1]
     slots = starts[:, None] + jnp.arange(num_new, dtype=starts.dtype)[None, :]
     rows = jnp.arange(buffer.shape[1])[:, None]
-    return buffer.at[layer, rows, slots].set(update, mode="drop")
+    return buffer.at[layer, rows, slots].set(update.astype(buffer.dtype), mode="drop")
 
 
 def _check_inputs(
@@ -211,6 +390,8 @@ def _check_inputs(
     tree_mask: Any,
     positions: Any,
 ) -> None:
+    if not isinstance(config, TransformerConfig):
+        raise ValueError(f"`config` must be a TransformerConfig; got {type(config).__name__}.")
     _checks.check_integer("tokens", tokens)
     _checks.check_rank("tokens", tokens, 2, "[batch, new_tokens]")
     batch, num_new = jnp.shape(tokens)
@@ -231,9 +412,10 @@ def _check_inputs(
                 f"config.max_length={config.max_length} positions."
             )
         return
-    expected = (config.num_layers, batch, None, config.num_heads, config.head_dim)
-    _checks.check_shape("cache.keys", cache.keys, expected, "[L, B, T, H, Dh] matching config")
-    _checks.check_shape("cache.values", cache.values, expected, "[L, B, T, H, Dh] matching config")
+    expected = (config.num_layers, batch, None, config.num_kv_heads, config.head_dim)
+    meaning = "[L, B, T, KV, Dh] matching config"
+    _checks.check_shape("cache.keys", cache.keys, expected, meaning)
+    _checks.check_shape("cache.values", cache.values, expected, meaning)
     _checks.check_shape("cache.lengths", cache.lengths, (batch,), "one length per row")
     if num_new > cache.capacity:
         raise ValueError(
@@ -246,6 +428,22 @@ def _check_inputs(
             f"appending {num_new} tokens would overflow the cache: a row holds "
             f"{int(lengths.max())} of {cache.capacity} slots."
         )
+
+
+def _mlp(config: TransformerConfig, p: Params, h: jax.Array, exact: bool) -> jax.Array:
+    act = jax.nn.silu if config.activation == "silu" else _gelu_tanh
+
+    def dense(name: str, x: jax.Array) -> jax.Array:
+        out = _dense(x, p[f"{name}_kernel"], exact)
+        return out + p[f"{name}_bias"] if config.mlp_bias else out
+
+    if config.gated_mlp:
+        return dense("down", act(dense("gate", h)) * dense("up", h))
+    return dense("proj", act(dense("fc", h)))
+
+
+def _gelu_tanh(x: jax.Array) -> jax.Array:
+    return jax.nn.gelu(x, approximate=True)
 
 
 def apply(
@@ -263,16 +461,19 @@ def apply(
 
     Args:
       config: the model's configuration (static).
-      params: parameter pytree from ``init_params`` or a checkpoint.
+      params: parameter pytree from ``init_params`` or a checkpoint (float32 or bfloat16).
       tokens: [B, S] int, the new tokens. Row ``b`` is appended at its own length
         ``cache.lengths[b]``, so rows may hold different lengths (ragged batches).
       cache: a ``KVCache`` from ``init_cache``, or ``None`` for a cache-free forward
         pass over ``tokens`` alone (training, scoring).
       tree_mask: optional [B, S, S] bool; ``tree_mask[b, i, j]`` says new token ``i``
         attends to new token ``j`` (its ancestors and itself). Every token always
-        sees the whole committed prefix and itself. Default: causal.
+        sees the whole committed prefix (within the sliding window on sliding
+        layers) and itself. Default: causal.
       positions: optional [B, S] int position ids. Default: ``length + depth``, with
         depth ``i`` for a chain and the number of ancestors under ``tree_mask``.
+        Committed cache slot ``t`` is taken to hold position ``t`` (what the
+        sliding window measures against).
       return_hidden: also return the residual stream after the embedding and after
         every block.
       exact: make every token's logits bitwise independent of how many tokens
@@ -281,15 +482,16 @@ def apply(
         greedy decoding, since verification scores K + 1 tokens at once.
 
     Returns:
-      ``(logits [B, S, V], cache)``, the cache holding the new tokens with
+      ``(logits [B, S, V] float32, cache)``, the cache holding the new tokens with
       ``lengths + S``; with ``return_hidden`` also ``hidden [L + 1, B, S, D]``
       (``hidden[0]`` embeddings, ``hidden[l]`` after block ``l``, before the final
-      LayerNorm; ``logits_from_hidden`` turns any of them into logits).
+      norm; ``logits_from_hidden`` turns any of them into logits).
     """
     _check_inputs(config, tokens, cache, tree_mask, positions)
     if exact and cache is None:
         raise ValueError("`exact=True` needs a `cache` (it attends over the cache's fixed width).")
     batch, num_new = tokens.shape
+    dtype = param_dtype(params)
     causal = jnp.tril(jnp.ones((num_new, num_new), bool))
     if tree_mask is None:
         new_mask = jnp.broadcast_to(causal, (batch, num_new, num_new))
@@ -301,33 +503,67 @@ def apply(
     starts = jnp.zeros((batch,), jnp.int32) if cache is None else cache.lengths.astype(jnp.int32)
     if positions is None:
         positions = starts[:, None] + depth
-    positions = jnp.clip(positions, 0, config.max_length - 1)
+    positions = jnp.asarray(positions, jnp.int32)
 
-    x = params["wte"][tokens] + params["wpe"][positions]
-    eps = config.layer_norm_eps
-    heads, head_dim = config.num_heads, config.head_dim
-    prefix_mask = None
+    x = params["wte"][tokens]
+    if config.scale_embeddings:
+        # transformers rounds the constant to the activations' dtype first.
+        x = x * jnp.asarray(config.d_model**0.5, dtype)
+    if config.positions == "learned":
+        x = x + params["wpe"][jnp.clip(positions, 0, config.max_length - 1)]
+    rope = None
+    if config.positions == "rope":
+        rope = _rope_tables(config, positions, exact)
+
+    sliding = config.layer_is_sliding
+    any_sliding = any(sliding)
+    window = config.sliding_window
+    prefix_mask = window_prefix = window_new = None
     if cache is not None:
-        prefix_mask = jnp.arange(cache.capacity)[None, :] < starts[:, None]
+        slot = jnp.arange(cache.capacity)[None, :]
+        prefix_mask = (slot < starts[:, None])[:, None, :]  # [B, 1, T]
+        if any_sliding:
+            window_prefix = prefix_mask & (slot[:, None, :] > positions[:, :, None] - window)
+    if any_sliding:
+        window_new = new_mask & (positions[:, None, :] > positions[:, :, None] - window)
     if exact:
         # Slot j holds new token j - start: visible per the tree mask, or committed.
         relative = jnp.arange(cache.capacity)[None, :] - starts[:, None]  # [B, T]
         in_block = (relative >= 0) & (relative < num_new)
+        clipped = jnp.clip(relative, 0, num_new - 1)
         block_mask = jnp.take_along_axis(
-            new_mask,
-            jnp.broadcast_to(
-                jnp.clip(relative, 0, num_new - 1)[:, None], (batch, num_new, cache.capacity)
-            ),
-            axis=2,
+            new_mask, jnp.broadcast_to(clipped[:, None], (batch, num_new, cache.capacity)), axis=2
         )
-        visible = prefix_mask[:, None, :] | (in_block[:, None, :] & block_mask)
+        visible = prefix_mask | (in_block[:, None, :] & block_mask)
+        if any_sliding:
+            slot_positions = jnp.where(
+                in_block, jnp.take_along_axis(positions, clipped, axis=1), slot
+            )  # [B, T]
+            window_visible = visible & (slot_positions[:, None, :] > positions[:, :, None] - window)
+
+    heads, kv_heads, head_dim = config.num_heads, config.num_kv_heads, config.head_dim
+
+    def project(p: Params, name: str, h: jax.Array, count: int) -> jax.Array:
+        out = _dense(h, p[f"{name}_kernel"], exact)
+        if config.qkv_bias:
+            out = out + p[f"{name}_bias"]
+        return out.reshape(batch, num_new, count, head_dim)
 
     def block(carry, layer):
         x, keys, values = carry
-        p, index = layer
-        h = layer_norm(p["ln_1"], x, eps, exact)
-        qkv = _dense(h, p["attn"]["qkv_kernel"], exact) + p["attn"]["qkv_bias"]
-        q, k, v = jnp.split(qkv.reshape(batch, num_new, 3 * heads, head_dim), 3, axis=2)
+        p, index, is_sliding = layer
+        h = norm(config, p["ln_1"], x, exact)
+        a = p["attn"]
+        q, k, v = (
+            project(a, "q", h, heads),
+            project(a, "k", h, kv_heads),
+            project(a, "v", h, kv_heads),
+        )
+        if config.qk_norm:
+            q = norm(config, a["q_norm"], q, exact, kind="rms_norm")
+            k = norm(config, a["k_norm"], k, exact, kind="rms_norm")
+        if rope is not None:
+            q, k = _apply_rope(q, *rope), _apply_rope(k, *rope)
         layer_keys = layer_values = None
         if keys is not None:
             # Write first, in place into the carried cache, then read this layer's
@@ -336,25 +572,41 @@ def apply(
             layer_keys = lax.dynamic_index_in_dim(keys, index, keepdims=False)
             layer_values = lax.dynamic_index_in_dim(values, index, keepdims=False)
         if exact:
-            attended = _exact_attention(config, q, layer_keys, layer_values, visible)
+            layer_visible = visible
+            if any_sliding:
+                layer_visible = jnp.where(is_sliding, window_visible, visible)
+            attended = _exact_attention(config, q, layer_keys, layer_values, layer_visible)
         else:
-            attended = _attention(config, q, k, v, new_mask, layer_keys, layer_values, prefix_mask)
-        attended = attended.reshape(batch, num_new, heads * head_dim)
-        x = x + _dense(attended, p["attn"]["out_kernel"], exact) + p["attn"]["out_bias"]
-        h = layer_norm(p["ln_2"], x, eps, exact)
-        h = _dense(h, p["mlp"]["fc_kernel"], exact) + p["mlp"]["fc_bias"]
-        h = jax.nn.gelu(h, approximate=True)
-        x = x + _dense(h, p["mlp"]["proj_kernel"], exact) + p["mlp"]["proj_bias"]
+            layer_new, layer_prefix = new_mask, prefix_mask
+            if any_sliding:
+                layer_new = jnp.where(is_sliding, window_new, new_mask)
+                if cache is not None:
+                    layer_prefix = jnp.where(is_sliding, window_prefix, prefix_mask)
+            attended = _attention(
+                config, q, k, v, layer_new, layer_keys, layer_values, layer_prefix
+            )
+        attended = attended.astype(dtype).reshape(batch, num_new, heads * head_dim)
+        out = _dense(attended, a["out_kernel"], exact)
+        if config.out_bias:
+            out = out + a["out_bias"]
+        if config.sandwich_norms:
+            out = norm(config, p["ln_post_attn"], out, exact)
+        x = x + out
+        out = _mlp(config, p["mlp"], norm(config, p["ln_2"], x, exact), exact)
+        if config.sandwich_norms:
+            out = norm(config, p["ln_post_mlp"], out, exact)
+        x = x + out
         return (x, keys, values), x
 
     # The cache rides in the scan carry so that XLA updates it in place; as a
     # scanned input/output it would be copied whole at every call.
     init = (x, None, None) if cache is None else (x, cache.keys, cache.values)
-    layers = (params["layers"], jnp.arange(config.num_layers))
+    layers = (params["layers"], jnp.arange(config.num_layers), jnp.asarray(sliding))
     (x_final, new_keys, new_values), per_layer = lax.scan(block, init, layers)
     if exact:
-        normed = layer_norm(params["ln_f"], x_final, config.layer_norm_eps, exact=True)
-        logits = _dense(normed, params["wte"].T, exact=True)
+        normed = norm(config, params["ln_f"], x_final, exact=True)
+        logits = _dense(normed.astype(_F32), _head(config, params).astype(_F32), exact=True)
+        logits = _softcap(logits, config.final_logit_softcap)
     else:
         logits = logits_from_hidden(config, params, x_final)
     new_cache = None

@@ -50,7 +50,7 @@ class LMParticles(NamedTuple):
 
     tokens: jax.Array  # [N, W] int32, prompt + generated tokens, pad past each length
     lengths: jax.Array  # [N] int32, tokens written per particle
-    cache: _models.KVCache  # keys/values [L, N, W, H, Dh], lengths [N] (= lengths)
+    cache: _models.KVCache  # keys/values [L, N, W, KV, Dh], lengths [N] (= lengths)
     next_logits: jax.Array  # [N, V] float32, the model's logits for each particle's next token
     finished: jax.Array  # [N] bool, emitted the end marker or used max_steps steps
     steps: jax.Array  # [N] int32, reasoning steps completed
@@ -216,7 +216,7 @@ def lm_particle_filter(
     # Prefill the prompt once per particle (every row is the same prompt).
     prompts = jnp.broadcast_to(prompt, (n, prompt.shape[0]))
     lengths = jnp.full((n,), prompt_length, jnp.int32)
-    cache = _models.init_cache(config, n, width)
+    cache = _models.init_cache(config, n, width, dtype=model.dtype)
     logits, cache = model(prompts, cache)
     cache = _models.rewind(cache, lengths)
     tokens = jnp.where(

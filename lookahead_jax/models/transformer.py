@@ -347,7 +347,9 @@ def _dense(x: jax.Array, kernel: jax.Array, exact: bool) -> jax.Array:
     """``x @ kernel``; with ``exact``, products summed by ``tree_sum`` (shape-independent)."""
     if not exact:
         return x @ kernel
-    return tree_sum(x[..., :, None] * kernel, axis=-2)
+    # Products and sums in float32 (bfloat16 sums would lose most of their bits).
+    products = x.astype(_F32)[..., :, None] * kernel.astype(_F32)
+    return tree_sum(products, axis=-2).astype(x.dtype)
 
 
 def _exact_attention(

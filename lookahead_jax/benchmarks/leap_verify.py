@@ -46,8 +46,8 @@ import numpy as np
 import optax
 
 from lookahead_jax import extrapolation as ex
-from lookahead_jax.data import batch_for_step, eval_windows, heldout_prompts, load_corpus
-from lookahead_jax.models import TransformerConfig, apply, init_params
+from lookahead_jax.data import batch_for_step, eval_windows, token_prompts, token_stream
+from lookahead_jax.models import FAMILIES, TransformerConfig, apply, init_params, load_tokenizer
 
 PREDICTORS = ("linear", "quadratic", "quadratic_clamped", "momentum", "momentum_paper")
 CRITERIA = ("strict", "adaptive", "proximity_5pct", "proximity_0.5pct_one_sided")
@@ -58,9 +58,13 @@ def default_config() -> ml_collections.ConfigDict:
     """Defaults sized for a 2-core CPU: 3 seeds in ~14 minutes (measured while shared)."""
     c = ml_collections.ConfigDict()
     # A small reference transformer on bytes of the shipped corpus (~120k parameters).
+    # ``family`` picks the architecture (models.FAMILIES: gpt2, llama, qwen2, ...) and
+    # ``tokenizer`` the ids ("bytes" or a load_tokenizer name, e.g. "tiny-llama" with
+    # vocab_size=4096 and family="llama"); with BPE the losses are per token.
     c.model = ml_collections.ConfigDict(
-        dict(vocab_size=256, num_layers=2, num_heads=4, d_model=64, max_length=64)
+        dict(vocab_size=256, num_layers=2, num_heads=4, d_model=64, max_length=64, family="gpt2")
     )
+    c.tokenizer = "bytes"
     c.seq_len = 64
     c.batch_size = 16
     # AdamW, linear warmup then cosine decay (as experiments/train_lm.py).
@@ -133,11 +137,21 @@ class _Setup:
 
     def __init__(self, c: ml_collections.ConfigDict):
         self.c = c
-        self.model = TransformerConfig(**c.model.to_dict())
+        fields = c.model.to_dict()
+        family = fields.pop("family", "gpt2")
+        if family not in FAMILIES:
+            raise ValueError(f"`model.family` must be one of {tuple(FAMILIES)}; got {family!r}.")
+        self.model: TransformerConfig = FAMILIES[family](**fields)
         if c.seq_len > self.model.max_length:
             raise ValueError(f"`seq_len`={c.seq_len} exceeds max_length={self.model.max_length}.")
-        self.train = load_corpus("train")
-        windows = eval_windows(load_corpus("heldout"), c.seq_len)
+        tokenizer = load_tokenizer(c.get("tokenizer", "bytes"))
+        if tokenizer.vocab_size > self.model.vocab_size:
+            raise ValueError(
+                f"`model.vocab_size`={self.model.vocab_size} is smaller than the tokenizer's "
+                f"{tokenizer.vocab_size} ids."
+            )
+        self.train = token_stream(tokenizer, "train")
+        windows = eval_windows(token_stream(tokenizer, "heldout"), c.seq_len)
         if c.eval_windows + c.acceptance_windows > len(windows):
             raise ValueError(
                 f"`eval_windows` + `acceptance_windows` must be <= {len(windows)} held-out "
@@ -145,7 +159,7 @@ class _Setup:
             )
         self.eval_set = jnp.asarray(windows[: c.eval_windows])
         self.acceptance = jnp.asarray(windows[-c.acceptance_windows :])  # disjoint from eval_set
-        probes, lengths = heldout_prompts(c.num_probes, c.probe_length, seed=1234)
+        probes, lengths = token_prompts(tokenizer, c.num_probes, c.probe_length, seed=1234)
         self.probes, self.lengths = jnp.asarray(probes), jnp.asarray(lengths)
         model = self.model
 

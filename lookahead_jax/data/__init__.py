@@ -9,6 +9,7 @@ from lookahead_jax.data.corpus import (
     load_corpus,
     sample_batch,
 )
+from lookahead_jax.data.tokens import token_prompts, token_stream, token_windows
 
 __all__ = [
     "SPLITS",
@@ -18,4 +19,7 @@ __all__ = [
     "heldout_prompts",
     "load_corpus",
     "sample_batch",
+    "token_prompts",
+    "token_stream",
+    "token_windows",
 ]

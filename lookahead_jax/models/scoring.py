@@ -44,13 +44,26 @@ def _batches(windows: np.ndarray, batch_size: int):
         yield jnp.asarray(batch, jnp.int32), real
 
 
-def bits_per_byte(model: Model, windows: np.ndarray, batch_size: int = 32) -> float:
-    """Mean next-byte cross-entropy in bits over ``windows [N, S]`` (first byte: context only)."""
+def bits_per_byte(
+    model: Model,
+    windows: np.ndarray,
+    batch_size: int = 32,
+    token_bytes: np.ndarray | None = None,
+) -> float:
+    """Next-token cross-entropy in bits per byte of text over ``windows [N, S]``.
+
+    The first token of each window is context only. With ``token_bytes [V]``
+    (``Tokenizer.token_bytes()``: the UTF-8 bytes each id spells) the summed loss
+    is divided by the bytes the predicted tokens spell, so BPE and byte-level
+    models are scored on the same scale; ``None`` means one byte per token.
+    """
     total, count = 0.0, 0
     for batch, real in _batches(windows, batch_size):
         nll = next_token_nll(model, batch)[:real]
-        total += float(jnp.sum(nll))
+        total += float(jnp.sum(nll.astype(jnp.float32)))
         count += nll.size
+    if token_bytes is not None:
+        count = int(np.asarray(token_bytes)[np.asarray(windows)[:, 1:]].sum())
     return total / count / math.log(2)
 
 

@@ -141,6 +141,34 @@ class Tokenizer:
         """The ids of one text as a Python list (BOS first when ``add_bos``)."""
         return self._encode_lists([text], add_bos)[0]
 
+    def encode_lists(self, texts: Sequence[str], *, add_bos: bool | None = None) -> list[list[int]]:
+        """The ids of many texts as Python lists (one batched call; no padding)."""
+        return self._encode_lists(list(texts), add_bos)
+
+    def token_bytes(self) -> np.ndarray:
+        """``[vocab_size] int32``: the UTF-8 bytes each id spells (special tokens: 0).
+
+        What turns a per-token loss into bits per byte. Needs a byte-level BPE
+        vocabulary (GPT-2's byte-to-character alphabet), as every shipped tokenizer is.
+
+        Raises:
+          ValueError: a token is not made of byte characters (not byte-level BPE).
+        """
+        special = {int(i) for i in self._backend.get_added_tokens_decoder()}
+        alphabet = _byte_alphabet()
+        lengths = np.zeros((self.vocab_size,), np.int32)
+        for i in range(self.vocab_size):
+            if i in special:
+                continue
+            token = self._backend.id_to_token(i)
+            if token is None or any(c not in alphabet for c in token):
+                raise ValueError(
+                    f"token {i} ({token!r}) is not a byte-level BPE token: bytes per token "
+                    "are defined for byte-level tokenizers only."
+                )
+            lengths[i] = len(token)
+        return lengths
+
     def _encode_lists(self, texts: list[str], add_bos: bool | None) -> list[list[int]]:
         if add_bos is None:
             add_bos = self.add_bos
@@ -282,6 +310,18 @@ class ByteTokenizer(Tokenizer):
         if skip_special_tokens:
             rows = [[i for i in row if i != self.SPECIAL_ID] for row in rows]
         return [bytes(row).decode("utf-8", errors="replace") for row in rows]
+
+    def token_bytes(self) -> np.ndarray:
+        """``[256] int32`` of ones: every id is one byte (255 never occurs in UTF-8 text)."""
+        return np.ones((256,), np.int32)
+
+
+def _byte_alphabet() -> set[str]:
+    """The 256 characters byte-level BPE uses for bytes (GPT-2's ``bytes_to_unicode``):
+    printable Latin-1 characters stand for themselves, the other bytes for 256 + n."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
+    shifted = [256 + n for n in range(256 - len(printable))]
+    return {chr(c) for c in (*printable, *shifted)}
 
 
 def _as_int_array(name: str, x: Any, rank: int, meaning: str) -> np.ndarray:

@@ -1,10 +1,17 @@
-"""Config of experiments/train_lm.py: byte-level GPT-2 models on the shipped corpus.
+"""Config of experiments/train_lm.py: language models on the shipped corpus.
 
-Select the model with ``--config.model=target`` or ``--config.model=draft``; any
-field can be overridden, e.g. ``--config.num_steps=100 --config.target.d_model=128``.
+Select the model with ``--config.model=target`` or ``--config.model=draft`` (byte-level
+GPT-2), or ``--config.model=llama_target`` / ``llama_draft`` (Llama family: RMSNorm,
+RoPE, grouped-query attention, SwiGLU, tied head) together with
+``--config.tokenizer=tiny-llama`` (the shipped byte-level BPE tokenizer, 4096 ids).
+Any field can be overridden, e.g. ``--config.num_steps=100 --config.target.d_model=128``.
+A sub-config's ``family`` (default ``"gpt2"``) picks ``models.FAMILIES[family]``,
+which receives its other fields.
+
 The defaults are the settings of the shipped ``tiny-target`` model; the shipped
 ``tiny-draft`` adds ``--config.model=draft --config.num_steps=2000
---config.learning_rate=3e-3`` (see each model's ``training.json``).
+--config.learning_rate=3e-3``, and the shipped ``tiny-llama-target`` /
+``tiny-llama-draft`` the flags recorded in their ``training.json``.
 """
 
 import ml_collections
@@ -12,7 +19,10 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
-    config.model = "target"  # "target" | "draft": which sub-config below is trained
+    config.model = "target"  # "target" | "draft" | "llama_target" | "llama_draft"
+    # "bytes": ids are the corpus bytes (the GPT-2 pair); or a load_tokenizer name or
+    # folder, e.g. "tiny-llama" (byte-level BPE, 4096 ids) for the llama_* models.
+    config.tokenizer = "bytes"
 
     # Model sizes (byte vocabulary, GPT-2 architecture, tied output head).
     config.target = ml_collections.ConfigDict(
@@ -20,6 +30,36 @@ def get_config() -> ml_collections.ConfigDict:
     )
     config.draft = ml_collections.ConfigDict(
         dict(vocab_size=256, num_layers=2, num_heads=2, d_model=64, max_length=256)
+    )
+    # Llama family on the BPE tokenizer (--config.tokenizer=tiny-llama): ~5.2M and
+    # ~0.87M params, most of the draft's in its tied 4096 x 128 embedding.
+    config.llama_target = ml_collections.ConfigDict(
+        dict(
+            family="llama",
+            vocab_size=4096,
+            num_layers=6,
+            num_heads=8,
+            num_kv_heads=2,
+            d_model=256,
+            mlp_dim=688,
+            max_length=256,
+            tie_embeddings=True,
+            rope_theta=10000.0,
+        )
+    )
+    config.llama_draft = ml_collections.ConfigDict(
+        dict(
+            family="llama",
+            vocab_size=4096,
+            num_layers=2,
+            num_heads=4,
+            num_kv_heads=1,
+            d_model=128,
+            mlp_dim=344,
+            max_length=256,
+            tie_embeddings=True,
+            rope_theta=10000.0,
+        )
     )
 
     # Data: random windows of the training split; the batch of step t is a pure

@@ -1,13 +1,21 @@
-"""Tiny byte-level GPT-2 checkpoints shipped inside the package.
+"""Tiny checkpoints shipped inside the package: a byte-level GPT-2 pair and a BPE Llama pair.
 
-Both were trained by ``experiments/train_lm.py`` on the shipped corpus
+All were trained by ``experiments/train_lm.py`` on the shipped corpus
 (``lookahead_jax/data``, PSF-licensed Python documentation); each folder under
-``models/pretrained/`` holds the HuggingFace GPT-2 files (``config.json`` +
+``models/pretrained/`` holds the HuggingFace files (``config.json`` +
 ``model.safetensors``) and a ``training.json`` recording how it was made.
 
 - ``tiny-target``: 4 layers, d_model 192, 4 heads, 256 positions (~1.9M params).
 - ``tiny-draft``: 2 layers, d_model 64, 2 heads, 256 positions (~0.13M params),
   a fast drafter for ``tiny-target`` (same byte vocabulary).
+- ``tiny-llama-target``: Llama architecture (RMSNorm, RoPE, GQA 8:2, SwiGLU, tied
+  head), 6 layers, d_model 256, 4,096-token byte-level BPE (``load_tokenizer
+  ("tiny-llama")``), 256 positions (~5.2M params).
+- ``tiny-llama-draft``: the same family, 2 layers, d_model 128, 4 heads over 1 KV
+  head (~0.87M params), a drafter for ``tiny-llama-target`` (same tokenizer).
+
+The Llama folders are complete HuggingFace model folders (``config.json``,
+``model.safetensors``, ``tokenizer.json``, ``tokenizer_config.json``).
 """
 
 from __future__ import annotations

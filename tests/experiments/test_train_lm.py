@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lookahead_jax import checkpoint
-from lookahead_jax.models import load_hf_gpt2
+from lookahead_jax.models import Model, load_hf, load_hf_gpt2, load_tokenizer, next_token_nll
 
 _ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -97,4 +97,106 @@ def test_unknown_model_raises():
     config = _tiny_config()
     config.model = "huge"
     with pytest.raises(ValueError, match=r"config\.model"):
+        train_lm.model_config(config)
+
+
+# ------------------------------------------------------------- llama + BPE tokenizer
+
+
+def _tiny_llama_config():
+    config = config_module.get_config()
+    config.model = "llama_draft"
+    config.tokenizer = "tiny-llama"
+    config.llama_draft.update(num_layers=1, num_heads=2, num_kv_heads=1, d_model=16, mlp_dim=32)
+    config.update(
+        seq_len=32,
+        batch_size=4,
+        num_steps=4,
+        learning_rate=1e-2,
+        warmup_steps=1,
+        eval_every=2,
+        eval_max_windows=6,
+        eval_batch_size=6,
+        checkpoint_every=4,
+        log_every=1,
+        progress_bar=False,
+    )
+    return config
+
+
+@pytest.fixture(scope="module")
+def llama_run(tmp_path_factory):
+    config = _tiny_llama_config()
+    workdir = tmp_path_factory.mktemp("llama")
+    metrics = train_lm.train_and_evaluate(config, str(workdir))
+    return config, workdir, metrics
+
+
+def test_llama_bpe_run_trains_and_exports_a_hf_folder(llama_run):
+    config, workdir, metrics = llama_run
+    model = train_lm.model_config(config)
+    assert model.model_type == "llama" and model.num_kv_heads == 1 and model.tie_embeddings
+    assert metrics["tokenizer"] == "tiny-llama" and metrics["family"] == "llama"
+    assert [s for s, _ in metrics["heldout_bpb_curve"]] == [0, 2, 4]
+    losses = metrics["train_loss_nats"]
+    assert np.isfinite(losses).all() and losses[-1] < losses[0] < np.log(4096) + 0.1
+    # Bits per byte, not per token: a token spells ~3.6 bytes of this corpus.
+    bits_per_token = metrics["heldout_nats_per_token"] / np.log(2)
+    assert 2.5 < bits_per_token / metrics["heldout_bpb"] < 5
+    hf_config, hf_params = load_hf(workdir / "hf")
+    assert hf_config == model
+    final = _final_state(config, workdir)
+    for x, y in zip(jax.tree.leaves(hf_params), jax.tree.leaves(final.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    exported, shipped = load_tokenizer(workdir / "hf"), load_tokenizer("tiny-llama")
+    assert (exported.vocab_size, exported.bos_id, exported.eos_id, exported.pad_id) == (
+        shipped.vocab_size,
+        shipped.bos_id,
+        shipped.eos_id,
+        shipped.pad_id,
+    )
+    assert exported.encode_ids("def f(x): return x") == shipped.encode_ids("def f(x): return x")
+    hf_json = json.loads((workdir / "hf" / "config.json").read_text())
+    assert (hf_json["bos_token_id"], hf_json["eos_token_id"]) == (shipped.bos_id, shipped.eos_id)
+
+
+def test_llama_bpe_bits_per_byte_counts_utf8_bytes(llama_run):
+    config, workdir, _ = llama_run
+    data = train_lm.load_data(config)
+    tokenizer = data.tokenizer
+    assert data.token_bytes[[tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id]].tolist() == [
+        0,
+        0,
+        0,
+    ]
+    model = Model(*load_hf(workdir / "hf"))
+    windows = data.windows[:2]
+    bpb, nats = train_lm.heldout_scores(model, windows, data.token_bytes, 2)
+    # Direct: summed NLL in bits over the UTF-8 bytes of the decoded predicted tokens.
+    nll = np.asarray(next_token_nll(model, windows), np.float64)
+    texts = tokenizer.decode(windows[:, 1:])  # special tokens dropped: they spell no bytes
+    assert all("\ufffd" not in t for t in texts)
+    num_bytes = sum(len(t.encode("utf-8")) for t in texts)
+    np.testing.assert_allclose(bpb, nll.sum() / np.log(2) / num_bytes, rtol=1e-6)
+    np.testing.assert_allclose(nats, nll.mean(), rtol=1e-6)
+    # The byte lengths add up to the held-out text exactly.
+    from lookahead_jax import data as corpus
+
+    stream = corpus.token_stream(tokenizer, "heldout")
+    num_text_bytes = sum(len(d) for d in corpus.documents("heldout"))
+    assert int(data.token_bytes[stream].sum()) == num_text_bytes
+    assert stream[0] == tokenizer.bos_id and stream[-1] == tokenizer.eos_id
+
+
+def test_bytes_config_needs_byte_vocab():
+    config = _tiny_llama_config()
+    config.tokenizer = "bytes"
+    with pytest.raises(ValueError, match=r"config\.tokenizer"):
+        train_lm.train_and_evaluate(config, "/nonexistent-unused")
+
+
+def test_unknown_family_raises():
+    config = _tiny_llama_config()
+    config.llama_draft.family = "bert"
+    with pytest.raises(ValueError, match=r"family"):
         train_lm.model_config(config)

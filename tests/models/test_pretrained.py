@@ -47,7 +47,12 @@ def heldout_bits(models):
 
 
 def test_available_names():
-    assert available_pretrained() == ["tiny-draft", "tiny-target"]
+    assert available_pretrained() == [
+        "tiny-draft",
+        "tiny-llama-draft",
+        "tiny-llama-target",
+        "tiny-target",
+    ]
 
 
 def test_configs_and_shapes_are_as_documented(models):

@@ -145,6 +145,103 @@ def speculative_section(args: argparse.Namespace) -> dict[str, Any]:
     return rows
 
 
+def real_models_section(args: argparse.Namespace) -> dict[str, Any]:
+    """The BPE Llama pair with its tokenizer, bfloat16, and a Qwen3 written and read as HF files."""
+    import tempfile
+
+    print("\n== Real model families: the BPE Llama pair, bfloat16, a HuggingFace round trip ==")
+    tokenizer = models.load_tokenizer("tiny-llama-target")
+    target = models.Model(*models.load_pretrained("tiny-llama-target"))
+    draft = models.Model(*models.load_pretrained("tiny-llama-draft"))
+    for name, model in (("tiny-llama-target", target), ("tiny-llama-draft", draft)):
+        c = model.config
+        print(
+            f"{name:18s} {c.model_type}: {c.num_params() / 1e6:5.2f}M params  "
+            f"layers={c.num_layers} "
+            f"d_model={c.d_model} heads={c.num_heads}/{c.num_kv_heads} (GQA)  rope "
+            f"theta={c.rope_theta:g}  vocab={c.vocab_size} (byte-level BPE)"
+        )
+    figures: dict[str, Any] = {}
+    windows = data.token_windows(tokenizer, 128, max_windows=args.eval_windows)
+    for name, model in (("tiny-llama-target", target), ("tiny-llama-draft", draft)):
+        bpb = models.bits_per_byte(model, windows, token_bytes=tokenizer.token_bytes())
+        figures[f"{name} heldout_bits_per_byte"] = bpb
+        print(f"{name:18s} held-out bits/byte: {bpb:.3f}  ({len(windows)} windows of 128 tokens)")
+    prompts, lengths = data.token_prompts(
+        tokenizer, args.num_prompts, args.prompt_length, seed=args.seed
+    )
+    texts = tokenizer.decode(prompts, lengths)
+    print(f"{len(texts)} held-out prompts of {np.asarray(lengths).tolist()} tokens")
+
+    def run(t, d, p, n, speculative, exact):
+        drafter = drafting.draft_model(d) if speculative else None
+        return generate(
+            t, p, n, jax.random.key(0), max_new_tokens=args.max_new_tokens, drafter=drafter,
+            max_draft_tokens=4, exact=exact,
+        )  # fmt: skip
+
+    fn = jax.jit(run, static_argnames=("speculative", "exact"))
+    outputs = {}
+    # Fast mode in both dtypes. In bfloat16, scoring K + 1 tokens at once rounds
+    # differently from scoring one, so near-ties can flip an argmax; `exact=True`
+    # guarantees the greedy tokens (tested) at a large cost in speed on CPU.
+    exact = False
+    for dtype in ("float32", "bfloat16"):
+        cast = lambda m, dtype=dtype: models.Model(
+            m.config, jax.tree.map(lambda x: x.astype(dtype), m.params)
+        )
+        t, d = cast(target), cast(draft)
+        for speculative in (False, True):
+            name = f"{'speculative K=4' if speculative else 'greedy'} {dtype}"
+            out = jax.block_until_ready(fn(t, d, prompts, lengths, speculative, exact))
+            times = []
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                out = jax.block_until_ready(fn(t, d, prompts, lengths, speculative, exact))
+                times.append(time.perf_counter() - start)
+            generated = int(np.sum(out.num_generated))
+            rounds = int(np.sum(out.stats.target_calls)) - len(texts)
+            outputs[name] = np.asarray(out.tokens)
+            figures[name] = {
+                "tokens_per_s": generated / statistics.median(times),
+                "accepted_per_target_call": int(np.sum(out.stats.accepted)) / max(1, rounds),
+            }
+        greedy, spec = f"greedy {dtype}", f"speculative K=4 {dtype}"
+        figures[spec]["exact_mode"] = figures[greedy]["exact_mode"] = exact
+        figures[spec]["same_as_greedy"] = bool(np.array_equal(outputs[spec], outputs[greedy]))
+        for name in (greedy, spec):
+            row = figures[name]
+            extra = f"  same as greedy: {row['same_as_greedy']}" if "same_as_greedy" in row else ""
+            print(
+                f"{name + (' (exact)' if exact else ''):34s} {row['tokens_per_s']:7.0f} tokens/s  "
+                "accepted/target call "
+                f"{row['accepted_per_target_call']:.2f}{extra}"
+            )
+    if not figures["speculative K=4 bfloat16"]["same_as_greedy"]:
+        print(
+            "  (bfloat16, fast mode: a near-tie flipped; generate(..., exact=True) guarantees it)"
+        )
+    text = tokenizer.decode(outputs["greedy float32"], np.asarray(lengths) + args.max_new_tokens)
+    print(f"  {text[0][-160:]!r}")
+
+    # Any family round-trips through HuggingFace's layout: a small random Qwen3 here.
+    config = models.qwen3(
+        vocab_size=tokenizer.vocab_size, num_layers=2, num_heads=4, num_kv_heads=2,
+        d_model=64, head_dim=32, mlp_dim=128, max_length=256, tie_embeddings=True,
+    )  # fmt: skip
+    params = models.init_params(config, jax.random.key(args.seed))
+    with tempfile.TemporaryDirectory() as folder:
+        models.save_hf(folder, config, params)
+        loaded_config, loaded_params = models.load_hf(folder)
+    same = loaded_config == config and all(
+        bool(jnp.array_equal(a, b))
+        for a, b in zip(jax.tree.leaves(loaded_params), jax.tree.leaves(params), strict=True)
+    )
+    figures["qwen3_round_trip_exact"] = same
+    print(f"random Qwen3 ({config.num_params():,} params) save_hf -> load_hf bit-exact: {same}")
+    return figures
+
+
 def particles_section(args: argparse.Namespace) -> dict[str, Any]:
     """Bootstrap filter vs the exact Kalman filter; global resampling over all devices."""
     print("\n== Particles: a bootstrap filter against the exact Kalman filter ==")
@@ -378,6 +475,7 @@ def decoding_strategies_section(args: argparse.Namespace) -> dict[str, Any]:
 SECTIONS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "models": models_section,
     "speculative": speculative_section,
+    "real_models": real_models_section,
     "particles": particles_section,
     "predictive_coding": predictive_coding_section,
     "leap_verify": leap_verify_section,

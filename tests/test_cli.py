@@ -16,6 +16,10 @@ def test_tour_runs_and_reports_figures(tmp_path, capsys):
         assert 0 < figures["models"][name]["heldout_bits_per_byte"] < 8
         assert figures["models"][name]["greedy_tokens_per_s"] > 0
     assert 0 <= figures["greedy_agreement"] <= 1
+    real = json.loads(out.read_text())["real_models"]
+    assert real["speculative K=4 float32"]["same_as_greedy"]
+    assert real["qwen3_round_trip_exact"]
+    assert 0 < real["tiny-llama-target heldout_bits_per_byte"] < 8
     assert "tokens/s" in capsys.readouterr().out
 
 

@@ -36,6 +36,7 @@ SMALL = {
         "NUM_PROMPTS = 2\nMAX_NEW_TOKENS = 16\nGROUP_SIZE = 2\nFIT_WINDOWS = 8\n"
         "STRATEGIES = ('greedy', 'momentum')"
     ),
+    "08_real_models": "MAX_NEW_TOKENS = 12\nDRAFT_LENGTH = 2",
 }
 
 

@@ -195,7 +195,7 @@ def feed(model: Any, cache: _models.KVCache, tokens: jax.Array, active: jax.Arra
 def prefill(model: Any, prompt: jax.Array, prompt_lengths: jax.Array, capacity: int):
     """Runs the padded prompts once: ``(next_logits [B, V], cache holding the prompts)``."""
     batch = prompt.shape[0]
-    cache = _models.init_cache(model.config, batch, capacity, dtype=model.dtype)
+    cache = _models.init_cache(model.config, batch, capacity, dtype=getattr(model, "dtype", None))
     logits, cache = model(prompt, cache)
     cache = _models.rewind(cache, prompt_lengths)
     return logits[jnp.arange(batch), prompt_lengths - 1], cache

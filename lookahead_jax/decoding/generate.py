@@ -227,7 +227,7 @@ def generate(
         batch,
         min(capacity, target.config.max_length),
         extra_slots=max(0, capacity - target.config.max_length),
-        dtype=target.dtype,
+        dtype=getattr(target, "dtype", None),
     )
     logits, cache = target(prompt, cache, exact=exact)
     cache = _models.rewind(cache, prompt_lengths)

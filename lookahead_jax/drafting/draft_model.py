@@ -41,7 +41,9 @@ def draft_model(model: _models.Model) -> Drafter:
                 f"the draft model holds {model.config.max_length} positions but generation "
                 f"needs {capacity} (prompt width + max_new_tokens + max_draft_tokens)."
             )
-        cache = _models.init_cache(model.config, prompt.shape[0], capacity, dtype=model.dtype)
+        cache = _models.init_cache(
+            model.config, prompt.shape[0], capacity, dtype=getattr(model, "dtype", None)
+        )
         _, cache = model(prompt, cache)
         return DraftModelState(_models.rewind(cache, prompt_lengths))
 

@@ -68,7 +68,7 @@ def draft_model_tree(
             prompt.shape[0],
             min(slots, model.config.max_length),
             extra_slots=max(0, slots - model.config.max_length),
-            dtype=model.dtype,
+            dtype=getattr(model, "dtype", None),
         )
         _, cache = model(prompt, cache)
         return DraftTreeState(_models.rewind(cache, prompt_lengths))

@@ -216,7 +216,7 @@ def lm_particle_filter(
     # Prefill the prompt once per particle (every row is the same prompt).
     prompts = jnp.broadcast_to(prompt, (n, prompt.shape[0]))
     lengths = jnp.full((n,), prompt_length, jnp.int32)
-    cache = _models.init_cache(config, n, width, dtype=model.dtype)
+    cache = _models.init_cache(config, n, width, dtype=getattr(model, "dtype", None))
     logits, cache = model(prompts, cache)
     cache = _models.rewind(cache, lengths)
     tokens = jnp.where(

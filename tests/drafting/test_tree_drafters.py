@@ -126,7 +126,7 @@ def test_token_recycling_table_learns_and_carries_across_requests(target, draft)
     table = first.drafter_state.table
     assert table.shape == (16, 8)
     assert not np.array_equal(np.asarray(table), np.asarray(drafting.initial_table(16, 8)))
-    # Warm start: the same request again with the learned table accepts more.
+    # Warm start: the same request again with the learned table.
     warm = jax.jit(
         lambda t, p, n, tab: generate(
             t,
@@ -138,7 +138,9 @@ def test_token_recycling_table_learns_and_carries_across_requests(target, draft)
         )
     )(target, prompt, lengths, table)
     np.testing.assert_array_equal(warm.tokens, first.tokens)
-    assert int(warm.stats.accepted.sum()) > int(first.stats.accepted.sum())
+    # The learned table drafts better: the same tokens in fewer target calls (accepted
+    # counts are not comparable when the last round overshoots the budget).
+    assert int(warm.stats.target_calls.sum()) < int(first.stats.target_calls.sum())
 
 
 def test_sampled_tree_generation_has_target_distribution():

@@ -520,43 +520,51 @@ def merge_trees(trees: Sequence[TokenTree], capacity: int) -> MergedTree:
     token = jnp.concatenate([t.token for t in trees], axis=1)
     depth = jnp.concatenate([t.depth for t in trees], axis=1)
     valid = jnp.concatenate([t.valid for t in trees], axis=1)
-    _batch, total = parent.shape
+    batch, total = parent.shape
     big = total + 1
     order = jnp.argsort(jnp.where(valid, depth, big), axis=1, stable=True)
 
-    def one_row(order, parent, token, depth, valid):
-        def step(carry, index):
-            canon, out_parent, out_token, out_depth, out_source, count = carry
-            p = parent[index]
-            canon_parent = jnp.where(p >= 0, canon[jnp.maximum(p, 0)], ROOT)
-            slots = jnp.arange(capacity)
-            same = (slots < count) & (out_parent == canon_parent) & (out_token == token[index])
-            exists = jnp.any(same)
-            parent_kept = (p < 0) | (canon_parent >= 0)
-            new = valid[index] & ~exists & parent_kept & (count < capacity)
-            slot = jnp.where(exists, jnp.argmax(same), jnp.where(new, count, -1))
-            slot = jnp.where(valid[index] & parent_kept, slot, -1)
-            canon = canon.at[index].set(slot.astype(jnp.int32))
-            write = jnp.where(new, count, capacity)
-            out_parent = out_parent.at[write].set(canon_parent, mode="drop")
-            out_token = out_token.at[write].set(token[index], mode="drop")
-            out_depth = out_depth.at[write].set(depth[index], mode="drop")
-            out_source = out_source.at[write].set(index, mode="drop")
-            return (canon, out_parent, out_token, out_depth, out_source, count + new), None
-
-        init = (
-            jnp.full((total,), -1, jnp.int32),
-            jnp.full((capacity,), ROOT, jnp.int32),
-            jnp.zeros((capacity,), jnp.int32),
-            jnp.ones((capacity,), jnp.int32),
-            jnp.zeros((capacity,), jnp.int32),
-            jnp.int32(0),
-        )
-        (_, out_parent, out_token, out_depth, out_source, count), _ = lax.scan(step, init, order)
-        return out_parent, out_token, out_depth, out_source, jnp.arange(capacity) < count
-
-    out_parent, out_token, out_depth, out_source, out_valid = jax.vmap(one_row)(
-        order, parent, token, depth, valid
+    # Each row's nodes in merge order; the scan body is a module-level function (not a
+    # closure over this call's arrays), so eager calls reuse one compiled scan per shape.
+    take = lambda x: jnp.take_along_axis(x, order, axis=1)
+    nodes = (order, take(parent), take(token), take(depth), take(valid))
+    init = (
+        jnp.full((batch, total), -1, jnp.int32),
+        jnp.full((batch, capacity), ROOT, jnp.int32),
+        jnp.zeros((batch, capacity), jnp.int32),
+        jnp.ones((batch, capacity), jnp.int32),
+        jnp.zeros((batch, capacity), jnp.int32),
+        jnp.zeros((batch,), jnp.int32),
     )
+    _, out_parent, out_token, out_depth, out_source, count = jax.vmap(_merge_row)(init, nodes)
+    out_valid = jnp.arange(capacity)[None, :] < count[:, None]
     tree = TokenTree(parent=out_parent, depth=out_depth, token=out_token, valid=out_valid)
     return MergedTree(tree=tree, source=out_source)
+
+
+def _merge_row(init, nodes):
+    """One row of ``merge_trees``: scans the nodes (``[T]`` fields) in merge order."""
+    carry, _ = lax.scan(_merge_step, init, nodes)
+    return carry
+
+
+def _merge_step(carry, node):
+    """Merges one node: reuses its parent's same-token child, else appends it if it fits."""
+    canon, out_parent, out_token, out_depth, out_source, count = carry
+    index, p, token, depth, valid = node
+    capacity = out_parent.shape[0]
+    canon_parent = jnp.where(p >= 0, canon[jnp.maximum(p, 0)], ROOT)
+    slots = jnp.arange(capacity)
+    same = (slots < count) & (out_parent == canon_parent) & (out_token == token)
+    exists = jnp.any(same)
+    parent_kept = (p < 0) | (canon_parent >= 0)
+    new = valid & ~exists & parent_kept & (count < capacity)
+    slot = jnp.where(exists, jnp.argmax(same), jnp.where(new, count, -1))
+    slot = jnp.where(valid & parent_kept, slot, -1)
+    canon = canon.at[index].set(slot.astype(jnp.int32))
+    write = jnp.where(new, count, capacity)
+    out_parent = out_parent.at[write].set(canon_parent, mode="drop")
+    out_token = out_token.at[write].set(token, mode="drop")
+    out_depth = out_depth.at[write].set(depth, mode="drop")
+    out_source = out_source.at[write].set(index, mode="drop")
+    return (canon, out_parent, out_token, out_depth, out_source, count + new), None

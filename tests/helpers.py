@@ -1,5 +1,6 @@
 """Reference helpers shared by several test files (naive trees, exact laws, perturbed weights)."""
 
+import contextlib
 import itertools
 
 import jax
@@ -62,3 +63,20 @@ def continuation_codes(tokens, vocab):
     """[N, length] tokens -> [N] indices into ``exact_continuation_law`` (first token major)."""
     length = tokens.shape[1]
     return np.asarray(tokens) @ (vocab ** np.arange(length - 1, -1, -1))
+
+
+@contextlib.contextmanager
+def count_compilations():
+    """XLA compilations inside the block: ``with count_compilations() as count: ...``, then
+    ``count()``. Pure functions called twice at the same shapes must not compile again."""
+    events = []
+
+    def listen(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            events.append(kwargs.get("fun_name"))
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        yield lambda: len(events)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)

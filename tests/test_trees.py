@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from lookahead_jax import models, trees
 from lookahead_jax.verification import tree_greedy
-from tests.helpers import naive_ancestor_mask, root_path
+from tests.helpers import count_compilations, naive_ancestor_mask, root_path
 
 CONFIG = models.TransformerConfig(
     vocab_size=16, num_layers=2, num_heads=2, d_model=16, max_length=32
@@ -23,17 +23,45 @@ def random_parents(rng, num_nodes):
     return np.array([int(rng.integers(-1, i)) for i in range(num_nodes)], np.int32)
 
 
+_make_tree = jax.jit(trees.make_tree)
+
+
+def make_tree(parents, tokens, valid=None):
+    """``trees.make_tree`` compiled once per shape, its value checks run on the concrete result."""
+    valid = None if valid is None else jnp.asarray(valid)
+    tree = _make_tree(jnp.asarray(parents), jnp.asarray(tokens), valid)
+    trees.check_tree(jax.device_get(tree))
+    return tree
+
+
+@functools.partial(jax.jit, static_argnames="max_depth")
+def tree_views(parents, tokens, max_depth):
+    """The functions under test as one compiled program per shape (called eagerly, each of
+    their operations would compile on its own for every new tree size)."""
+    tree = trees.make_tree(parents, tokens)
+    by_jumps = trees.ancestor_mask(tree.parent, max_depth=max_depth)
+    return (
+        tree,
+        trees.ancestor_mask(tree.parent),
+        by_jumps,
+        trees.paths(tree),
+        trees.block_mask(tree),
+    )
+
+
 @settings(max_examples=10, deadline=None)
 @given(seed=st.integers(0, 2**16), num_nodes=st.integers(1, 12))
 def test_ancestor_mask_depths_and_paths_match_naive(seed, num_nodes):
     rng = np.random.default_rng(seed)
     parents = np.stack([random_parents(rng, num_nodes) for _ in range(2)])
     tokens = rng.integers(0, 16, parents.shape)
-    tree = trees.make_tree(jnp.asarray(parents), jnp.asarray(tokens))
-    mask = np.asarray(trees.ancestor_mask(tree.parent))
-    by_jumps = trees.ancestor_mask(tree.parent, max_depth=int(tree.depth.max()))
+    max_depth = max(len(root_path(row, node)) for row in parents for node in range(num_nodes))
+    tree, mask, by_jumps, (path_tokens, path_lengths), block = jax.device_get(
+        tree_views(jnp.asarray(parents), jnp.asarray(tokens), max_depth)
+    )
+    trees.check_tree(tree)  # the checks make_tree runs on concrete input
+    assert int(tree.depth.max()) == max_depth
     np.testing.assert_array_equal(by_jumps, mask)
-    path_tokens, path_lengths = trees.paths(tree)
     for row in range(2):
         np.testing.assert_array_equal(mask[row], naive_ancestor_mask(parents[row]))
         for node in range(num_nodes):
@@ -41,7 +69,6 @@ def test_ancestor_mask_depths_and_paths_match_naive(seed, num_nodes):
             assert tree.depth[row, node] == len(path)
             assert path_lengths[row, node] == len(path)
             np.testing.assert_array_equal(path_tokens[row, node, : len(path)], tokens[row, path])
-    block = np.asarray(trees.block_mask(tree))
     assert block.shape == (2, num_nodes + 1, num_nodes + 1)
     assert block[:, :, 0].all() and not block[:, 0, 1:].any()
     np.testing.assert_array_equal(block[:, 1:, 1:], mask)
@@ -78,20 +105,21 @@ def test_block_mask_logits_equal_path_logits(model, seed, num_nodes):
     valid = np.ones_like(parents, bool)
     valid[1, -1] = False  # an unused slot must not disturb the others
     tokens = rng.integers(0, 16, parents.shape)
-    tree = trees.make_tree(jnp.asarray(parents), jnp.asarray(tokens), jnp.asarray(valid))
-    prefix = jnp.asarray(rng.integers(0, 16, (2, 6)), jnp.int32)
-    prefix_lengths = jnp.asarray([6, 4], jnp.int32)
-    logits = tree_logits(model, prefix, prefix_lengths, tree)
+    tree = make_tree(parents, tokens, valid)
+    prefix = rng.integers(0, 16, (2, 6)).astype(np.int32)
+    prefix_lengths = np.asarray([6, 4], np.int32)
+    logits = np.asarray(tree_logits(model, jnp.asarray(prefix), jnp.asarray(prefix_lengths), tree))
+    tree_tokens = np.asarray(tree.token)
     for row in range(2):
-        committed = prefix[row, : int(prefix_lengths[row])]
+        committed = prefix[row, : prefix_lengths[row]]
         np.testing.assert_allclose(
-            logits[row, 0], full_logits(model, committed[None])[0, -1], atol=2e-5
+            logits[row, 0], full_logits(model, jnp.asarray(committed[None]))[0, -1], atol=2e-5
         )
         for node in range(num_nodes):
             if not valid[row, node]:
                 continue
-            path = jnp.asarray(root_path(parents[row], node))
-            sequence = jnp.concatenate([committed, tree.token[row, path]])[None]
+            path = root_path(parents[row], node)
+            sequence = jnp.asarray(np.concatenate([committed, tree_tokens[row, path]])[None])
             np.testing.assert_allclose(
                 logits[row, node + 1], full_logits(model, sequence)[0, -1], atol=2e-5
             )
@@ -165,7 +193,7 @@ def test_dynamic_tree_equals_brute_force_top_n(seed, num_nodes):
 
     def expand(expanded, frontier):
         # Host-side lookup of each frontier node's path (the test's "draft model").
-        path_tokens, path_len = trees.paths(expanded)
+        path_tokens, path_len = jax.device_get(trees.paths(expanded))
         out = np.zeros((1, frontier.shape[1], vocab), np.float32)
         for w, slot in enumerate(np.asarray(frontier[0])):
             prefix = (
@@ -178,7 +206,8 @@ def test_dynamic_tree_equals_brute_force_top_n(seed, num_nodes):
         expand, 1, num_nodes=num_nodes, beam_width=num_nodes, branching=vocab, max_depth=depth
     )
     trees.check_tree(built.tree)
-    path_tokens, path_len = trees.paths(built.tree)
+    built = jax.device_get(built)
+    path_tokens, path_len = jax.device_get(trees.paths(built.tree))
     got = {
         tuple(np.asarray(path_tokens[0, i, : path_len[0, i]]).tolist())
         for i in range(num_nodes)
@@ -194,7 +223,7 @@ def test_dynamic_tree_equals_brute_force_top_n(seed, num_nodes):
 
 def consistent_logits(tree, root_tokens, vocab, seed):
     """Target logits that are a function of the root-to-node token path only."""
-    path_tokens, path_len = trees.paths(tree)
+    path_tokens, path_len = jax.device_get(trees.paths(tree))
     batch, num_nodes = tree.parent.shape
     logits = np.zeros((batch, num_nodes + 1, vocab), np.float32)
     for b in range(batch):
@@ -209,7 +238,7 @@ def consistent_logits(tree, root_tokens, vocab, seed):
 
 def random_tree(rng, batch, num_nodes, vocab):
     parents = np.stack([random_parents(rng, num_nodes) for _ in range(batch)])
-    return trees.make_tree(jnp.asarray(parents), jnp.asarray(rng.integers(0, vocab, parents.shape)))
+    return make_tree(parents, rng.integers(0, vocab, parents.shape))
 
 
 @settings(max_examples=10, deadline=None)
@@ -228,18 +257,19 @@ def test_merged_tree_accepts_at_least_the_best_single_tree(seed):
     verified = tree_greedy(merged.tree, consistent_logits(merged.tree, root, vocab, seed))
     assert np.all(np.asarray(verified.num_accepted) >= best)
     # No duplicate siblings, and every input path is present in the merged tree.
-    paths_m, len_m = trees.paths(merged.tree)
+    paths_m, len_m = jax.device_get(trees.paths(merged.tree))
+    merged_valid = np.asarray(merged.tree.valid)
     merged_paths = [
         {
             tuple(np.asarray(paths_m[b, i, : len_m[b, i]]).tolist())
             for i in range(16)
-            if merged.tree.valid[b, i]
+            if merged_valid[b, i]
         }
         for b in range(batch)
     ]
-    assert [len(s) for s in merged_paths] == [int(merged.tree.valid[b].sum()) for b in range(batch)]
+    assert [len(s) for s in merged_paths] == [int(merged_valid[b].sum()) for b in range(batch)]
     for tree in inputs:
-        p, n = trees.paths(tree)
+        p, n = jax.device_get(trees.paths(tree))
         for b in range(batch):
             for i in range(tree.num_nodes):
                 assert tuple(np.asarray(p[b, i, : n[b, i]]).tolist()) in merged_paths[b]
@@ -251,3 +281,14 @@ def test_merge_over_capacity_stays_a_tree():
     merged = trees.merge_trees(inputs, capacity=5)
     trees.check_tree(merged.tree)
     assert int(merged.tree.valid.sum()) == 5
+
+
+def test_merge_outside_jit_compiles_once_per_shape():
+    """Called eagerly (as in a notebook), a second merge at the same shapes compiles nothing."""
+    rng = np.random.default_rng(1)
+    calls = [[random_tree(rng, 2, n, 3) for n in (5, 7, 4)] for _ in range(3)]
+    trees.merge_trees(calls[0], capacity=16)
+    with count_compilations() as count:
+        for inputs in calls[1:]:
+            trees.merge_trees(inputs, capacity=16)
+    assert count() == 0

@@ -63,13 +63,15 @@ def classify_regime(similarity: jax.Array, tau_low: jax.Array, tau_high: jax.Arr
 
 def stable_streaks(regimes: jax.Array) -> jax.Array:
     """Length of the run of consecutive ``STABLE`` readings ending at each entry: ``[N] -> [N]``."""
-
-    def step(streak, regime):
-        streak = jnp.where(regime == STABLE, streak + 1, 0)
-        return streak, streak
-
-    _, streaks = jax.lax.scan(step, jnp.zeros((), jnp.int32), jnp.asarray(regimes, jnp.int32))
+    # A module-level scan body (not a closure made per call): eager calls reuse its program.
+    regimes = jnp.asarray(regimes, jnp.int32)
+    _, streaks = jax.lax.scan(_streak_step, jnp.zeros((), jnp.int32), regimes)
     return streaks
+
+
+def _streak_step(streak: jax.Array, regime: jax.Array) -> tuple[jax.Array, jax.Array]:
+    streak = jnp.where(regime == STABLE, streak + 1, 0)
+    return streak, streak
 
 
 def confirmed_stable(regimes: jax.Array) -> jax.Array:

@@ -103,18 +103,27 @@ class LinearGaussianSSM(NamedTuple):
         model = self.to_state_space_model()
         first_key, scan_key = jax.random.split(key)
         x0 = model.initial_sample(first_key, 1)
+        chol_q = jnp.linalg.cholesky(self.transition_cov)
         chol_r = jnp.linalg.cholesky(self.observation_cov)
-
-        def observe(key, x):
-            eps = jax.random.normal(key, (1, self.observation_dim), x.dtype)
-            return x @ self.observation_matrix.T + eps @ chol_r.T
-
-        def body(x, key):
-            move_key, obs_key = jax.random.split(key)
-            x = model.transition_sample(move_key, x)
-            return x, (x[0], observe(obs_key, x)[0])
-
         keys = jax.random.split(scan_key, num_steps)
-        y0 = observe(keys[0], x0)[0]
-        _, (xs, ys) = lax.scan(body, x0, keys[1:])
+        y0 = _observe(self.observation_matrix, chol_r, keys[0], x0)[0]
+        # A module-level scan body with the matrices in the carry (not a closure over this
+        # call's arrays): called outside jit, repeated calls reuse one compiled scan per shape.
+        carry = (x0, self.transition_matrix, chol_q, self.observation_matrix, chol_r)
+        _, (xs, ys) = lax.scan(_sample_step, carry, keys[1:])
         return jnp.concatenate([x0, xs]), jnp.concatenate([y0[None], ys])
+
+
+def _observe(observation_matrix: jax.Array, chol_r: jax.Array, key: jax.Array, x: jax.Array):
+    eps = jax.random.normal(key, (1, observation_matrix.shape[0]), x.dtype)
+    return x @ observation_matrix.T + eps @ chol_r.T
+
+
+def _sample_step(carry, key):
+    """One step of ``LinearGaussianSSM.sample``: move the state, then observe it."""
+    x, transition_matrix, chol_q, observation_matrix, chol_r = carry
+    move_key, obs_key = jax.random.split(key)
+    eps = jax.random.normal(move_key, x.shape, x.dtype)
+    x = x @ transition_matrix.T + eps @ chol_q.T  # as to_state_space_model's transition_sample
+    y = _observe(observation_matrix, chol_r, obs_key, x)
+    return (x, transition_matrix, chol_q, observation_matrix, chol_r), (x[0], y[0])

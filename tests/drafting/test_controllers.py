@@ -1,5 +1,9 @@
 """Draft-length controllers."""
 
+import functools
+
+import chex
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -50,3 +54,26 @@ def test_expected_speedup_controller_picks_the_best_length():
     rate = float(state.accepted[0] / state.tested[0])
     speed = [(1 - rate ** (d + 1)) / (1 - rate) / (d * 0.25 + 1) for d in range(1, 7)]
     assert int(learner.num_draft(state)[0]) == int(np.argmax(speed)) + 1
+
+
+def test_equal_settings_give_equal_controllers_and_one_compile():
+    """Controllers are static arguments of jit: rebuilding one must not compile again."""
+    makers = [
+        lambda: drafting.constant(3),
+        lambda: drafting.heuristic(initial=2),
+        lambda: drafting.ema(decay=0.5),
+        lambda: drafting.expected_speedup(draft_cost=0.25),
+    ]
+    for make in makers:
+        assert make() == make() and hash(make()) == hash(make())
+    assert drafting.heuristic(initial=2) != drafting.heuristic(initial=3)
+
+    @functools.partial(jax.jit, static_argnames="controller")
+    @chex.assert_max_traces(n=1)
+    def next_lengths(accepted, controller):
+        state = controller.init(2, 8)
+        return controller.num_draft(controller.update(state, jnp.full((2,), 2), accepted))
+
+    for _ in range(2):
+        out = next_lengths(jnp.asarray([2, 0]), controller=drafting.heuristic(initial=2))
+        np.testing.assert_array_equal(out, [4, 1])

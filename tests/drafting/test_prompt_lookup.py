@@ -1,5 +1,6 @@
 """Prompt lookup finds the continuation of the longest, first or most recent, earlier n-gram."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -7,6 +8,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lookahead_jax import drafting
+
+# One compiled program per (batch, settings): called eagerly, every operation of the search
+# would compile on its own for each batch size hypothesis draws.
+find_continuation = jax.jit(
+    drafting.find_continuation, static_argnames=("max_ngram", "min_ngram", "match", "max_draft")
+)
 
 
 def reference(sequence, max_ngram, min_ngram, match, k):
@@ -37,8 +44,10 @@ def test_matches_python_definition(rows, match, max_ngram):
         tokens[i, : len(row)] = row
         tokens[i, len(row) :] = 3  # junk past the length must never be read as context
     lengths = jnp.asarray([len(r) for r in rows], jnp.int32)
-    draft, available = drafting.find_continuation(
-        jnp.asarray(tokens), lengths, max_ngram=max_ngram, min_ngram=1, match=match, max_draft=k
+    draft, available = jax.device_get(
+        find_continuation(
+            jnp.asarray(tokens), lengths, max_ngram=max_ngram, min_ngram=1, match=match, max_draft=k
+        )
     )
     for i, row in enumerate(rows):
         expected, count = reference(row, max_ngram, 1, match, k)
@@ -50,8 +59,8 @@ def test_first_and_last_rules_differ():
     sequence = [1, 2, 7, 9, 1, 2, 5, 0, 1, 2]
     tokens = jnp.asarray([sequence + [0] * 6], jnp.int32)
     args = dict(max_ngram=2, min_ngram=1, max_draft=3)
-    first, _ = drafting.find_continuation(tokens, jnp.asarray([10]), match="first", **args)
-    last, _ = drafting.find_continuation(tokens, jnp.asarray([10]), match="last", **args)
+    first, _ = find_continuation(tokens, jnp.asarray([10]), match="first", **args)
+    last, _ = find_continuation(tokens, jnp.asarray([10]), match="last", **args)
     assert first[0].tolist() == [7, 9, 1] and last[0].tolist() == [5, 0, 1]
 
 

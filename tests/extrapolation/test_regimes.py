@@ -23,6 +23,7 @@ from lookahead_jax.extrapolation import (
     regime_fractions,
 )
 from lookahead_jax.models import TransformerConfig, init_params
+from tests.helpers import count_compilations
 
 LOW, HIGH = 0.99627, 0.99949  # the paper's GPT-2 124M thresholds
 
@@ -52,6 +53,11 @@ def test_stable_is_confirmed_after_two_consecutive_readings():
     readings = [UNKNOWN, STABLE, TRANSITION, STABLE, STABLE, STABLE, CHAOTIC, STABLE]
     want = [False, False, False, False, True, True, False, False]
     np.testing.assert_array_equal(confirmed_stable(jnp.array(readings)), want)
+    readings = [STABLE, CHAOTIC, STABLE, STABLE, STABLE, TRANSITION, STABLE, UNKNOWN]
+    want = [False, False, False, True, True, False, False, False]
+    with count_compilations() as count:  # called eagerly again: nothing compiles again
+        np.testing.assert_array_equal(confirmed_stable(jnp.array(readings)), want)
+    assert count() == 0
 
 
 @settings(max_examples=20, deadline=None)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from lookahead_jax import particles, sharding
+from tests.helpers import count_compilations
 
 T = 20
 # Enough particles that Monte Carlo error of the covariances (~1/sqrt(ESS)) sits well
@@ -85,6 +86,19 @@ def test_kalman_matches_the_joint_gaussian(x64_problem):
         # Filtering means/covariances at t depend on y_1..t only: read them off the T run.
         np.testing.assert_allclose(np.asarray(kf.means[steps - 1]), mean, atol=1e-10)
         np.testing.assert_allclose(np.asarray(kf.covariances[steps - 1]), cov, atol=1e-10)
+
+
+def test_kalman_and_sampling_outside_jit_compile_once_per_shape(x64_problem):
+    """Called eagerly for another model of the same shapes (as in a notebook): no new compile."""
+    lgssm, observations, kf = x64_problem
+    with jax.enable_x64(True):
+        moved = lgssm._replace(initial_mean=lgssm.initial_mean + 1.0)
+        with count_compilations() as count:
+            again = particles.kalman_filter(moved, observations)
+            moved.sample(jax.random.key(5), T)
+        assert count() == 0
+        assert np.isfinite(float(again.log_likelihood))
+        assert float(again.log_likelihood) != float(kf.log_likelihood)
 
 
 # One method: the others differ only in `resample`, whose distribution is tested

@@ -16,6 +16,7 @@ BENCHMARKS = {
     "particles": "inference_time_scaling",
     "leap": "leap_verify",
     "strategies": "decoding_strategies",
+    "real": "real_models",
 }
 
 

@@ -1,4 +1,13 @@
-"""Speculative decoding benchmark on the shipped models, side by side with HuggingFace.
+"""Speculative decoding benchmark on the shipped model pairs, side by side with HuggingFace.
+
+Every row runs on every pair of ``config.pairs`` (default: the byte-level GPT-2
+pair ``tiny-target``/``tiny-draft`` and the BPE Llama pair
+``tiny-llama-target``/``tiny-llama-draft``), reported side by side: rows carry a
+``pair`` field and ``side_by_side`` gives, per method, each pair's tokens/s ratio
+to its own autoregressive decoding and its tokens per verification round. Prompts
+are the same held-out texts for every pair, in the pair's own tokens (bytes for
+the byte-level pair; the BPE pair's tokenizer, BOS first, padded to
+``prompt_length + 1`` tokens), so ``max_new_tokens`` counts each pair's tokens.
 
 Rows: autoregressive decoding, the draft model at several K, prompt lookup,
 the draft model under the +2/-1 heuristic, EMA and expected-speedup
@@ -14,15 +23,18 @@ acceptance rate, the i.i.d. theory ``(1 - a^(K+1)) / (1 - a)`` next to the
 measured tokens per target call (chains only), and token-for-token equality
 with our autoregressive greedy output.
 
+The ``*_exact`` rows run the target with ``apply(exact=True)`` (bitwise
+width-independent logits) and compare with exact autoregressive decoding.
+
 Peer (batch 1, greedy; transformers raises for assisted generation at batch > 1):
 HuggingFace transformers' plain greedy ``generate``, assisted generation with
-the shipped draft model, and prompt lookup, on the same weights (exported with
-``save_hf_gpt2``) and prompts; target forward passes are counted with a hook.
+the pair's draft model, and prompt lookup, on the same weights (the pair's
+HuggingFace folder, loaded with ``AutoModelForCausalLM``) and prompts; target
+forward passes are counted with a hook.
 """
 
 from __future__ import annotations
 
-import importlib.resources
 import json
 import pathlib
 import statistics
@@ -33,15 +45,17 @@ import jax
 import ml_collections
 import numpy as np
 
-from lookahead_jax import data, drafting, models, trees
+from lookahead_jax import drafting, models, trees
+from lookahead_jax.benchmarks import _pairs
 from lookahead_jax.decoding import generate
 from lookahead_jax.sampling import Sampling
 
 
 def default_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
-    config.target = "tiny-target"
-    config.draft = "tiny-draft"
+    # (target, draft) pairs, run and reported side by side: shipped names or HF folders.
+    config.pairs = (("tiny-target", "tiny-draft"), ("tiny-llama-target", "tiny-llama-draft"))
+    config.methods = ()  # run only these methods (names as in the rows); () runs all
     config.draft_lengths = (2, 4, 6, 8)
     config.prompt_lookup_k = 4
     config.prompt_lookup_max_ngram = 3
@@ -51,6 +65,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.draft_cost = 0.1  # draft / target time per token (expected-speedup controller)
     config.early_exit_layers = 2  # exit after this many of the target's blocks
     config.early_exit_k = 4
+    config.exit_windows = 32  # held-out windows of 128 tokens for DEL's per-layer acceptance
     config.recycling_nodes = 80  # Token Recycling's template size (80 = the paper's 2.2.2)
     config.ngram_widths = (2, 1, 1, 1, 1)  # stochastic n-gram tree: children per depth
     config.ngram_order = 3  # longest context of the n-gram memory
@@ -65,7 +80,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.warmup_prompts = 8  # prompts used to warm persistent drafter state (0: cold)
     config.batch_sizes = (1, 8)
     config.temperatures = (0.0, 1.0)
-    config.prompt_length = 64
+    config.prompt_length = 64  # bytes of held-out text (BPE pairs: encoded, <= 65 tokens)
     config.max_new_tokens = 128
     config.repeats = 3
     config.seed = 0
@@ -183,6 +198,7 @@ def _runner(method: str, k: int, config, sampling: Sampling, layers=None, widths
             drafter=drafter,
             max_draft_tokens=k,
             controller=controller,
+            exact=method.endswith("_exact"),
         )
 
     return jax.jit(run)
@@ -192,12 +208,12 @@ def _is_tree(method: str) -> bool:
     return method.startswith(("token_recycling", "stochastic_ngram", "draft_model_tree"))
 
 
-def _warm_state(method: str, fn, config, target, draft, batch: int, sampling: Sampling):
+def _warm_state(method: str, fn, config, target, draft, tokenizer, batch: int):
     """Persistent drafter state after generating from other held-out prompts (None: cold)."""
     if method not in ("token_recycling", "stochastic_ngram") or not config.warmup_prompts:
         return None
-    prompts, lengths = data.heldout_prompts(
-        config.warmup_prompts, config.prompt_length, seed=config.seed + 1
+    prompts, lengths = _pairs.heldout_prompts(
+        tokenizer, config.warmup_prompts, config.prompt_length, seed=config.seed + 1
     )
     state = None
     for start in range(0, config.warmup_prompts, batch):
@@ -223,23 +239,30 @@ def _theory(acceptance: float, k: int) -> float:
     return (1 - acceptance ** (k + 1)) / (1 - acceptance)
 
 
-def _peer_calls(config, target_dir, draft_dir, prompt: np.ndarray):
-    """HF generate calls on the same weights: ``[(name, call)]``; ``call() -> (tokens, calls)``."""
+def _peer_calls(config, target_dir, draft_dir, prompt: np.ndarray, pad_id: int = 0):
+    """HF generate calls on the same weights: ``[(name, call)]``; ``call() -> (tokens, calls)``.
+
+    Any family ``AutoModelForCausalLM`` knows (GPT-2, Llama, Qwen2, ...) loads from the
+    pair's folders, in float32 like ours.
+    """
     import torch
     import transformers
 
     torch.set_num_threads(config.peer_threads)
     torch.manual_seed(0)
-    target = transformers.GPT2LMHeadModel.from_pretrained(target_dir).eval()
-    assistant = transformers.GPT2LMHeadModel.from_pretrained(draft_dir).eval()
+    auto = transformers.AutoModelForCausalLM
+    target = auto.from_pretrained(str(target_dir), dtype=torch.float32).eval()
+    assistant = auto.from_pretrained(str(draft_dir), dtype=torch.float32).eval()
     counter = {"n": 0}
     target.register_forward_hook(lambda *_: counter.__setitem__("n", counter["n"] + 1))
     inputs = torch.tensor(prompt[None], dtype=torch.long)
+    # Like ours (no eos_id), HF neither stops at EOS nor suppresses it: ``eos_token_id=None``
+    # (``min_new_tokens`` would mask EOS and change the greedy tokens of a model that emits it).
     base = dict(
         max_new_tokens=config.max_new_tokens,
-        min_new_tokens=config.max_new_tokens,
+        eos_token_id=None,
         do_sample=False,
-        pad_token_id=0,
+        pad_token_id=pad_id,
         attention_mask=torch.ones_like(inputs),
     )
     variants = {
@@ -260,50 +283,107 @@ def _peer_calls(config, target_dir, draft_dir, prompt: np.ndarray):
     return [(name, make_call(extra)) for name, extra in variants.items()]
 
 
-def run(config: ml_collections.ConfigDict, progress=None) -> dict[str, Any]:
-    """Runs every row of the benchmark; returns the figures (also written as JSON + PNG)."""
-    target = models.Model(*models.load_pretrained(config.target))
-    draft = models.Model(*models.load_pretrained(config.draft))
-    results: dict[str, Any] = {
-        "jax_version": jax.__version__,
-        "backend": jax.default_backend(),
-        "config": config.to_dict(),
-        "rows": [],
-    }
-    # DEL's choice of exit layer and draft length from per-layer acceptance on held-out text.
-    windows = data.eval_windows(data.load_corpus("heldout"), 128, 32)
+def _kept(names) -> set[str]:
+    """The methods to run for ``config.methods``: autoregressive (exact too when an exact
+    row is asked for) is every row's reference and always runs."""
+    kept = {*names, "autoregressive"}
+    if any(n.endswith("_exact") for n in names):
+        kept.add("autoregressive_exact")
+    return kept
+
+
+def _pair_setup(config, pair) -> dict[str, Any]:
+    """Loads one pair; its tokenizer, prompts and DEL's exit choice on held-out windows."""
+    target, draft = _pairs.load_model(pair[0]), _pairs.load_model(pair[1])
+    if target.config.vocab_size != draft.config.vocab_size:
+        raise ValueError(
+            f"pair {pair}: the draft's vocabulary ({draft.config.vocab_size}) differs from "
+            f"the target's ({target.config.vocab_size})."
+        )
+    tokenizer = models.load_tokenizer(pair[0])
+    # DEL's choice of exit layer and draft length from per-layer acceptance on held-out
+    # text: windows of 128 tokens of this pair's tokenizer.
+    windows = _pairs.eval_windows(tokenizer, 128, config.exit_windows)
     layer_rates = drafting.layer_acceptance(target, jax.numpy.asarray(windows))
     choice = drafting.choose_exit(layer_rates, target.config.num_layers, config.ema_max_k)
-    results["early_exit_choice"] = {
-        "layer_acceptance": np.asarray(layer_rates).tolist(),
-        "num_layers": choice.num_layers,
-        "num_draft": choice.num_draft,
-        "modelled_speedup": choice.speedup,
+    _, lengths = _pairs.heldout_prompts(
+        tokenizer, max(config.batch_sizes), config.prompt_length, seed=config.seed
+    )
+    info = {
+        "target": pair[0],
+        "draft": pair[1],
+        "tokenizer": repr(tokenizer),
+        "vocab_size": target.config.vocab_size,
+        "target_model_type": target.config.model_type,
+        "target_params": target.config.num_params(),
+        "draft_params": draft.config.num_params(),
+        "prompt_tokens_mean": float(np.mean(lengths)),
+        "early_exit_choice": {
+            "layer_acceptance": np.asarray(layer_rates).tolist(),
+            "num_layers": choice.num_layers,
+            "num_draft": choice.num_draft,
+            "modelled_speedup": choice.speedup,
+        },
     }
     methods = [
         *_methods(config),
         {"method": "early_exit_del", "k": choice.num_draft, "layers": choice.num_layers},
     ]
-    jobs = [
-        (batch, temperature, m)
-        for batch in config.batch_sizes
-        for temperature in config.temperatures
-        for m in methods
-        if temperature == 0.0 or not m["method"].endswith("_exact")
-    ]
-    if 1 in config.batch_sizes and 0.0 in config.temperatures:
-        jobs += [(1, 0.0, m) for m in _sweep(config)]
-    # Compile every configuration first, then time them round-robin: on a shared,
-    # noisy machine each configuration's median then sees the same conditions.
+    if config.methods:
+        methods = [m for m in methods if m["method"] in _kept(config.methods)]
+    return {
+        "target": target,
+        "draft": draft,
+        "tokenizer": tokenizer,
+        "info": info,
+        "methods": methods,
+    }
+
+
+def run(config: ml_collections.ConfigDict, progress=None) -> dict[str, Any]:
+    """Runs every row of the benchmark on every pair; returns the figures (also JSON + PNG)."""
+    pairs = _pairs.check_pairs(config.pairs)
+    results: dict[str, Any] = {
+        "jax_version": jax.__version__,
+        "backend": jax.default_backend(),
+        "config": config.to_dict(),
+        "pairs": {},
+        "rows": [],
+    }
+    setups = {}
+    jobs = []  # (pair label, batch, temperature, method)
+    for pair in pairs:
+        name = _pairs.label(pair)
+        setup = setups[name] = _pair_setup(config, pair)
+        results["pairs"][name] = setup["info"]
+        jobs += [
+            (name, batch, temperature, m)
+            for batch in config.batch_sizes
+            for temperature in config.temperatures
+            for m in setup["methods"]
+            if temperature == 0.0 or not m["method"].endswith("_exact")
+        ]
+        if 1 in config.batch_sizes and 0.0 in config.temperatures:
+            jobs += [
+                (name, 1, 0.0, m)
+                for m in _sweep(config)
+                if not config.methods or m["method"] in _kept(config.methods)
+            ]
+    # Compile every configuration of every pair first, then time them round-robin: on
+    # a shared, noisy machine each configuration's median then sees the same conditions.
     prepared = []
-    for batch, temperature, m in progress(jobs) if progress else jobs:
+    for name, batch, temperature, m in progress(jobs) if progress else jobs:
+        setup = setups[name]
+        target, draft, tokenizer = setup["target"], setup["draft"], setup["tokenizer"]
         sampling = Sampling(temperature=temperature)
-        prompts, lengths = data.heldout_prompts(batch, config.prompt_length, seed=config.seed)
+        prompts, lengths = _pairs.heldout_prompts(
+            tokenizer, batch, config.prompt_length, seed=config.seed
+        )
         fn = _runner(m["method"], m["k"], config, sampling, m.get("layers"), m.get("widths"))
-        state = _warm_state(m["method"], fn, config, target, draft, batch, sampling)
+        state = _warm_state(m["method"], fn, config, target, draft, tokenizer, batch)
         args = (target, draft, prompts, lengths, jax.random.key(config.seed), state)
         prepared.append((fn, args, jax.block_until_ready(fn(*args))))
-    peers = []
+    peers = []  # (pair label, name, call, first result)
     if config.peer and 1 in config.batch_sizes and 0.0 in config.temperatures:
         try:
             import transformers
@@ -311,12 +391,21 @@ def run(config: ml_collections.ConfigDict, progress=None) -> dict[str, Any]:
             results["peer_skipped"] = "transformers is not installed (pip install '.[peer]')"
         else:
             results["peer"] = f"transformers {transformers.__version__}"
-            root = importlib.resources.files("lookahead_jax.models") / "pretrained"
-            prompts, lengths = data.heldout_prompts(1, config.prompt_length, seed=config.seed)
-            for name, call in _peer_calls(
-                config, root / config.target, root / config.draft, prompts[0, : lengths[0]]
-            ):
-                peers.append((name, call, call()))  # the first call warms up
+            for pair in pairs:
+                name = _pairs.label(pair)
+                tokenizer = setups[name]["tokenizer"]
+                prompts, lengths = _pairs.heldout_prompts(
+                    tokenizer, 1, config.prompt_length, seed=config.seed
+                )
+                calls = _peer_calls(
+                    config,
+                    _pairs.model_dir(pair[0]),
+                    _pairs.model_dir(pair[1]),
+                    prompts[0, : lengths[0]],
+                    tokenizer.pad_id,
+                )
+                for method, call in calls:
+                    peers.append((name, method, call, call()))  # the first call warms up
     timings: list[list[float]] = [[] for _ in prepared]
     peer_timings: list[list[float]] = [[] for _ in peers]
     for _ in range(config.repeats):
@@ -324,12 +413,14 @@ def run(config: ml_collections.ConfigDict, progress=None) -> dict[str, Any]:
             start = time.perf_counter()
             jax.block_until_ready(fn(*args))
             times.append(time.perf_counter() - start)
-        for times, (_, call, _) in zip(peer_timings, peers, strict=True):
+        for times, (_, _, call, _) in zip(peer_timings, peers, strict=True):
             start = time.perf_counter()
             call()
             times.append(time.perf_counter() - start)
-    reference: dict[tuple[int, float], Any] = {}
-    for (batch, temperature, m), times, (_, _, out) in zip(jobs, timings, prepared, strict=True):
+    reference: dict[tuple[str, int, Any], Any] = {}
+    for (name, batch, temperature, m), times, (_, _, out) in zip(
+        jobs, timings, prepared, strict=True
+    ):
         generated = int(np.sum(out.num_generated))
         calls = int(np.sum(out.stats.target_calls))
         rounds = calls - batch  # the prefill is not a verification round
@@ -337,6 +428,7 @@ def run(config: ml_collections.ConfigDict, progress=None) -> dict[str, Any]:
         acceptance = accepted / drafted if drafted else 0.0
         seconds = statistics.median(times)
         row = {
+            "pair": name,
             "method": m["method"],
             "k": m["k"],
             "exit_layers": m.get("layers", config.early_exit_layers)
@@ -346,6 +438,7 @@ def run(config: ml_collections.ConfigDict, progress=None) -> dict[str, Any]:
             "temperature": temperature,
             "new_tokens": generated,
             "seconds_median": seconds,
+            "seconds_all": list(times),
             "tokens_per_s": generated / seconds,
             "target_calls_per_token": calls / generated,
             "tokens_per_round": (generated - batch) / rounds if rounds else 0.0,
@@ -361,33 +454,45 @@ def run(config: ml_collections.ConfigDict, progress=None) -> dict[str, Any]:
             "accept_histogram": np.asarray(out.stats.accept_histogram).sum(0).tolist(),
         }
         if m["method"] == "autoregressive":
-            reference[(batch, temperature)] = (out, row["tokens_per_s"])
+            reference[(name, batch, temperature)] = (out, row["tokens_per_s"])
         elif m["method"] == "autoregressive_exact":
-            reference[(batch, "exact")] = (out, row["tokens_per_s"])
+            reference[(name, batch, "exact")] = (out, row["tokens_per_s"])
         elif temperature == 0.0:
             which = "exact" if m["method"].endswith("_exact") else temperature
-            ar_tokens = np.asarray(reference[(batch, which)][0].tokens)
+            ar_tokens = np.asarray(reference[(name, batch, which)][0].tokens)
             row["same_tokens_as_autoregressive"] = bool(
                 np.array_equal(np.asarray(out.tokens), ar_tokens)
             )
-        row["speedup_vs_autoregressive"] = row["tokens_per_s"] / reference[(batch, temperature)][1]
+        row["speedup_vs_autoregressive"] = (
+            row["tokens_per_s"] / reference[(name, batch, temperature)][1]
+        )
         results["rows"].append(row)
 
-    results["trees_vs_chains"] = _trees_vs_chains(results["rows"])
-    if peers:
-        prompts, lengths = data.heldout_prompts(1, config.prompt_length, seed=config.seed)
-        ours = reference[(1, 0.0)][0]
-        ours_greedy = np.asarray(ours.tokens[0, lengths[0] : ours.lengths[0]])
-        best = max(
-            (r for r in results["rows"] if r["batch"] == 1 and r["temperature"] == 0.0),
-            key=lambda r: r["tokens_per_s"],
+    for name, info in results["pairs"].items():
+        info["trees_vs_chains"] = _trees_vs_chains(
+            [r for r in results["rows"] if r["pair"] == name]
         )
+    if peers:
         results["peer_rows"] = []
-        for (name, _, (tokens, calls)), times in zip(peers, peer_timings, strict=True):
+        for (name, method, _, (tokens, calls)), times in zip(peers, peer_timings, strict=True):
+            prompts, lengths = _pairs.heldout_prompts(
+                setups[name]["tokenizer"], 1, config.prompt_length, seed=config.seed
+            )
+            ours = reference[(name, 1, 0.0)][0]
+            ours_greedy = np.asarray(ours.tokens[0, lengths[0] : ours.lengths[0]])
+            best = max(
+                (
+                    r
+                    for r in results["rows"]
+                    if r["pair"] == name and r["batch"] == 1 and r["temperature"] == 0.0
+                ),
+                key=lambda r: r["tokens_per_s"],
+            )
             seconds = statistics.median(times)
             results["peer_rows"].append(
                 {
-                    "method": name,
+                    "pair": name,
+                    "method": method,
                     "peer": results["peer"],
                     "batch": 1,
                     "temperature": 0.0,
@@ -400,8 +505,45 @@ def run(config: ml_collections.ConfigDict, progress=None) -> dict[str, Any]:
                     "ours_best_speedup": best["tokens_per_s"] * seconds / len(tokens),
                 }
             )
+    results["side_by_side"] = _side_by_side(results["rows"], list(results["pairs"]))
     _write(results, pathlib.Path(config.output_dir))
     return results
+
+
+def _side_by_side(rows: list[dict[str, Any]], labels: list[str]) -> list[dict[str, Any]]:
+    """Per (method, k, batch, temperature): each pair's ratio of tokens/s to autoregressive,
+    tokens per verification round (accepted + 1) and accepted drafts per round.
+
+    DEL's ``early_exit_del`` chooses its own (exit, K) per pair, so it is matched by name.
+    """
+    table: dict[tuple, dict[str, Any]] = {}
+    for r in rows:
+        k = "chosen" if r["method"] == "early_exit_del" else r["k"]
+        key = (r["method"], k, r["batch"], r["temperature"], r["ngram_widths"])
+        entry = table.setdefault(
+            key,
+            {
+                "method": r["method"],
+                "k": k,
+                "batch": r["batch"],
+                "temperature": r["temperature"],
+                "ngram_widths": r["ngram_widths"],
+                "pairs": {},
+            },
+        )
+        entry["pairs"][r["pair"]] = {
+            "k": r["k"],
+            "tokens_per_s": r["tokens_per_s"],
+            "speedup_vs_autoregressive": r["speedup_vs_autoregressive"],
+            "tokens_per_round": r["tokens_per_round"],
+            "mean_accepted_per_round": r["mean_accepted_per_round"],
+            "acceptance_rate": r["acceptance_rate"],
+            "same_tokens_as_autoregressive": r.get("same_tokens_as_autoregressive"),
+        }
+    for entry in table.values():
+        for name in labels:
+            entry["pairs"].setdefault(name, None)
+    return list(table.values())
 
 
 def _trees_vs_chains(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -439,26 +581,39 @@ def _write(results: dict[str, Any], out_dir: pathlib.Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    labels = list(results["pairs"])
     settings = sorted({(r["batch"], r["temperature"]) for r in results["rows"]})
-    fig, axes = plt.subplots(1, len(settings), figsize=(4.5 * len(settings), 4), squeeze=False)
-    for ax, (batch, temperature) in zip(axes[0], settings, strict=True):
-        rows = [
-            r for r in results["rows"] if r["batch"] == batch and r["temperature"] == temperature
-        ]
-        labels = [f"{r['method']}\nk={r['k']}" for r in rows]
-        values = [r["tokens_per_s"] for r in rows]
-        if batch == 1 and temperature == 0.0:
-            for r in results.get("peer_rows", []):
-                labels.append(r["method"])
-                values.append(r["tokens_per_s"])
-        ax.barh(
-            range(len(values)),
-            values,
-            color=["C0"] * len(rows) + ["C3"] * (len(values) - len(rows)),
-        )
-        ax.set_yticks(range(len(values)), labels, fontsize=7)
-        ax.set_xlabel("tokens/s (median)")
-        ax.set_title(f"batch {batch}, temperature {temperature}")
+    fig, axes = plt.subplots(
+        len(labels),
+        len(settings),
+        figsize=(4.5 * len(settings), 4 * len(labels)),
+        squeeze=False,
+    )
+    for axes_row, name in zip(axes, labels, strict=True):
+        for ax, (batch, temperature) in zip(axes_row, settings, strict=True):
+            rows = [
+                r
+                for r in results["rows"]
+                if r["pair"] == name and r["batch"] == batch and r["temperature"] == temperature
+            ]
+            ticks = [f"{r['method']}\nk={r['k']}" for r in rows]
+            values = [r["speedup_vs_autoregressive"] for r in rows]
+            if batch == 1 and temperature == 0.0:
+                for r in results.get("peer_rows", []):
+                    if r["pair"] == name:
+                        ticks.append(r["method"])
+                        # HF's tokens/s relative to our autoregressive greedy on this pair
+                        ar = next(x for x in rows if x["method"] == "autoregressive")
+                        values.append(r["tokens_per_s"] / ar["tokens_per_s"])
+            ax.barh(
+                range(len(values)),
+                values,
+                color=["C0"] * len(rows) + ["C3"] * (len(values) - len(rows)),
+            )
+            ax.axvline(1.0, color="gray", lw=0.8, ls=":")
+            ax.set_yticks(range(len(values)), ticks, fontsize=7)
+            ax.set_xlabel("tokens/s / our autoregressive (median)")
+            ax.set_title(f"{name}\nbatch {batch}, temperature {temperature}", fontsize=9)
     fig.tight_layout()
     fig.savefig(out_dir / "results.png", dpi=120)
     plt.close(fig)
@@ -469,38 +624,75 @@ def _theory_text(value: float | None) -> str:
 
 
 def format_table(results: dict[str, Any]) -> str:
-    """The benchmark as a plain-text table."""
+    """The benchmark as plain-text tables: every row, then the pairs side by side."""
     header = (
-        f"{'method':24s} {'k':>2s} {'B':>2s} {'T':>3s} {'tok/s':>8s} {'x AR':>5s} "
-        f"{'calls/tok':>9s} {'acc':>5s} {'tok/round':>9s} {'theory':>6s} {'=AR':>4s}"
+        f"{'pair':34s} {'method':24s} {'k':>2s} {'B':>2s} {'T':>3s} {'tok/s':>8s} "
+        f"{'x AR':>5s} {'calls/tok':>9s} {'acc':>5s} {'tok/round':>9s} {'theory':>6s} "
+        f"{'=AR':>4s}"
     )
     lines = [header]
     for r in results["rows"]:
         same = r.get("same_tokens_as_autoregressive")
         lines.append(
-            f"{r['method']:24s} {r['k']:2d} {r['batch']:2d} {r['temperature']:3.1f} "
-            f"{r['tokens_per_s']:8.0f} {r['speedup_vs_autoregressive']:5.2f} "
+            f"{r['pair']:34s} {r['method']:24s} {r['k']:2d} {r['batch']:2d} "
+            f"{r['temperature']:3.1f} {r['tokens_per_s']:8.0f} "
+            f"{r['speedup_vs_autoregressive']:5.2f} "
             f"{r['target_calls_per_token']:9.3f} {r['acceptance_rate']:5.2f} "
             f"{r['tokens_per_round']:9.2f} {_theory_text(r['theory_tokens_per_round']):>6s} "
             f"{'' if same is None else ('yes' if same else 'NO'):>4s}"
         )
     for r in results.get("peer_rows", []):
         lines.append(
-            f"{r['method']:24s} {'':2s} {1:2d} {0.0:3.1f} {r['tokens_per_s']:8.0f} "
-            f"calls/tok {r['target_calls_per_token']:.3f}  same as our greedy: "
-            f"{'yes' if r['same_tokens_as_our_greedy'] else 'NO'}  "
+            f"{r['pair']:34s} {r['method']:24s} {'':2s} {1:2d} {0.0:3.1f} "
+            f"{r['tokens_per_s']:8.0f} calls/tok {r['target_calls_per_token']:.3f}  same as "
+            f"our greedy: {'yes' if r['same_tokens_as_our_greedy'] else 'NO'}  "
             f"ours best ({r['ours_best_method']}) is {r['ours_best_speedup']:.1f}x faster"
         )
     if "peer_skipped" in results:
         lines.append(f"peer skipped: {results['peer_skipped']}")
-    summary = results.get("trees_vs_chains")
-    if summary:
-        lines.append(
-            f"best tree {summary['best_tree']}: {summary['best_tree_tokens_per_round']:.2f} "
-            f"tokens/round vs best chain {summary['best_chain']}: "
-            f"{summary['best_chain_tokens_per_round']:.2f} "
-            f"({summary['tree_over_chain_accepted_length']:.2f}x); fastest Token Recycling "
-            f"(k={summary['token_recycling_best_nodes']}): "
-            f"{summary['token_recycling_best_speedup_vs_autoregressive']:.2f}x autoregressive"
+    labels = list(results["pairs"])
+    lines.append("")
+    lines.append(
+        "side by side: tokens/s / autoregressive (x AR) and tokens per target call "
+        "(verification round: accepted + 1)"
+    )
+    head = f"{'method':24s} {'k':>6s} {'B':>2s} {'T':>3s}"
+    for name in labels:
+        head += f" | {name:>34s}"
+    lines.append(head)
+    for entry in results.get("side_by_side", []):
+        line = (
+            f"{entry['method']:24s} {entry['k']!s:>6s} {entry['batch']:2d} "
+            f"{entry['temperature']:3.1f}"
         )
+        for name in labels:
+            cell = entry["pairs"].get(name)
+            text = (
+                "-"
+                if cell is None
+                else (
+                    f"{cell['speedup_vs_autoregressive']:5.2f}x  "
+                    f"{cell['tokens_per_round']:5.2f} tok/call"
+                )
+            )
+            line += f" | {text:>34s}"
+        lines.append(line)
+    for name, info in results["pairs"].items():
+        choice = info["early_exit_choice"]
+        lines.append(
+            f"{name}: {info['target_params']:,} / {info['draft_params']:,} params, prompts "
+            f"{info['prompt_tokens_mean']:.1f} tokens on average; DEL chose exit "
+            f"{choice['num_layers']}, K={choice['num_draft']}"
+        )
+        summary = info.get("trees_vs_chains")
+        if summary:
+            recycling = summary["token_recycling_best_speedup_vs_autoregressive"]
+            lines.append(
+                f"  best tree {summary['best_tree']}: "
+                f"{summary['best_tree_tokens_per_round']:.2f} tokens/round vs best chain "
+                f"{summary['best_chain']}: {summary['best_chain_tokens_per_round']:.2f} "
+                f"({summary['tree_over_chain_accepted_length']:.2f}x); fastest Token "
+                f"Recycling (k={summary['token_recycling_best_nodes']}): "
+                + ("-" if recycling is None else f"{recycling:.2f}x autoregressive")
+            )
     return "\n".join(lines)

@@ -52,3 +52,46 @@ def test_verdicts():
     ]
     verdicts = [row["verdict"] for row in bench._compare(per_prompt, claims)]
     assert verdicts == ["reproduced", "reversed", "not significant", "no difference"]
+
+
+def test_both_targets_side_by_side(tmp_path_factory):
+    """A smoke run on the byte-level and the BPE Llama target: rows, comparisons and the
+    unit of the text metrics for both."""
+    import json
+
+    from lookahead_jax.benchmarks import _pairs
+    from tests.benchmark_pairs import BYTE_PAIR, llama_pair
+
+    targets = (BYTE_PAIR[0], llama_pair(tmp_path_factory.mktemp("pairs"))[0])
+    out = tmp_path_factory.mktemp("out")
+    config = bench.default_config()
+    config.update(
+        targets=targets,
+        num_prompts=2,
+        max_new_tokens=6,
+        group_size=2,
+        rows_per_call=4,
+        strategies=("greedy", "cntp", "first_finish"),
+        repeats=0,
+        output_dir=str(out),
+    )
+    results = bench.run(config)
+    saved = json.loads((out / "results.json").read_text())
+    assert "bytes" in saved["metrics_unit"]
+    assert list(saved["targets"]) == list(targets)
+    for target in targets:
+        rows = {r["strategy"]: r for r in saved["rows"] if r["target"] == target}
+        assert set(rows) == {"greedy", "cntp", "first_finish"}
+        assert rows["greedy"]["tokens"] == 6
+        assert rows["greedy"]["bytes"] >= 6  # a BPE token spells at least one byte
+        assert np.isfinite(rows["greedy"]["ll_per_byte"])
+        assert any(c["target"] == target for c in saved["comparisons"])
+        info = saved["targets"][target]
+        assert info["cntp_stop_tokens"] >= 10 and "prompt" in info["examples"]
+    # The BPE target's stop ids are the tokens spelling a trailing punctuation byte.
+    tokenizer = bench.models.load_tokenizer(targets[1])
+    table = _pairs.token_bytes(tokenizer, 4096)
+    stops = _pairs.stop_ids(table, bench.PUNCTUATION_BYTES)
+    assert tokenizer.encode_ids(".", add_bos=False)[0] in stops
+    assert all(table[i][-1:] in [bytes([b]) for b in bench.PUNCTUATION_BYTES] for i in stops)
+    assert "published direction" in bench.format_table(results)

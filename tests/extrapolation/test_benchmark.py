@@ -51,3 +51,41 @@ def test_steps_to_target_is_the_first_evaluation_at_or_below_it():
     assert lv._steps_to(curve, 1.0) is None
     assert lv._time_at([0.5] * 100, 50) == 25.0  # seconds of the first 50 steps
     assert lv._time_at([0.5] * 100, None) is None
+
+
+def _tiny(tokenizer, model, output_dir):
+    c = lv.default_config()
+    c.tokenizer = tokenizer
+    c.model = model
+    c.seq_len = 32
+    c.batch_size = 4
+    c.num_steps = 30
+    c.warmup_steps = 3
+    c.delta = 5
+    c.ks = (5,)
+    c.seeds = (0,)
+    c.calibration_checks = 2
+    c.eval_windows = 4
+    c.acceptance_windows = 2
+    c.num_probes = 2
+    c.probe_length = 32
+    c.eval_every = 10
+    c.online = ("linear:adaptive:5:stable_confirmed",)
+    c.output_dir = str(output_dir)
+    return c
+
+
+def test_language_model_study_runs_on_both_architectures_and_tokenizers(tmp_path):
+    """The study trains GPT-2 on bytes and a Llama on the shipped BPE tokenizer alike."""
+    byte_model = dict(vocab_size=256, num_layers=1, num_heads=2, d_model=16, max_length=32)
+    llama_model = dict(
+        vocab_size=4096, num_layers=1, num_heads=2, num_kv_heads=1, d_model=16, mlp_dim=32,
+        max_length=32, family="llama", tie_embeddings=True,
+    )  # fmt: skip
+    for name, tokenizer, model in [
+        ("bytes", "bytes", byte_model),
+        ("bpe", "tiny-llama", llama_model),
+    ]:
+        results = lv.run(_tiny(tokenizer, model, tmp_path / name))
+        assert results["num_checkpoints"] > 0, name
+        assert all(math.isfinite(loss) for loss in results["target_loss"]), name

@@ -300,21 +300,30 @@ def _precision_jobs(config):
                     jobs.append(("generation", meta, fn, args))
             if not config.precision_calls:
                 continue
-            # Call costs: target scoring 1 and K + 1 tokens, draft scoring 1.
             capacity = prompts.shape[1] + config.max_new_tokens + k + 1
-            for role, model, width in (
-                ("target", target, 1),
-                ("target", target, k + 1),
-                ("draft", draft, 1),
-            ):
-                meta = {"dtype": dtype, "batch": batch, "role": role, "scored_tokens": width}
-                cache = _prefilled(model, prompts, lengths, capacity)
-                tokens = jnp.ones((batch, width), jnp.int32)
-                calls = config.small_calls_per_timing
-                fn = functools.partial(_call_loop, calls=calls)
-                args = (model, cache, tokens, jnp.asarray(lengths, jnp.int32))
-                jobs.append(("call", meta | {"calls": calls}, fn, args))
+            jobs += _call_jobs(
+                target, draft, k, prompts, lengths, capacity, config.small_calls_per_timing,
+                {"dtype": dtype, "batch": batch},
+            )  # fmt: skip
     return info, jobs
+
+
+def _call_jobs(target, draft, k, prompts, lengths, capacity, calls, meta) -> list:
+    """Timing jobs of single calls: the target scoring 1 and K + 1 tokens, the draft 1."""
+    jobs = []
+    batch = prompts.shape[0]
+    for role, model, width in (
+        ("target", target, 1),
+        ("target", target, k + 1),
+        ("draft", draft, 1),
+    ):
+        cache = _prefilled(model, prompts, lengths, capacity)
+        tokens = jnp.ones((batch, width), jnp.int32)
+        fn = functools.partial(_call_loop, calls=calls)
+        args = (model, cache, tokens, jnp.asarray(lengths, jnp.int32))
+        row = meta | {"role": role, "scored_tokens": width, "calls": calls}
+        jobs.append(("call", row, fn, args))
+    return jobs
 
 
 def _precision_rows(config, jobs, times, outs) -> dict[str, Any]:
@@ -472,18 +481,9 @@ def _qwen_jobs(config):
             args = (target, draft, prompts, lengths, jax.random.key(config.seed))
             jobs.append(("generation", meta, fn, args))
         capacity = prompts.shape[1] + config.qwen_max_new_tokens + k + 1
-        for role, model, width in (
-            ("target", target, 1),
-            ("target", target, k + 1),
-            ("draft", draft, 1),
-        ):
-            meta = {"batch": batch, "role": role, "scored_tokens": width}
-            cache = _prefilled(model, prompts, lengths, capacity)
-            tokens = jnp.ones((batch, width), jnp.int32)
-            calls = config.calls_per_timing
-            fn = functools.partial(_call_loop, calls=calls)
-            args = (model, cache, tokens, jnp.asarray(lengths, jnp.int32))
-            jobs.append(("call", meta | {"calls": calls}, fn, args))
+        jobs += _call_jobs(
+            target, draft, k, prompts, lengths, capacity, config.calls_per_timing, {"batch": batch}
+        )
     return info, jobs
 
 

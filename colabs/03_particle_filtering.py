@@ -56,13 +56,18 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from lookahead_jax import particles
-from lookahead_jax.benchmarks import inference_time_scaling as its
 
 # %% [markdown]
 # ## 1. Bootstrap filter vs the exact Kalman filter
 # A linear-Gaussian state-space model (x_dim 3, y_dim 2): `kalman_filter` gives
-# the exact log-likelihood and filtering means; `bootstrap_filter` estimates them
+# the exact log-likelihood and filtering means; the bootstrap filter estimates them
 # with particles, resampling when the ESS drops below half of N.
+#
+# Every filter in the library has the same contract: a frozen, hashable config
+# (`BootstrapConfig`), `bootstrap_init(key, ...) -> State`,
+# `bootstrap_step(key, state, observation, ...) -> (State, Info)` and
+# `bootstrap_run(key, ...)`, which scans the step over the observations and can
+# continue from a previous run's `final_state`.
 
 # %%
 lgssm = particles.LinearGaussianSSM(
@@ -76,13 +81,32 @@ lgssm = particles.LinearGaussianSSM(
 states, observations = lgssm.sample(jax.random.key(0), NUM_STEPS)
 exact = particles.kalman_filter(lgssm, observations)
 model = lgssm.to_state_space_model()
-run_filter = jax.jit(
-    particles.bootstrap_filter, static_argnames=("model", "num_particles", "method")
-)
-result = run_filter(jax.random.key(1), model, observations, NUM_PARTICLES)
+filter_config = particles.BootstrapConfig(num_particles=NUM_PARTICLES, resample_threshold=0.5)
+run_filter = jax.jit(particles.bootstrap_run, static_argnames=("model", "config"))
+result = run_filter(jax.random.key(1), model, observations, filter_config)
 print(f"Kalman log Z = {float(exact.log_likelihood):.4f}")
 print(f"particle log Z^ = {float(result.log_likelihood):.4f}")
 print(f"resampled at {int(result.resampled.sum())} of {NUM_STEPS} steps")
+
+# %% [markdown]
+# The state carries everything the next step needs, so a filter fed the first half
+# of the observations and then continued on the second half (same key) is the same
+# run as one filter over all of them. One step by hand is `bootstrap_step`.
+
+# %%
+half = NUM_STEPS // 2
+first_half = run_filter(jax.random.key(1), model, observations[:half], filter_config)
+continued = run_filter(
+    jax.random.key(1), model, observations[half:], filter_config, first_half.final_state
+)
+print("continued run == one run:", bool(continued.log_likelihood == result.log_likelihood))
+
+init_key, step_key = jax.random.split(jax.random.key(1))
+state = particles.bootstrap_init(init_key, model, filter_config)
+state, info = particles.bootstrap_step(
+    jax.random.fold_in(step_key, 0), state, observations[0], model, filter_config
+)
+print(f"after one step: time {int(state.time)}, ESS {float(info.ess):.1f} of {NUM_PARTICLES}")
 
 fig, axes = plt.subplots(1, 3, figsize=(13, 3))
 for d, ax in enumerate(axes):
@@ -101,11 +125,10 @@ plt.show()
 # %%
 keys = jax.random.split(jax.random.key(2), REPLICATES)
 for method in particles.METHODS:
-    many = jax.jit(
-        jax.vmap(
-            lambda k, m=method: particles.bootstrap_filter(k, model, observations, 256, method=m)
-        )
-    )(keys)
+    small = particles.BootstrapConfig(num_particles=256, method=method)
+    many = jax.jit(jax.vmap(lambda k, c=small: particles.bootstrap_run(k, model, observations, c)))(
+        keys
+    )
     errors = many.log_likelihood - exact.log_likelihood
     print(
         f"{method:12s} N=256: mean error {float(errors.mean()):+.4f}, "
@@ -160,31 +183,40 @@ print(float(particles.schedule_temperature("ess", 0.2, 0.0, 0.2)))
 
 # %% [markdown]
 # ## 4. A small ePF run on a synthetic reasoning trap
-# `benchmarks/inference_time_scaling.py` builds a tree of partial solutions with
+# `experiments/benchmarks/inference_time_scaling.py` builds a tree of partial solutions with
 # an exact verifier. On most problems the proposal prefers a plausible-but-wrong
 # first step, and the process reward scores that branch 0.95 for three steps
 # (the correct branch: 0.5) before the error becomes evident. The proposal is
-# plugged into the same `lm_particle_filter` that drives language models.
+# plugged into the same filter that drives language models: `LMParticleFilterConfig`
+# plus `lm_init` / `lm_step` / `lm_run` (`lm_particle_filter` is `lm_run` with keywords),
+# and the entropic filter (ePF) is the same filter with an annealing `schedule`.
 
 # %%
+# The synthetic task is experiment code, not part of the wheel: it imports from a source
+# checkout (in Colab: `git clone` the repository and run from its root).
+from experiments.benchmarks import inference_time_scaling as its
+
 env = its.Environment()
 instance = its.sample_instance(jax.random.key(4), env)
 print("answer key:", instance.correct, "decoy:", instance.decoy, "trap:", bool(instance.trap))
 
 
 def filter_once(key, instance, schedule):
-    return particles.lm_particle_filter(
-        key,
-        its.SyntheticPolicy.create(env, instance),
-        jnp.asarray([env.start_id], jnp.int32),
-        1,
-        lambda tokens, lengths: its.process_reward(env, instance, tokens, lengths),
+    config = particles.LMParticleFilterConfig(
         num_particles=8,
         max_steps=env.depth,
         max_step_tokens=1,
         delimiter_id=env.end_id,
         end_id=env.end_id,
         schedule=schedule,
+    )
+    return particles.lm_run(
+        key,
+        its.SyntheticPolicy.create(env, instance),
+        jnp.asarray([env.start_id], jnp.int32),
+        1,
+        lambda tokens, lengths: its.process_reward(env, instance, tokens, lengths),
+        config,
     )
 
 
@@ -198,7 +230,7 @@ for schedule in ("none", "ess"):
 # %% [markdown]
 # Over many problems (same problems and keys for every method): success rate of
 # the selected answer under the exact verifier, and the paired difference to
-# plain particle filtering. Run `lookahead-jax bench particles` for all budgets
+# plain particle filtering. Run `python experiments/inference_time_scaling.py` for all budgets
 # N in {4, ..., 64}, every schedule, look-ahead and the language-model demo.
 
 # %%

@@ -17,7 +17,9 @@
 # `add_nodes`, `input_data`, `node_trajectories`) and reproduces pyhgf 0.3.2's
 # trajectories (relative error <= 1e-6 in float64, tested against stored pyhgf
 # runs). Underneath, a network is a static structure plus parameter and belief
-# pytrees, and `filter` is one `lax.scan`: you `jit`, `vmap`, `grad` and shard it.
+# pytrees, with the library's contract: `init` gives the beliefs (the state),
+# `step` takes one observation and `run` is one `lax.scan` over a series: you
+# `jit`, `vmap`, `grad` and shard them.
 #
 # This notebook walks through: building a network, filtering a real exchange-rate
 # series, plotting beliefs with uncertainty bands, the pure core under
@@ -126,18 +128,29 @@ fig = binary.plot_trajectories()
 plt.show()
 
 # %% [markdown]
-# ## The pure core: `filter` under `jit`, `vmap` and `grad`
+# ## The pure core: `init`, `step` and `run` under `jit`, `vmap` and `grad`
 # `compile()` hands out what the builder built: a static, hashable `Structure`
-# and two pytrees of arrays. `filter(structure, params, beliefs, inputs)` is a
-# pure function of them (inputs `[T, n_inputs]`), so JAX's transformations apply
-# directly. The builder's trajectories are exactly the core's.
+# (the configuration) and two NamedTuples of arrays, the parameters and the
+# initial beliefs. The core follows the library's contract: `init(structure,
+# beliefs)` gives the state, `step(key, state, params, observation, ...)` takes
+# one observation and returns `(beliefs, info)`, and `run(key, state, params,
+# inputs, ...)` scans the step over a series (inputs `[T, n_inputs]`). The HGF is
+# deterministic: the key comes first for uniformity and is ignored (`None` is fine).
 
 # %%
 structure, params, beliefs = hgf.compile()
 print(structure.kinds, structure.value_edges, structure.volatility_edges)
 print(params)
-run = jax.jit(pc.filter, static_argnums=0, static_argnames="robust")
-final, traj = run(structure, params, beliefs, series[:, None])
+step = jax.jit(pc.step, static_argnames=("structure", "robust"))
+state = pc.init(structure, beliefs)
+for t in range(3):  # one observation at a time, e.g. as they arrive
+    state, info = step(None, state, params, series[t : t + 1], structure=structure)
+    error = float(info.value_prediction_error[1])
+    print(f"t={t}: x1 mean {float(state.mean[1]):.4f}, x1 prediction error {error:+.2e}")
+
+run = jax.jit(pc.run, static_argnames=("structure", "robust"))
+final, traj = run(None, pc.init(structure, beliefs), params, series[:, None], structure=structure)
+print("run == 3 steps:", np.allclose(traj.beliefs.mean[2], state.mean))
 print("same as input_data:", np.array_equal(traj.beliefs.mean[:, 1], trajectories[1]["mean"]))
 
 # %% [markdown]
@@ -146,7 +159,9 @@ print("same as input_data:", np.array_equal(traj.beliefs.mean[:, 1], trajectorie
 
 # %%
 many = jnp.asarray(series[None, :, None] * (1 + 0.01 * np.arange(NUM_SUBJECTS))[:, None, None])
-batched = jax.jit(jax.vmap(lambda x: pc.filter(structure, params, beliefs, x)[1].beliefs.mean))
+batched = jax.jit(
+    jax.vmap(lambda x: pc.run(None, beliefs, params, x, structure=structure)[1].beliefs.mean)
+)
 print("batched means:", batched(many).shape, "# [subjects, T, nodes]")
 
 # %% [markdown]
@@ -160,7 +175,7 @@ with jax.enable_x64(True):
 
     def surprise_of(omegas):
         p = p64._replace(tonic_volatility=p64.tonic_volatility.at[1:].set(omegas))
-        _, t = pc.filter(s64, p, b64, series[:, None])
+        _, t = pc.run(None, b64, p, series[:, None], structure=s64)
         return pc.total_surprise(s64, t)
 
     omegas = p64.tonic_volatility[1:]
@@ -243,11 +258,12 @@ plt.show()
 
 # %% [markdown]
 # ## Robust mode: no NaN, whatever the parameters or the data
-# Parity mode reproduces pyhgf, warts included. `robust=True` floors precisions,
-# bounds log-volatilities and masks missing inputs with `where` (not `0 * x`), so
-# a NaN input with `observed = 0` never reaches the arithmetic. First, five
-# missing observations recorded as NaN, fed to the classic ("standard") HGF: in
-# parity mode (pyhgf's arithmetic) they poison every later step.
+# Parity mode reproduces pyhgf's numbers. Missing observations are skipped as the
+# mask says in both modes (`where`, not pyhgf's `0 * x`): five missing observations
+# recorded as NaN with `observed = 0`, fed to the classic ("standard") HGF, leave
+# every belief finite (in pyhgf they poison every later step). `robust=True` also
+# treats a NaN marked as observed as missing; parity mode raises a `ValueError`
+# for it instead.
 
 # %%
 s_std, p_std, b_std = three_level("standard").compile()
@@ -255,8 +271,9 @@ holey = series.copy()
 holey[100:105] = np.nan
 observed = np.isfinite(holey)[:, None]
 for robust in (False, True):
-    _, t = run(s_std, p_std, b_std, holey[:, None], observed, robust=robust)
-    nan_steps = int(np.sum(~np.all(np.isfinite(np.asarray(t.beliefs.mean)), axis=1)))
+    _, t = run(None, b_std, p_std, holey[:, None], observed, structure=s_std, robust=robust)
+    # The input node (column 0) records the values it was given; its parents' beliefs:
+    nan_steps = int(np.sum(~np.all(np.isfinite(np.asarray(t.beliefs.mean[:, 1:])), axis=1)))
     print(f"robust={robust!s:5s}: {nan_steps} of {series.shape[0]} steps with a NaN belief")
 
 # %% [markdown]
@@ -274,7 +291,7 @@ draws = jnp.asarray(
 
 def has_nan(omega, robust):
     p = p_std._replace(tonic_volatility=p_std.tonic_volatility.at[1:].set(omega))
-    _, t = pc.filter(s_std, p, b_std, tiled, robust=robust)
+    _, t = pc.run(None, b_std, p, tiled, structure=s_std, robust=robust)
     return ~jnp.all(jnp.isfinite(t.beliefs.mean))
 
 
@@ -284,7 +301,7 @@ for robust in (False, True):
 
 # %% [markdown]
 # ## Where next
-# * `lookahead-jax bench hgf` (or `experiments/compare_pyhgf.py`) measures parity,
+# * `python experiments/compare_pyhgf.py` (from a source checkout) measures parity,
 #   speed, batching, gradients and NaN rates side by side with pyhgf.
 # * `Network(volatility_updates="eHGF" | "standard" | "unbounded", mean_field_updates=...)`
 #   switches the update rules; `input_data(..., time_steps=..., observed=...)` takes

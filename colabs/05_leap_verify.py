@@ -23,7 +23,12 @@
 # `lookahead_jax.extrapolation` provides the pieces as pure functions (`predict`,
 # `classify_regime`, `calibrate_thresholds`, `accept`) and an optax wrapper,
 # `leap_verify`, that does all of it inside `jit` with `lax.cond`: a jump advances
-# the step count and learning-rate schedule by `K`. This notebook: the predictors'
+# the step count and learning-rate schedule by `K`. Training follows the library's
+# contract: `leap_init(params, optimizer) -> TrainState`,
+# `leap_step(key, state, batch, *, loss_fn, optimizer) -> (TrainState, LeapTrainInfo)`
+# and `leap_run(key, state, batches, ...)`, a `lax.scan` of `leap_step` over a fixed
+# number of steps; the regime tracker likewise (`regime_init` / `regime_step` /
+# `regime_run`). This notebook: the predictors'
 # exactness, regimes on a real training run, offline acceptance by regime and `K`,
 # then Leap+Verify online against plain AdamW, and checkpointing the whole state.
 #
@@ -97,7 +102,9 @@ for method in ("linear", "quadratic"):
 # ## Regimes on a real training run
 #
 # A small reference transformer on bytes of the shipped corpus (PSF docs), AdamW
-# with warmup and cosine decay. At every checkpoint we record the fingerprint
+# with warmup and cosine decay, trained with `leap_run`: one compiled `lax.scan` of
+# `leap_step` over the `DELTA` batches between two checkpoints (any optax optimiser
+# works; plain AdamW never leaps). At every checkpoint we record the fingerprint
 # (final-norm activations on 32 held-out probes, mean-pooled over real tokens),
 # the held-out loss on a fixed acceptance batch, and each predictor's prediction
 # `K` steps ahead.
@@ -144,25 +151,27 @@ def at_checkpoint(older, prev, cur, opt_state, lr):
     return loss_fn(cur, acceptance_batch), loss_fn(cur, eval_set), fingerprint, predicted
 
 
-step_fn = jax.jit(ex.make_train_step(loss_fn, adamw))
+run = jax.jit(ex.leap_run, static_argnames=("loss_fn", "optimizer"))  # compiled once
 params0 = models.init_params(model, jax.random.key(0))
-state = ex.init_train_state(params0, adamw)
+state = ex.leap_init(params0, adamw)  # TrainState(params, opt_state, step)
 _, eval0, print0, _ = at_checkpoint(*[state.params] * 3, state.opt_state, jnp.float32(0))
 snapshots, prints, curve = [state.params], [print0], [(0, float(eval0))]
 current, predicted = [], []
 start = time.perf_counter()
-for t in range(NUM_STEPS):
-    state, info = step_fn(state, batch(t))
-    if (t + 1) % DELTA == 0:
-        older, prev = ([snapshots[0], *snapshots])[-2:]  # the first checkpoint has no `older`
-        loss, evaluated, fp, pred = at_checkpoint(
-            older, prev, state.params, state.opt_state, jnp.float32(schedule(t + 1))
-        )
-        current.append(float(loss))
-        predicted.append(np.array(pred))  # a writable copy
-        snapshots.append(state.params)
-        prints.append(fp)
-        curve.append((t + 1, float(evaluated)))
+key = jax.random.key(0)
+for t0 in range(0, NUM_STEPS - NUM_STEPS % DELTA, DELTA):
+    batches = jnp.stack([batch(t) for t in range(t0, t0 + DELTA)])  # [DELTA, B, SEQ_LEN]
+    key, sub = jax.random.split(key)
+    state, infos = run(sub, state, batches, loss_fn=loss_fn, optimizer=adamw)  # infos: [DELTA]
+    older, prev = ([snapshots[0], *snapshots])[-2:]  # the first checkpoint has no `older`
+    loss, evaluated, fp, pred = at_checkpoint(
+        older, prev, state.params, state.opt_state, jnp.float32(schedule(t0 + DELTA))
+    )
+    current.append(float(loss))
+    predicted.append(np.array(pred))  # a writable copy
+    snapshots.append(state.params)
+    prints.append(fp)
+    curve.append((t0 + DELTA, float(evaluated)))
 predicted[0][1] = np.nan  # quadratic needs three snapshots: none at the first checkpoint
 print(
     f"baseline: {NUM_STEPS} steps in {time.perf_counter() - start:.1f} s, "
@@ -180,6 +189,17 @@ tau = ex.calibrate_thresholds(sims[:CALIBRATION_CHECKS])
 regimes = np.asarray(ex.classify_regime(sims, tau.tau_low, tau.tau_high))
 print(f"tau_low {float(tau.tau_low):.6f}  tau_high {float(tau.tau_high):.6f}")
 print({k: f"{v:.0%}" for k, v in ex.regime_fractions(regimes).items()})
+
+# Online, the regime tracker does the same one check at a time (the Leap+Verify wrapper
+# runs its `regime_step` at each check): `regime_run` scans it over the fingerprints.
+# Its first reading has no previous fingerprint, hence one more calibration check.
+tracker_config = ex.RegimeConfig(calibration_checks=CALIBRATION_CHECKS + 1, max_checks=len(prints))
+tracker = ex.regime_init(prints[0], tracker_config)
+tracker, readings = ex.regime_run(jax.random.key(0), tracker, jnp.stack(prints), tracker_config)
+online = np.asarray(readings.regime[1:])
+after = slice(CALIBRATION_CHECKS, None)  # before calibration the tracker says "unknown"
+print(f"online tracker agrees with the offline regimes after calibration: "
+      f"{np.array_equal(online[after], regimes[after])}")  # fmt: skip
 
 steps = DELTA * np.arange(1, len(sims) + 1)
 colors = np.array(["0.6", "tab:red", "tab:orange", "tab:green"])
@@ -247,19 +267,30 @@ leap = ex.leap_verify(
     heldout_loss=lambda p: loss_fn(p, acceptance_batch),
     fingerprint=lambda p: ex.model_fingerprint(model, p, probes, lengths),
 )
-leap_step = jax.jit(ex.make_train_step(loss_fn, leap))
-leap_state = ex.init_train_state(params0, leap)
+leap_step = jax.jit(ex.leap_step, static_argnames=("loss_fn", "optimizer"))
+leap_state = ex.leap_init(params0, leap)
 
 
 def eval_loss(params):  # reuses the compiled checkpoint function (its other outputs unused)
     return float(at_checkpoint(*[params] * 3, leap_state.opt_state.inner_state, jnp.float32(0))[1])
 
 
-leap_curve = [(0, eval_loss(leap_state.params))]
+# One `leap_step` at a time (the data follows the schedule position, which leaps advance):
+# its Info says, at each check, the regime, whether a leap was accepted, and the held-out
+# loss at the current and the predicted parameters.
+leap_curve, leaps = [(0, eval_loss(leap_state.params))], []
 while int(leap_state.opt_state.position) < NUM_STEPS:
-    leap_state, info = leap_step(leap_state, batch(int(leap_state.opt_state.position)))
+    position = int(leap_state.opt_state.position)
+    key, sub = jax.random.split(key)
+    leap_state, info = leap_step(sub, leap_state, batch(position), loss_fn=loss_fn, optimizer=leap)
+    if bool(info.leap.attempted):
+        leaps.append((int(leap_state.step), bool(info.leap.accepted), float(info.leap.current_loss),
+                      float(info.leap.predicted_loss)))  # fmt: skip
     if int(leap_state.step) % DELTA == 0 or int(leap_state.opt_state.position) >= NUM_STEPS:
         leap_curve.append((int(leap_state.step), eval_loss(leap_state.params)))
+for step_, accepted, cur_loss, pred_loss in leaps[:5]:
+    print(f"step {step_}: leap {'accepted' if accepted else 'rejected'}, held-out "
+          f"{cur_loss:.4f} now vs {pred_loss:.4f} predicted")  # fmt: skip
 s = leap_state.opt_state
 print(
     f"Leap+Verify: {int(s.count)} optimiser steps for {NUM_STEPS} schedule steps, "
@@ -286,7 +317,7 @@ plt.show()
 #
 # ```python
 # checkpoint.save(workdir, int(leap_state.step), leap_state)
-# leap_state = checkpoint.restore(workdir, ex.init_train_state(params0, leap))
+# leap_state = checkpoint.restore(workdir, ex.leap_init(params0, leap))
 # ```
 
 # %%

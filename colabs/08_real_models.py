@@ -140,7 +140,7 @@ for text in tokenizer.decode(fast.tokens, fast.lengths):
 # attention heads and MLP columns split over `"model"`, batch rows over `"data"`.
 
 # %%
-mesh = models.make_mesh(data=1, model=len(jax.devices()))
+mesh = models.make_model_mesh(data=1, model=len(jax.devices()))
 half_config, half_params = models.load_hf(folder, dtype="bfloat16", sharding=mesh)
 half = models.Model(half_config, half_params)
 print(half.dtype, half_params["layers"]["attn"]["q_kernel"].sharding.spec)

@@ -1,6 +1,6 @@
 """Config of experiments/compare_pyhgf.py (defaults live with the benchmark)."""
 
-from lookahead_jax.benchmarks.hgf import default_config
+from experiments.benchmarks.hgf import default_config
 
 
 def get_config():

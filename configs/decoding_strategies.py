@@ -1,6 +1,6 @@
 """Config of experiments/decoding_strategies.py (defaults live with the benchmark)."""
 
-from lookahead_jax.benchmarks.decoding_strategies import default_config
+from experiments.benchmarks.decoding_strategies import default_config
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """Config of experiments/inference_time_scaling.py (defaults live with the benchmark)."""
 
-from lookahead_jax.benchmarks.inference_time_scaling import default_config
+from experiments.benchmarks.inference_time_scaling import default_config
 
 
 def get_config():

@@ -3,7 +3,7 @@
 Override any field, e.g. ``--config.seeds='(0,)' --config.num_steps=400``.
 """
 
-from lookahead_jax.benchmarks.leap_verify import default_config
+from experiments.benchmarks.leap_verify import default_config
 
 
 def get_config():

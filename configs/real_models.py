@@ -1,6 +1,6 @@
 """Config of experiments/real_models.py (defaults live with the benchmark)."""
 
-from lookahead_jax.benchmarks.real_models import default_config
+from experiments.benchmarks.real_models import default_config
 
 
 def get_config():

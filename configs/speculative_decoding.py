@@ -1,6 +1,6 @@
 """Config of experiments/speculative_decoding.py (defaults live with the benchmark)."""
 
-from lookahead_jax.benchmarks.speculative import default_config
+from experiments.benchmarks.speculative import default_config
 
 
 def get_config():

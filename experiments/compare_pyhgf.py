@@ -6,18 +6,25 @@ Usage::
         [--config.pyhgf=False] [--config.lengths="(1000,)"] [--config.nan_draws=100]
 
 Writes ``results.json``, ``speed.png`` and ``trajectories.png`` to
-``config.output_dir``; the same benchmark runs as ``lookahead-jax bench hgf``. See
-``lookahead_jax/benchmarks/hgf.py`` for what is measured and how (pyhgf runs in its
+``config.output_dir``. See
+``experiments/benchmarks/hgf.py`` for what is measured and how (pyhgf runs in its
 own Python 3.12 environment, skipped with a message when that cannot be made).
 """
 
+import pathlib
+import sys
+
 from absl import app
-from ml_collections import config_flags
 from tqdm import tqdm
 
-from lookahead_jax.benchmarks import hgf
+# Run as `python experiments/NAME.py` from anywhere: the repository root goes on
+# sys.path so that `experiments` and the configs' imports resolve.
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(_ROOT))
 
-_CONFIG = config_flags.DEFINE_config_file("config", default="configs/compare_pyhgf.py")
+from experiments.benchmarks import _common, hgf  # noqa: E402
+
+_CONFIG = _common.define_config(_ROOT / "configs" / "compare_pyhgf.py", hgf.default_config)
 
 
 def main(argv):

@@ -7,19 +7,27 @@ Usage::
         [--config.num_prompts=64] [--config.max_new_tokens=64] \\
         [--config.strategies='("greedy","sampling","cntp")'] [--config.output_dir=...]
 
-Writes ``results.json`` and ``results.png`` to ``config.output_dir``; the same
-benchmark runs as ``lookahead-jax bench strategies``. See
-``lookahead_jax/benchmarks/decoding_strategies.py`` for the metrics and how each
+Writes ``results.json`` and ``results.png`` to ``config.output_dir``. See
+``experiments/benchmarks/decoding_strategies.py`` for the metrics and how each
 published direction of effect is checked.
 """
 
+import pathlib
+import sys
+
 from absl import app
-from ml_collections import config_flags
 from tqdm import tqdm
 
-from lookahead_jax.benchmarks import decoding_strategies
+# Run as `python experiments/NAME.py` from anywhere: the repository root goes on
+# sys.path so that `experiments` and the configs' imports resolve.
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(_ROOT))
 
-_CONFIG = config_flags.DEFINE_config_file("config", default="configs/decoding_strategies.py")
+from experiments.benchmarks import _common, decoding_strategies  # noqa: E402
+
+_CONFIG = _common.define_config(
+    _ROOT / "configs" / "decoding_strategies.py", decoding_strategies.default_config
+)
 
 
 def main(argv):

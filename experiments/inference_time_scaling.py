@@ -5,19 +5,27 @@ Usage::
     python experiments/inference_time_scaling.py --config=configs/inference_time_scaling.py \\
         [--config.num_seeds=2000] [--config.budgets='(4,8)'] [--config.lm_demo=False]
 
-Writes ``results.json`` and ``results.png`` to ``config.output_dir``; the same
-benchmark runs as ``lookahead-jax bench particles``. See
-``lookahead_jax/benchmarks/inference_time_scaling.py`` for the environment and
+Writes ``results.json`` and ``results.png`` to ``config.output_dir``. See
+``experiments/benchmarks/inference_time_scaling.py`` for the environment and
 what each column means.
 """
 
+import pathlib
+import sys
+
 from absl import app
-from ml_collections import config_flags
 from tqdm import tqdm
 
-from lookahead_jax.benchmarks import inference_time_scaling
+# Run as `python experiments/NAME.py` from anywhere: the repository root goes on
+# sys.path so that `experiments` and the configs' imports resolve.
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(_ROOT))
 
-_CONFIG = config_flags.DEFINE_config_file("config", default="configs/inference_time_scaling.py")
+from experiments.benchmarks import _common, inference_time_scaling  # noqa: E402
+
+_CONFIG = _common.define_config(
+    _ROOT / "configs" / "inference_time_scaling.py", inference_time_scaling.default_config
+)
 
 
 def main(argv):

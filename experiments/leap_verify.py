@@ -8,20 +8,23 @@ Usage::
 
 Writes ``results.json``, ``regimes.png`` (regime timeline), ``acceptance.png``
 (acceptance heatmap) and ``online.png`` to ``config.output_dir`` and prints the
-tables; the same study runs as ``lookahead-jax bench leap``. See
-``lookahead_jax/benchmarks/leap_verify.py`` for what each figure means.
+tables. See ``experiments/benchmarks/leap_verify.py`` for what each figure means.
 """
 
-import os
+import pathlib
+import sys
 
 from absl import app, logging
-from ml_collections import config_flags
 from tqdm import tqdm
 
-from lookahead_jax.benchmarks import leap_verify
+# Run as `python experiments/NAME.py` from anywhere: the repository root goes on
+# sys.path so that `experiments` and the configs' imports resolve.
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(_ROOT))
 
-_DEFAULT = os.path.join(os.path.dirname(__file__), os.pardir, "configs", "leap_verify.py")
-_CONFIG = config_flags.DEFINE_config_file("config", default=os.path.normpath(_DEFAULT))
+from experiments.benchmarks import _common, leap_verify  # noqa: E402
+
+_CONFIG = _common.define_config(_ROOT / "configs" / "leap_verify.py", leap_verify.default_config)
 
 
 def main(argv):

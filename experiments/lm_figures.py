@@ -33,7 +33,9 @@ from tqdm import tqdm
 from lookahead_jax import data, models
 from lookahead_jax.decoding import generate
 
-_CONFIG = config_flags.DEFINE_config_file("config", default="configs/lm_figures.py")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", default=str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "lm_figures.py")
+)
 
 
 def ours_call(model, prompts, lengths, max_new_tokens):

@@ -7,19 +7,25 @@ Usage::
         [--config.qwen_dtype=bfloat16] [--config.output_dir=...]
 
 Writes ``results.json`` and ``results.png`` to ``config.output_dir`` (default
-``outputs/real_models``); the same benchmark runs as ``lookahead-jax bench real``.
-See ``lookahead_jax/benchmarks/real_models.py`` for what each figure means.
+``outputs/real_models``).
+See ``experiments/benchmarks/real_models.py`` for what each figure means.
 """
 
 import os
+import pathlib
+import sys
 
 from absl import app
-from ml_collections import config_flags
 from tqdm import tqdm
 
-from lookahead_jax.benchmarks import real_models
+# Run as `python experiments/NAME.py` from anywhere: the repository root goes on
+# sys.path so that `experiments` and the configs' imports resolve.
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(_ROOT))
 
-_CONFIG = config_flags.DEFINE_config_file("config", default="configs/real_models.py")
+from experiments.benchmarks import _common, real_models  # noqa: E402
+
+_CONFIG = _common.define_config(_ROOT / "configs" / "real_models.py", real_models.default_config)
 
 
 def main(argv):

@@ -38,7 +38,9 @@ from tqdm import tqdm
 
 from lookahead_jax import particles
 
-_CONFIG = config_flags.DEFINE_config_file("config", default="configs/smc_kalman.py")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", default=str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "smc_kalman.py")
+)
 
 
 def make_model(dtype) -> particles.LinearGaussianSSM:

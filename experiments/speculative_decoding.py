@@ -5,20 +5,27 @@ Usage::
     python experiments/speculative_decoding.py --config=configs/speculative_decoding.py \\
         [--config.repeats=5] [--config.batch_sizes='(1,)'] [--config.peer=False]
 
-Writes ``results.json`` and ``results.png`` to ``config.output_dir``; the same
-benchmark runs as ``lookahead-jax bench spec``. See
-``lookahead_jax/benchmarks/speculative.py`` for what each column means.
+Writes ``results.json`` and ``results.png`` to ``config.output_dir``. See
+``experiments/benchmarks/speculative.py`` for what each column means.
 """
 
 import os
+import pathlib
+import sys
 
 from absl import app
-from ml_collections import config_flags
 from tqdm import tqdm
 
-from lookahead_jax.benchmarks import speculative
+# Run as `python experiments/NAME.py` from anywhere: the repository root goes on
+# sys.path so that `experiments` and the configs' imports resolve.
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(_ROOT))
 
-_CONFIG = config_flags.DEFINE_config_file("config", default="configs/speculative_decoding.py")
+from experiments.benchmarks import _common, speculative  # noqa: E402
+
+_CONFIG = _common.define_config(
+    _ROOT / "configs" / "speculative_decoding.py", speculative.default_config
+)
 
 
 def main(argv):

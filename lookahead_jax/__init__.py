@@ -11,6 +11,7 @@ models), ``data`` (shipped corpus), ``drafting`` and ``verification``
 
 from lookahead_jax import (
     checkpoint,
+    checks,
     data,
     decoding,
     drafting,
@@ -23,21 +24,42 @@ from lookahead_jax import (
     trees,
     verification,
 )
-from lookahead_jax.decoding import Generation, GenerationStats, generate
+from lookahead_jax.checks import checked
+from lookahead_jax.decoding import (
+    Generation,
+    GenerationConfig,
+    GenerationState,
+    GenerationStats,
+    GenerationStepInfo,
+    generate,
+    generation_init,
+    generation_result,
+    generation_run,
+    generation_step,
+)
 from lookahead_jax.sampling import Sampling
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Generation",
+    "GenerationConfig",
+    "GenerationState",
     "GenerationStats",
+    "GenerationStepInfo",
     "Sampling",
+    "checked",
     "checkpoint",
+    "checks",
     "data",
     "decoding",
     "drafting",
     "extrapolation",
     "generate",
+    "generation_init",
+    "generation_result",
+    "generation_run",
+    "generation_step",
     "models",
     "particles",
     "predictive_coding",

@@ -7,24 +7,34 @@ no checkpointing object around. Typed PRNG keys (``jax.random.key``) are stored
 as their raw key data and re-wrapped on restore, so a training state's rng
 round-trips.
 
+Restoring never changes a dtype silently: a saved leaf whose dtype differs from the
+target's raises ``ValueError`` (leaf path, saved dtype, target dtype) unless ``dtype=``
+asks for the cast.
+
 Example::
 
     save(workdir, step, state)
     state = restore(workdir, state)          # latest step, same structure as `state`
     state = restore(workdir, state, step=3)  # a given step
+    state = restore(workdir, bf16_state, dtype="like")  # cast each leaf to the target's dtype
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Literal
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
 PyTree = Any
 DEFAULT_MAX_TO_KEEP = 3
+# `restore`'s cast policy: None (no cast), "like", a dtype, or per leaf
+# (path, saved dtype, target dtype) -> dtype to restore in (None: no cast).
+DtypePolicy = None | Literal["like"] | str | np.dtype | type | Callable[..., Any]
 
 
 def _is_typed_key(x: Any) -> bool:
@@ -69,7 +79,11 @@ def _manager(directory: str | os.PathLike, max_to_keep: int | None, create: bool
         # process killed right after never leaves a half-written latest step.
         enable_async_checkpointing=False,
     )
-    return ocp.CheckpointManager(os.path.abspath(os.fspath(directory)), options=options)
+    return ocp.CheckpointManager(
+        os.path.abspath(os.fspath(directory)),
+        options=options,
+        item_handlers=ocp.StandardCheckpointHandler(),  # also reads the saved dtypes
+    )
 
 
 def save(
@@ -108,12 +122,58 @@ def all_steps(directory: str | os.PathLike) -> list[int]:
         return sorted(manager.all_steps())
 
 
+def _saved_dtypes(manager: Any, step: int) -> dict[str, np.dtype]:
+    """Orbax parameter name (``"opt_state.0.mu.w"``) -> dtype of every saved array."""
+    metadata = manager.item_metadata(step)
+    tree = getattr(metadata, "tree", metadata)
+    out = {}
+    for leaf in jax.tree.leaves(tree):
+        name, dtype = getattr(leaf, "name", None), getattr(leaf, "dtype", None)
+        if name is not None and dtype is not None:
+            out[name] = np.dtype(dtype)
+    return out
+
+
+def _as_dtype(x: Any) -> np.dtype | None:
+    if isinstance(x, str) and x == "like":
+        return None
+    try:
+        return np.dtype(x)
+    except TypeError:
+        return None
+
+
+def _restore_dtype(path: str, saved: np.dtype, want: np.dtype, dtype: DtypePolicy) -> np.dtype:
+    """The dtype a leaf is restored in under the ``dtype`` policy, or ``ValueError``."""
+    if isinstance(dtype, str) and dtype == "like":
+        return want
+    chosen = None  # None: no cast asked for this leaf
+    if dtype is not None:
+        fixed = _as_dtype(dtype)
+        if fixed is not None:
+            chosen = fixed if jnp.issubdtype(saved, jnp.floating) else None
+        else:
+            chosen = dtype(path, saved, want)
+            chosen = None if chosen is None else np.dtype(chosen)
+    if chosen is not None:
+        return chosen
+    if saved != want:
+        raise ValueError(
+            f"checkpoint leaf `{path}` was saved as {saved} but the restore target has "
+            f'{want}; restore() casts only when asked: pass dtype="like" (cast to the '
+            "target's dtypes), a dtype (floating-point leaves in it) or a per-leaf policy."
+        )
+    return want
+
+
 def restore(
     directory: str | os.PathLike,
     like: PyTree,
     step: int | None = None,
+    *,
+    dtype: DtypePolicy = None,
 ) -> PyTree:
-    """Restores a checkpoint into the structure, shapes and dtypes of ``like``.
+    """Restores a checkpoint into the structure and shapes of ``like``.
 
     Args:
       directory: where ``save`` wrote.
@@ -122,9 +182,20 @@ def restore(
         ``jax.eval_shape`` of its initialiser). Typed PRNG keys are re-wrapped
         with the implementation of the corresponding leaf.
       step: the step to restore; ``None`` means the latest.
+      dtype: the cast policy when a saved leaf's dtype differs from ``like``'s.
+        ``None`` (default): no cast, raise ``ValueError``. ``"like"``: cast every leaf to
+        ``like``'s dtype. A dtype (``jnp.bfloat16``): restore every floating-point leaf
+        in it (other leaves must match ``like``). A callable ``(path, saved_dtype,
+        like_dtype) -> dtype | None``: per leaf, the dtype to restore in (``None``: no
+        cast allowed for that leaf).
+
+    Returns:
+      The restored state: ``like``'s dtypes, except where ``dtype`` chose others.
 
     Raises:
       FileNotFoundError: no checkpoint (or not that step) under ``directory``.
+      ValueError: a saved dtype differs from the target's and ``dtype`` does not ask
+        for the cast (the message names the leaf path and both dtypes).
     """
     available = all_steps(directory)
     if not available:
@@ -136,7 +207,20 @@ def restore(
             f"no checkpoint for step {step} under {os.fspath(directory)!r}; have {available}."
         )
     target = jax.tree.map(_abstract, like)
+    names = ocp.tree.get_param_names(target, include_empty_nodes=False)
     with _manager(directory, None, create=False) as manager:
+        saved = _saved_dtypes(manager, int(step))
+
+        def policy(path: Any, leaf: jax.ShapeDtypeStruct, name: str) -> jax.ShapeDtypeStruct:
+            if name not in saved:  # not in the checkpoint: orbax reports the structure
+                return leaf
+            want = np.dtype(leaf.dtype)
+            chosen = _restore_dtype(jax.tree_util.keystr(path), saved[name], want, dtype)
+            if chosen == want:
+                return leaf
+            return jax.ShapeDtypeStruct(leaf.shape, chosen, sharding=leaf.sharding)
+
+        target = jax.tree_util.tree_map_with_path(policy, target, names)
         restored = manager.restore(int(step), args=ocp.args.StandardRestore(target))
 
     def rewrap(template: Any, value: Any) -> Any:

@@ -1,18 +1,21 @@
-"""The ``lookahead-jax`` command: ``tour`` and ``bench NAME``."""
+"""The ``lookahead-jax`` command: ``tour``, which runs from the installed wheel alone.
+
+Benchmarks and peer comparisons are not part of the package: they live in a source
+checkout's ``experiments/`` and run as ``python experiments/NAME.py``. ``lookahead-jax
+bench NAME`` (the command before they moved) stays only to say so.
+"""
 
 from __future__ import annotations
 
 import argparse
-import ast
-import importlib
 import sys
 
 from lookahead_jax import __version__
 
-# bench name -> module under lookahead_jax.benchmarks with default_config(), run(), format_table()
-BENCHMARKS = {
-    "spec": "speculative",
-    "hgf": "hgf",
+# The old `bench NAME` -> the experiment script that now runs it (from a source checkout).
+MOVED_BENCHMARKS = {
+    "spec": "speculative_decoding",
+    "hgf": "compare_pyhgf",
     "particles": "inference_time_scaling",
     "leap": "leap_verify",
     "strategies": "decoding_strategies",
@@ -20,19 +23,22 @@ BENCHMARKS = {
 }
 
 
-def _apply_overrides(config, overrides: list[str]):
-    for item in overrides:
-        field, sep, text = item.partition("=")
-        if not sep or field not in config:
-            raise SystemExit(
-                f"--set expects FIELD=VALUE with FIELD in {sorted(config)}; got {item!r}"
-            )
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            value = text
-        setattr(config, field, value)
-    return config
+def _moved_message(name: str) -> str:
+    if name in MOVED_BENCHMARKS:
+        script = MOVED_BENCHMARKS[name]
+        how = (
+            f"from a source checkout run: python experiments/{script}.py "
+            f"[--config.FIELD=VALUE ...] (config: configs/{script}.py)"
+        )
+    else:
+        how = (
+            f"unknown benchmark {name!r}; the old names were {', '.join(MOVED_BENCHMARKS)}, "
+            "now experiments/NAME.py in a source checkout"
+        )
+    return (
+        "lookahead-jax bench: benchmarks are not part of the installed package (they "
+        f"install peers and plot); {how}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,33 +46,23 @@ def main(argv: list[str] | None = None) -> int:
         prog="lookahead-jax", description="Pure, compiled JAX functions for lookahead methods."
     )
     parser.add_argument("--version", action="version", version=f"lookahead-jax {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{tour}")
     tour_parser = commands.add_parser(
         "tour", help="show what the library does on the shipped models and data (CPU, minutes)"
     )
     from lookahead_jax import tour  # imported here to keep `--help` fast
 
     tour.add_arguments(tour_parser)
-    bench_parser = commands.add_parser("bench", help="run a benchmark, print and save its figures")
-    bench_parser.add_argument("name", choices=sorted(BENCHMARKS))
-    bench_parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="override a config field, e.g. --set repeats=5 --set 'batch_sizes=(1,)'",
-    )
+    bench_parser = commands.add_parser("bench")  # not listed: moved to experiments/
+    bench_parser.add_argument("name", nargs="?", default="")
+    bench_parser.add_argument("rest", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
-    if args.command == "tour":
-        tour.run(args)
-    elif args.command == "bench":
-        from tqdm import tqdm
-
-        module = importlib.import_module(f"lookahead_jax.benchmarks.{BENCHMARKS[args.name]}")
-        config = _apply_overrides(module.default_config(), args.set)
-        results = module.run(config, progress=tqdm)
-        print(module.format_table(results))
-        print(f"wrote {config.output_dir}/results.json")
+    if args.command == "bench":
+        bench_parser.exit(2, _moved_message(args.name) + "\n")
+    errors = tour.argument_errors(args)
+    if errors:
+        tour_parser.error("; ".join(errors))
+    tour.run(args)
     return 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pathlib
 import statistics
 import time
 from collections.abc import Callable
@@ -261,7 +262,7 @@ def particles_section(args: argparse.Namespace) -> dict[str, Any]:
     )
     model = lgssm.to_state_space_model()
     figures: dict[str, Any] = {"kalman_log_likelihood": float(exact.log_likelihood)}
-    for method in particles.METHODS:
+    for method in particles.RESAMPLING_METHODS:
         result = run(jax.random.key(1), model, observations, 4096, method=method)
         figures[f"{method}_log_likelihood"] = float(result.log_likelihood)
         print(
@@ -325,7 +326,7 @@ def predictive_coding_section(args: argparse.Namespace) -> dict[str, Any]:
 
     def any_nonfinite(omega, robust):
         p = params._replace(tonic_volatility=params.tonic_volatility.at[1:].set(omega))
-        _, trajectories = pc.filter(structure, p, beliefs, tiled, robust=robust)
+        _, trajectories = pc.run(None, beliefs, p, tiled, structure=structure, robust=robust)
         return ~jnp.all(jnp.isfinite(trajectories.beliefs.mean))
 
     batched = jax.jit(jax.vmap(any_nonfinite, in_axes=(0, None)), static_argnums=1)
@@ -388,17 +389,17 @@ def leap_verify_section(args: argparse.Namespace) -> dict[str, Any]:
         heldout_loss=lambda p: loss(p, acceptance),
         fingerprint=lambda p: features(p, probes),
     )
-    step = jax.jit(ex.make_train_step(loss, optimizer))
+    step = jax.jit(ex.leap_step, static_argnames=("loss_fn", "optimizer"))  # key first
     evaluate = jax.jit(lambda p: loss(p, eval_set))
     figures: dict[str, Any] = {}
     thresholds = ex.Thresholds(jnp.float32(2.0), jnp.float32(2.0))  # cosine <= 2: never stable
     for name in ("plain Adam", f"Leap+Verify (linear, K={k}, adaptive)"):
-        state = ex.init_train_state(params, optimizer)
+        state = ex.leap_init(params, optimizer)
         state = state._replace(opt_state=state.opt_state._replace(thresholds=thresholds))
         while int(state.opt_state.position) < steps:
             position = int(state.opt_state.position)
             batch = data.batch_for_step(train, args.seed, position, 64, context)
-            state, _ = step(state, batch)
+            state, _ = step(keys[0], state, batch, loss_fn=loss, optimizer=optimizer)
         leap = state.opt_state
         row = {
             "optimizer_steps": int(leap.count),
@@ -420,10 +421,30 @@ def leap_verify_section(args: argparse.Namespace) -> dict[str, Any]:
     return figures
 
 
+def _continuation_log_lik(model: models.Model, prompts, outputs) -> list[float]:
+    """Mean log-likelihood per token of each ``outputs[i]`` after ``prompts[i]`` (nan when
+    empty), with the library's ``models.next_token_nll``; one padded batch, one compile."""
+    width = max(len(p) + len(o) for p, o in zip(prompts, outputs, strict=True))
+    width = min(model.config.max_length, -(-max(width, 2) // 32) * 32)  # few shapes
+    rows = np.zeros((len(prompts), width), np.int32)
+    for i, (p, o) in enumerate(zip(prompts, outputs, strict=True)):
+        rows[i, : len(p) + len(o)] = list(p) + list(o)
+    lp = -np.asarray(models.next_token_nll(model, jnp.asarray(rows)))
+    return [
+        float(np.mean(lp[i, len(p) - 1 : len(p) - 1 + len(o)])) if len(o) else float("nan")
+        for i, (p, o) in enumerate(zip(prompts, outputs, strict=True))
+    ]
+
+
+def _repetition_rate(sequence, n: int) -> float:
+    """``1 - distinct / total`` n-grams of one sequence (0 when it has none)."""
+    grams = [tuple(sequence[i : i + n]) for i in range(len(sequence) - n + 1)]
+    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
 def decoding_strategies_section(args: argparse.Namespace) -> dict[str, Any]:
     """Momentum decoding vs greedy, and a LATR rollout group, on held-out prompts."""
     from lookahead_jax import decoding  # imported here: one pillar per section
-    from lookahead_jax.benchmarks import decoding_strategies as bench
     from lookahead_jax.sampling import Sampling
 
     print("\n== Decoding strategies: lookahead beyond speculative decoding ==")
@@ -443,17 +464,17 @@ def decoding_strategies_section(args: argparse.Namespace) -> dict[str, Any]:
         tokens = np.asarray(out.tokens).reshape(len(prompt_lists), -1)
         ends = np.asarray(out.lengths).reshape(-1)
         outputs = [tokens[i, len(p) : ends[i]].tolist() for i, p in enumerate(prompt_lists)]
-        ll = float(np.mean(bench.score_outputs(target, prompt_lists, outputs)))
-        rep = float(np.mean([bench.repetition_rate(o, 8) for o in outputs]))
+        ll = float(np.mean(_continuation_log_lik(target, prompt_lists, outputs)))
+        rep = float(np.mean([_repetition_rate(o, 8) for o in outputs]))
         figures[name] = {"ll_per_byte": ll, "repetition": rep}
         print(
             f"{name:9s} target log-lik/byte {ll:6.3f}  repeated 8-grams {rep:5.1%}  "
             f"{_decode(outputs[0])!r}"
         )
-    params = decoding.LATRParams(num_rollouts=4, prune_window=8)
-    group = jax.jit(
-        lambda m, p, n: decoding.latr(m, p, n, jax.random.key(1), max_new_tokens=new, params=params)
-    )(target, prompts[:1], lengths[:1])
+    config = decoding.LATRConfig(num_rollouts=4, prune_window=8, max_new_tokens=new)
+    group = jax.jit(decoding.latr_run, static_argnames="config")(
+        jax.random.key(1), target, prompts[:1], lengths[:1], config=config
+    )
     valid = np.flatnonzero(np.asarray(group.valid[0]))
     figures["latr"] = {
         "rollouts": len(valid),
@@ -468,7 +489,7 @@ def decoding_strategies_section(args: argparse.Namespace) -> dict[str, Any]:
     for j in valid:
         text = _decode(np.asarray(group.tokens[0, j, start : int(group.lengths[0, j])]))
         print(f"  log p {float(group.log_probs[0, j]):7.1f}  {text!r}")
-    print("CNTP, AdaDec and First-Finish: `lookahead-jax bench strategies`.")
+    print("CNTP, AdaDec and First-Finish: `python experiments/decoding_strategies.py`.")
     return figures
 
 
@@ -483,18 +504,71 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
 }
 
 
+# The shipped models' context (positions); speculative sections need room for drafts on top
+# of the prompt and the new tokens (draft trees up to this deep).
+_CONTEXT = 256
+_DRAFT_ROOM = 16
+
+
+def _at_least(low: int) -> Callable[[str], int]:
+    """An argparse ``type``: an int >= ``low``, else argparse's usage message (no traceback)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sections", nargs="*", default=list(SECTIONS), choices=list(SECTIONS))
-    parser.add_argument("--num-prompts", type=int, default=4)
-    parser.add_argument("--prompt-length", type=int, default=48)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--eval-windows", type=int, default=64, help="held-out windows scored")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs (median reported)")
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        default=list(SECTIONS),
+        choices=list(SECTIONS),
+        metavar="SECTION",
+        help=f"sections to run (default: all), from: {', '.join(SECTIONS)}",
+    )
+    parser.add_argument("--num-prompts", type=_at_least(1), default=4)
+    parser.add_argument("--prompt-length", type=_at_least(2), default=48, help="in tokens")
+    parser.add_argument("--max-new-tokens", type=_at_least(1), default=64)
+    parser.add_argument(
+        "--eval-windows", type=_at_least(1), default=64, help="held-out windows scored"
+    )
+    parser.add_argument(
+        "--repeats", type=_at_least(1), default=3, help="timed runs (median reported)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="write the figures to this JSON file")
 
 
+def argument_errors(args: argparse.Namespace) -> list[str]:
+    """What argparse cannot check alone: the sizes together, and where ``--json`` goes."""
+    errors = []
+    used = args.prompt_length + args.max_new_tokens
+    if used > _CONTEXT - _DRAFT_ROOM:
+        errors.append(
+            f"--prompt-length {args.prompt_length} + --max-new-tokens {args.max_new_tokens} = "
+            f"{used} must be <= {_CONTEXT - _DRAFT_ROOM} (the shipped models have "
+            f"{_CONTEXT} positions; {_DRAFT_ROOM} are kept for speculative drafts)"
+        )
+    if args.json:
+        folder = pathlib.Path(args.json).resolve().parent
+        if not folder.is_dir():
+            errors.append(f"--json {args.json}: folder {folder} does not exist")
+    return errors
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    errors = argument_errors(args)
+    if errors:
+        raise ValueError("; ".join(errors))
     start = time.perf_counter()
     print(f"lookahead_jax tour on {jax.device_count()} {jax.default_backend()} device(s)\n")
     figures = {name: SECTIONS[name](args) for name in args.sections}

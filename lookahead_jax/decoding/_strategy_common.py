@@ -1,5 +1,19 @@
 """Pieces shared by the lookahead decoding strategies (CNTP, AdaDec, LATR, First-Finish, momentum).
 
+Every strategy follows the library's contract: one frozen, hashable ``XConfig``
+dataclass (all static settings, ``max_new_tokens``, ``eos_id`` and ``pad_id``
+included), ``x_init(model, prompt, prompt_lengths, config) -> XState``,
+``x_step(key, state, model, config) -> (XState, XInfo)`` and ``x_run(key, model,
+prompt, prompt_lengths, config) -> XResult`` (one ``lax.while_loop`` of
+``x_step``). ``key`` is the *run's* key, the same at every step: a step folds in
+each token's index (below), so a Python loop of ``x_step`` with one key equals
+``x_run``. Deterministic strategies (AdaDec, momentum) take the key and ignore it.
+
+Checks: shapes, dtypes and static settings are checked at trace time; token ids
+and prompt lengths go through ``lookahead_jax._checks.check_range`` (a
+``ValueError`` at once on concrete values, under ``lookahead_jax.checked`` when
+traced). ``init`` and ``run`` check; ``step`` trusts its state.
+
 Conventions of every strategy in this package:
 
 * the model is any callable following ``models.apply``: ``model(tokens [R, S], cache)
@@ -15,6 +29,9 @@ Conventions of every strategy in this package:
   ``fold_in(fold_in(row_keys[b], j), i)`` where ``row_keys = split(key, B)``.
   Plain sampling (``sample_rollouts`` with one rollout) is lane 0; a strategy that
   falls back to plain sampling uses the same keys, so it equals it exactly;
+* dtypes: the model's cache keeps the model's dtype; next-token logits,
+  log-probabilities, entropies and perplexities are float32 (softmax and means
+  need it), whatever the model computes in;
 * compute is counted per prompt row: ``model_calls`` (sequential forward passes
   that advanced the row, prefill included: a latency proxy) and
   ``tokens_evaluated`` (tokens fed to the model for the row's useful lanes,
@@ -24,7 +41,6 @@ Conventions of every strategy in this package:
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 import jax
@@ -32,6 +48,7 @@ import jax.numpy as jnp
 
 from lookahead_jax import _checks
 from lookahead_jax import models as _models
+from lookahead_jax.decoding import metrics
 from lookahead_jax.sampling import Sampling, log_probs
 
 # Bytes that end a CNTP segment: . , \n ? ! : ; ) ] }
@@ -51,7 +68,12 @@ class Compute(NamedTuple):
 def check_prompts(
     model: Any, prompt: Any, prompt_lengths: Any, max_new_tokens: Any, extra_positions: int = 0
 ) -> tuple[int, int]:
-    """Trace-time checks of a ragged prompt batch; returns ``(batch, width)``."""
+    """Checks a ragged prompt batch; returns ``(batch, width)``.
+
+    Shapes and dtypes at trace time; token ids in ``[0, vocab)`` and lengths in ``[1,
+    width]`` with ``_checks.check_range`` (at once when concrete, under
+    ``lookahead_jax.checked`` when traced).
+    """
     config = model.config
     _checks.check_integer("prompt", prompt)
     _checks.check_rank("prompt", prompt, 2, "[batch, max_prompt_length]")
@@ -71,50 +93,24 @@ def check_prompts(
     return batch, width
 
 
-def check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
-    """``value`` must be a Python int in ``[low, high]``."""
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
-    ok = ok and (high is None or value <= high)
-    if not ok:
-        span = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"`{name}` must be an int {span}; got {value!r}.")
+# Static-value checks live in the library's one place for checks.
+check_int = _checks.check_int
+check_float = _checks.check_float
+check_token = _checks.check_token
 
 
-def check_float(
-    name: str,
-    value: Any,
-    low: float = -math.inf,
-    high: float = math.inf,
-    *,
-    low_open: bool = False,
-    high_open: bool = False,
-) -> None:
-    """``value`` must be a real number in the given interval (never NaN).
-
-    A traced value (e.g. ``alpha`` passed through ``jit``) cannot be checked and passes.
-    """
-    if isinstance(value, jax.Array) and _checks.concrete_value(value) is None:
-        return
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        x = math.nan
-    ok = not math.isnan(x)
-    ok = ok and (x > low if low_open else x >= low) and (x < high if high_open else x <= high)
-    if not ok:
-        left, right = ("(" if low_open else "["), (")" if high_open else "]")
-        raise ValueError(f"`{name}` must lie in {left}{low}, {high}{right}; got {value!r}.")
+def check_budget(model: Any, max_new_tokens: Any, eos_id: Any) -> None:
+    """The settings every strategy config carries: the token budget and EOS id (static)."""
+    check_int("max_new_tokens", max_new_tokens, 1)
+    check_token("eos_id", eos_id, model.config.vocab_size)
 
 
-def check_token(name: str, value: Any, vocab_size: int, optional: bool = True) -> None:
-    if value is None and optional:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < vocab_size:
-        raise ValueError(
-            f"`{name}` must be a token id in [0, {vocab_size})"
-            + (" or None" if optional else "")
-            + f"; got {value!r}."
-        )
+def prepare_prompts(
+    model: Any, prompt: Any, prompt_lengths: Any, max_new_tokens: int, extra_positions: int = 0
+) -> tuple[jax.Array, jax.Array]:
+    """``check_prompts``, then ``(prompt [B, P] int32, prompt_lengths [B] int32)``."""
+    check_prompts(model, prompt, prompt_lengths, max_new_tokens, extra_positions)
+    return jnp.asarray(prompt, jnp.int32), jnp.asarray(prompt_lengths, jnp.int32)
 
 
 # ----------------------------------------------------------------------------- keys
@@ -141,14 +137,14 @@ def draw(keys: jax.Array, logits: jax.Array, sampling: Sampling) -> tuple[jax.Ar
     """
     if sampling.greedy:
         tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-        lp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+        lp = metrics.log_softmax(logits)
     else:
         lp = log_probs(logits, sampling)
         tokens = jax.vmap(lambda k, x: jax.random.categorical(k, x))(
             keys.reshape(-1), lp.reshape(-1, lp.shape[-1])
         )
         tokens = tokens.reshape(keys.shape).astype(jnp.int32)
-    return tokens, jnp.take_along_axis(lp, tokens[..., None], axis=-1)[..., 0]
+    return tokens, metrics.token_log_probs(lp, tokens)
 
 
 def entropy_of_logits(logits: jax.Array, sampling: Sampling | None = None) -> jax.Array:
@@ -158,7 +154,7 @@ def entropy_of_logits(logits: jax.Array, sampling: Sampling | None = None) -> ja
     top-k, top-p) distribution; otherwise of ``softmax(logits)``.
     """
     if sampling is None or sampling.greedy:
-        lp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+        lp = metrics.log_softmax(logits)
     else:
         lp = log_probs(logits, sampling)
     p = jnp.exp(lp)
@@ -201,6 +197,13 @@ def prefill(model: Any, prompt: jax.Array, prompt_lengths: jax.Array, capacity: 
     return logits[jnp.arange(batch), prompt_lengths - 1], cache
 
 
+def prompt_buffer(prompt: jax.Array, prompt_lengths: jax.Array, width: int, pad_id: int):
+    """The ragged prompts right-padded with ``pad_id`` to ``width`` columns: ``[B, width]``."""
+    columns = jnp.arange(width)[None, :]
+    padded = jnp.pad(prompt, ((0, 0), (0, width - prompt.shape[1])))
+    return jnp.where(columns < prompt_lengths[:, None], padded, pad_id).astype(jnp.int32)
+
+
 def assemble(
     prompt: jax.Array,
     prompt_lengths: jax.Array,
@@ -221,7 +224,8 @@ def assemble(
     extra = (1,) * len(lanes)
     plen = prompt_lengths.reshape((batch, *extra, 1))
     in_prompt = columns < plen
-    padded_prompt = jnp.pad(prompt, ((0, 0), (0, max_new))).reshape((batch, *extra, total))
+    padded_prompt = prompt_buffer(prompt, prompt_lengths, total, pad_id)
+    padded_prompt = padded_prompt.reshape((batch, *extra, total))
     gen_index = jnp.clip(columns - plen, 0, max_new - 1)
     gen = jnp.take_along_axis(
         generated, jnp.broadcast_to(gen_index, (batch, *lanes, total)), axis=-1

@@ -16,10 +16,16 @@ held-out text gets its entropy and the label "the greedy token is the true
 next token"; a class-balanced logistic regression ``p(correct) = sigmoid(w H +
 b)`` is fitted, the probability cut ``p*`` maximising accuracy is chosen, and
 ``tau = (logit p* - b) / w``.
+
+Contract: ``AdaDecConfig``, ``adadec_init(model, prompt, prompt_lengths, config) ->
+AdaDecState``, ``adadec_step(key, state, model, config) -> (AdaDecState, AdaDecInfo)``
+(deterministic: the key is ignored), ``adadec_run(key, model, prompt, prompt_lengths,
+config) -> AdaDecResult``; ``adadec`` is the keyword form of ``adadec_run``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, NamedTuple
 
@@ -31,18 +37,36 @@ from jax import lax
 from lookahead_jax import _checks
 from lookahead_jax import models as _models
 from lookahead_jax.decoding import _strategy_common as common
+from lookahead_jax.decoding import metrics
 
 
-class AdaDecParams(NamedTuple):
-    """Static parameters (hashable)."""
+@dataclasses.dataclass(frozen=True)
+class AdaDecConfig:
+    """Static settings of AdaDec (hashable: a static argument to ``jit``).
 
-    threshold: float = math.inf  # tau (nats); pause when H >= tau
-    num_candidates: int = 3  # B
-    beam_width: int = 3  # W
-    lookahead_steps: int = 5  # L
+    Attributes:
+      threshold: tau (nats); pause when H >= tau (``inf``: never, i.e. greedy).
+      num_candidates: B, candidates reranked on a pause.
+      beam_width: W, beams of each candidate's lookahead.
+      lookahead_steps: L, lookahead tokens at most.
+      max_new_tokens: budget per row. The cache holds ``P + max_new_tokens + L``
+        positions (the lookahead runs past the budget).
+      eos_id: ends a row (and a lookahead beam); ``None``: never.
+      pad_id: fills ``tokens`` past each length.
+    """
+
+    threshold: float = math.inf
+    num_candidates: int = 3
+    beam_width: int = 3
+    lookahead_steps: int = 5
+    max_new_tokens: int = 32
+    eos_id: int | None = None
+    pad_id: int = 0
 
 
-DEFAULT_PARAMS = AdaDecParams()
+# deprecated alias of AdaDecConfig, kept for existing code
+AdaDecParams = AdaDecConfig
+DEFAULT_PARAMS = AdaDecConfig()
 
 
 class AdaDecResult(NamedTuple):
@@ -57,6 +81,8 @@ class AdaDecResult(NamedTuple):
 
 
 class AdaDecState(NamedTuple):
+    prompt: jax.Array  # [B, P] int32
+    prompt_lengths: jax.Array  # [B] int32
     generated: jax.Array  # [B, N] int32
     entropies: jax.Array  # [B, N] float32
     paused: jax.Array  # [B, N] bool
@@ -65,30 +91,40 @@ class AdaDecState(NamedTuple):
     cache: _models.KVCache  # [B] rows, prompt + committed tokens
     finished: jax.Array  # [B] bool
     changed: jax.Array  # [B] int32
-    compute: common.Compute
+    compute: common.Compute  # [B] counters
 
 
-def _check_params(model, params: AdaDecParams, eos_id) -> None:
+class AdaDecInfo(NamedTuple):
+    """What one step did (diagnostics, never fed back)."""
+
+    token: jax.Array  # [B] int32, the committed token (garbage where not active)
+    greedy: jax.Array  # [B] int32, the most likely token
+    entropy: jax.Array  # [B] float32, H of the next-token distribution (nats)
+    paused: jax.Array  # [B] bool, the token was chosen by a pause (H >= tau)
+    active: jax.Array  # [B] bool, the row committed a token this step
+
+
+def _check_config(model, config: AdaDecConfig) -> None:
     vocab = model.config.vocab_size
     try:
-        tau = float(params.threshold)
+        tau = float(config.threshold)
     except (TypeError, ValueError):
         tau = math.nan
     if math.isnan(tau):
         raise ValueError(
-            f"`threshold` must be a number (inf: never pause); got {params.threshold!r}."
+            f"`threshold` must be a number (inf: never pause); got {config.threshold!r}."
         )
-    common.check_int("num_candidates", params.num_candidates, 1, vocab)
-    common.check_int("beam_width", params.beam_width, 1, vocab)
-    common.check_int("lookahead_steps", params.lookahead_steps, 1)
-    common.check_token("eos_id", eos_id, vocab)
+    common.check_budget(model, config.max_new_tokens, config.eos_id)
+    common.check_int("num_candidates", config.num_candidates, 1, vocab)
+    common.check_int("beam_width", config.beam_width, 1, vocab)
+    common.check_int("lookahead_steps", config.lookahead_steps, 1)
 
 
 def lookahead_scores(
     model: Any,
     cache: _models.KVCache,
     next_logits: jax.Array,
-    params: AdaDecParams,
+    params: AdaDecConfig,
     eos_id: int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Scores the top-B candidates of every row by a width-W, L-step beam lookahead.
@@ -102,10 +138,10 @@ def lookahead_scores(
     """
     rows = next_logits.shape[0]
     c, w, steps = params.num_candidates, params.beam_width, params.lookahead_steps
-    lp0 = jax.nn.log_softmax(next_logits.astype(jnp.float32), axis=-1)
+    lp0 = metrics.log_softmax(next_logits)
     cand_lp, cand = lax.top_k(lp0, c)  # [R, C]
     logits, cand_cache = model(cand.reshape(-1, 1).astype(jnp.int32), common.repeat_rows(cache, c))
-    lp = jax.nn.log_softmax(logits[:, 0].astype(jnp.float32), -1).reshape(rows, c, -1)
+    lp = metrics.log_softmax(logits[:, 0]).reshape(rows, c, -1)
     cand_done = jnp.zeros((rows, c), bool) if eos_id is None else cand == eos_id
     # First lookahead token: the top W of each candidate's next distribution.
     scores, beam_tok = lax.top_k(lp, w)  # [R, C, W]
@@ -117,7 +153,7 @@ def lookahead_scores(
         def body(carry, _):
             scores, beam_tok, lengths, done, beam_cache = carry
             logits, beam_cache = model(beam_tok.reshape(-1, 1), beam_cache)
-            lp = jax.nn.log_softmax(logits[:, 0].astype(jnp.float32), -1).reshape(rows, c, w, -1)
+            lp = metrics.log_softmax(logits[:, 0]).reshape(rows, c, w, -1)
             vocab = lp.shape[-1]
             # A finished beam has one successor: itself, unchanged (token slot 0 stands for it).
             stay = jnp.where(jnp.arange(vocab) == 0, 0.0, -jnp.inf)
@@ -147,20 +183,23 @@ def lookahead_scores(
 
 
 def adadec_init(
-    model: Any,
-    prompt: jax.Array,
-    prompt_lengths: jax.Array,
-    *,
-    max_new_tokens: int,
-    lookahead_steps: int,
+    model: Any, prompt: jax.Array, prompt_lengths: jax.Array, config: AdaDecConfig
 ) -> AdaDecState:
+    """Checks the inputs and prefills the prompts (cache room for the lookahead too)."""
+    _check_config(model, config)
+    prompt, prompt_lengths = common.prepare_prompts(
+        model, prompt, prompt_lengths, config.max_new_tokens, config.lookahead_steps
+    )
     batch, width = prompt.shape
-    capacity = width + max_new_tokens + lookahead_steps
+    max_new = config.max_new_tokens
+    capacity = width + max_new + config.lookahead_steps
     logits, cache = common.prefill(model, prompt, prompt_lengths, capacity)
     return AdaDecState(
-        generated=jnp.zeros((batch, max_new_tokens), jnp.int32),
-        entropies=jnp.zeros((batch, max_new_tokens), jnp.float32),
-        paused=jnp.zeros((batch, max_new_tokens), bool),
+        prompt=prompt,
+        prompt_lengths=prompt_lengths,
+        generated=jnp.zeros((batch, max_new), jnp.int32),
+        entropies=jnp.zeros((batch, max_new), jnp.float32),
+        paused=jnp.zeros((batch, max_new), bool),
         num_generated=jnp.zeros((batch,), jnp.int32),
         next_logits=logits.astype(jnp.float32),
         cache=cache,
@@ -171,18 +210,23 @@ def adadec_init(
 
 
 def adadec_step(
-    model: Any, state: AdaDecState, *, params: AdaDecParams, eos_id: int | None = None
-) -> AdaDecState:
-    """Commits one token per unfinished row: greedy, or the reranked candidate on a pause."""
+    key: jax.Array, state: AdaDecState, model: Any, config: AdaDecConfig
+) -> tuple[AdaDecState, AdaDecInfo]:
+    """Commits one token per unfinished row: greedy, or the reranked candidate on a pause.
+
+    Deterministic: ``key`` is taken for the library's uniform signature and ignored.
+    """
+    del key
+    eos_id = config.eos_id
     batch, max_new = state.generated.shape
     rows = jnp.arange(batch)
     active = ~state.finished
     entropy = common.entropy_of_logits(state.next_logits)
-    pause = active & (entropy >= params.threshold)
+    pause = active & (entropy >= config.threshold)
     greedy = jnp.argmax(state.next_logits, axis=-1).astype(jnp.int32)
 
     def rerank(_):
-        cand, score = lookahead_scores(model, state.cache, state.next_logits, params, eos_id)
+        cand, score = lookahead_scores(model, state.cache, state.next_logits, config, eos_id)
         return cand[rows, jnp.argmax(score, axis=-1)]
 
     chosen = lax.cond(jnp.any(pause), rerank, lambda _: greedy, None)
@@ -197,9 +241,9 @@ def adadec_step(
         finished = finished | (active & (token == eos_id))
     cont = active & ~finished
     next_logits, cache = common.feed(model, state.cache, token, cont)
-    c, w, steps = params.num_candidates, params.beam_width, params.lookahead_steps
+    c, w, steps = config.num_candidates, config.beam_width, config.lookahead_steps
     look_calls, look_tokens = steps, c + (steps - 1) * c * w
-    return AdaDecState(
+    new_state = state._replace(
         generated=generated,
         entropies=entropies,
         paused=paused,
@@ -213,6 +257,46 @@ def adadec_step(
             state.compute.tokens_evaluated + cont + pause * look_tokens,
         ),
     )
+    info = AdaDecInfo(token=token, greedy=greedy, entropy=entropy, paused=pause, active=active)
+    return new_state, info
+
+
+def adadec_result(state: AdaDecState, config: AdaDecConfig) -> AdaDecResult:
+    """The ``AdaDecResult`` of a (finished) state."""
+    return AdaDecResult(
+        tokens=common.assemble(
+            state.prompt, state.prompt_lengths, state.generated, state.num_generated, config.pad_id
+        ),
+        lengths=state.prompt_lengths + state.num_generated,
+        num_generated=state.num_generated,
+        entropies=state.entropies,
+        paused=state.paused,
+        pauses=jnp.sum(state.paused, axis=1, dtype=jnp.int32),
+        changed=state.changed,
+        compute=state.compute,
+    )
+
+
+def adadec_run(
+    key: jax.Array,
+    model: Any,
+    prompt: jax.Array,
+    prompt_lengths: jax.Array,
+    config: AdaDecConfig,
+) -> AdaDecResult:
+    """AdaDec decoding (deterministic) in one compiled loop.
+
+    Args:
+      key: ignored (deterministic; taken for the uniform signature).
+      model: any callable following ``models.apply`` with a static ``config``.
+      prompt: [B, P] int; ``prompt_lengths`` [B] in [1, P].
+      config: ``AdaDecConfig`` (static); fit ``threshold`` with ``fit_adadec_threshold``.
+    """
+    state = adadec_init(model, prompt, prompt_lengths, config)
+    state = lax.while_loop(
+        lambda s: ~jnp.all(s.finished), lambda s: adadec_step(key, s, model, config)[0], state
+    )
+    return adadec_result(state, config)
 
 
 def adadec(
@@ -221,51 +305,16 @@ def adadec(
     prompt_lengths: jax.Array,
     *,
     max_new_tokens: int,
-    params: AdaDecParams = DEFAULT_PARAMS,
+    params: AdaDecConfig = DEFAULT_PARAMS,
     eos_id: int | None = None,
     pad_id: int = 0,
 ) -> AdaDecResult:
-    """AdaDec decoding (deterministic) in one compiled loop.
-
-    Args:
-      model: any callable following ``models.apply`` with a static ``config``.
-      prompt: [B, P] int; ``prompt_lengths`` [B] in [1, P].
-      max_new_tokens: budget per row (static). The cache holds ``P +
-        max_new_tokens + L`` positions (the lookahead runs past the budget).
-      params: ``AdaDecParams(threshold, num_candidates, beam_width,
-        lookahead_steps)``, static; fit ``threshold`` with ``fit_adadec_threshold``.
-      eos_id: ends a row (and a lookahead beam); static, ``None``: never.
-    """
-    _check_params(model, params, eos_id)
-    common.check_prompts(
-        model, prompt, prompt_lengths, max_new_tokens, extra_positions=params.lookahead_steps
+    """The keyword form of ``adadec_run``: ``params``' algorithm settings with
+    ``max_new_tokens``, ``eos_id`` and ``pad_id`` from the keywords."""
+    config = dataclasses.replace(
+        params, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id
     )
-    prompt = jnp.asarray(prompt, jnp.int32)
-    prompt_lengths = jnp.asarray(prompt_lengths, jnp.int32)
-    state = adadec_init(
-        model,
-        prompt,
-        prompt_lengths,
-        max_new_tokens=max_new_tokens,
-        lookahead_steps=params.lookahead_steps,
-    )
-    state = lax.while_loop(
-        lambda s: ~jnp.all(s.finished),
-        lambda s: adadec_step(model, s, params=params, eos_id=eos_id),
-        state,
-    )
-    return AdaDecResult(
-        tokens=common.assemble(
-            prompt, prompt_lengths, state.generated, state.num_generated, pad_id
-        ),
-        lengths=prompt_lengths + state.num_generated,
-        num_generated=state.num_generated,
-        entropies=state.entropies,
-        paused=state.paused,
-        pauses=jnp.sum(state.paused, axis=1, dtype=jnp.int32),
-        changed=state.changed,
-        compute=state.compute,
-    )
+    return adadec_run(jax.random.key(0), model, prompt, prompt_lengths, config)
 
 
 # ----------------------------------------------------------------------------- threshold fit

@@ -12,15 +12,18 @@ and ``N = 1`` samples one token, exactly as plain sampling does (same keys as
 ``sample_rollouts``'s rollout 0), so CNTP with ``H <= H_lo`` at every step *is*
 plain sampling.
 
-``cntp_init`` / ``cntp_step`` are the pure pieces (a step commits one segment
-per row and returns a ``CNTPStepInfo`` of its trials); ``cntp`` runs them in one
-``lax.while_loop``. Trials run as ``N_max`` lanes per row (rows ``b * N_max + j``
+Contract: ``CNTPConfig``, ``cntp_init(model, prompt, prompt_lengths, config) ->
+CNTPState``, ``cntp_step(key, state, model, config) -> (CNTPState, CNTPInfo)`` (a step
+commits one segment per row; the info holds its trials), ``cntp_run(key, model,
+prompt, prompt_lengths, config) -> CNTPResult`` (one ``lax.while_loop``); ``cntp`` is
+the keyword form of ``cntp_run``. Trials run as ``N_max`` lanes per row (rows ``b * N_max + j``
 of the model batch); the lanes are built only on steps where some row needs
 more than one trial.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import jax
@@ -29,25 +32,47 @@ from jax import lax
 
 from lookahead_jax import models as _models
 from lookahead_jax.decoding import _strategy_common as common
+from lookahead_jax.decoding import metrics
 from lookahead_jax.sampling import Sampling
 
 PUNCTUATION_BYTES = common.PUNCTUATION_BYTES
 
 
-class CNTPParams(NamedTuple):
-    """Static parameters (hashable)."""
+@dataclasses.dataclass(frozen=True)
+class CNTPConfig:
+    """Static settings of CNTP (hashable: a static argument to ``jit``).
 
-    entropy_low: float = 0.01  # H_lo (nats)
-    entropy_high: float = 1.5  # H_hi (nats)
-    max_trials: int = 10  # N_max
-    max_segment_tokens: int = 32  # a trial stops here even without a stop token
+    Attributes:
+      entropy_low: H_lo (nats); at or below it one token is sampled plainly.
+      entropy_high: H_hi (nats); at or above it ``max_trials`` trials run.
+      max_trials: N_max.
+      max_segment_tokens: a trial stops here even without a stop token.
+      stop_tokens: the tokens that end a trial (with ``eos_id``).
+      max_new_tokens: budget per row.
+      sampling: the distribution trials sample from (not greedy).
+      eos_id: ends a trial and the row (``None``: never).
+      pad_id: fills ``tokens`` past each length.
+    """
+
+    entropy_low: float = 0.01
+    entropy_high: float = 1.5
+    max_trials: int = 10
+    max_segment_tokens: int = 32
     stop_tokens: tuple[int, ...] = PUNCTUATION_BYTES
+    max_new_tokens: int = 32
+    sampling: Sampling = Sampling(temperature=1.0)
+    eos_id: int | None = None
+    pad_id: int = 0
 
 
-DEFAULT_PARAMS = CNTPParams()
+# deprecated alias of CNTPConfig, kept for existing code
+CNTPParams = CNTPConfig
+DEFAULT_PARAMS = CNTPConfig()
 
 
 class CNTPState(NamedTuple):
+    prompt: jax.Array  # [B, P] int32
+    prompt_lengths: jax.Array  # [B] int32
     generated: jax.Array  # [B, N] int32 committed generated tokens
     token_log_probs: jax.Array  # [B, N] float32, log p of each under the sampling distribution
     num_generated: jax.Array  # [B] int32
@@ -57,19 +82,23 @@ class CNTPState(NamedTuple):
     steps: jax.Array  # [B] int32, committed segments (steps)
     multi_trial_steps: jax.Array  # [B] int32, steps with N > 1
     trials: jax.Array  # [B] int32, sum of N over steps
-    compute: common.Compute
+    compute: common.Compute  # [B] counters
 
 
-class CNTPStepInfo(NamedTuple):
+class CNTPInfo(NamedTuple):
     """The trials of one step (diagnostics, never fed back)."""
 
     entropy: jax.Array  # [B] float32, H at the step's state
     num_trials: jax.Array  # [B] int32, N (0 for finished rows)
-    trial_tokens: jax.Array  # [B, M, S] int32, M = N_max lanes (or 1 on an all-single step)
+    trial_tokens: jax.Array  # [B, M, S] int32, M = N_max lanes, S = max_segment_tokens
     trial_log_probs: jax.Array  # [B, M, S] float32
     trial_lengths: jax.Array  # [B, M] int32 (0 for unused lanes)
     trial_perplexity: jax.Array  # [B, M] float32 (inf for unused lanes)
     chosen: jax.Array  # [B] int32, the committed lane
+
+
+# deprecated alias of CNTPInfo, kept for existing code
+CNTPStepInfo = CNTPInfo
 
 
 class CNTPResult(NamedTuple):
@@ -83,38 +112,48 @@ class CNTPResult(NamedTuple):
     compute: common.Compute
 
 
-def num_trials(entropy: jax.Array, params: CNTPParams) -> jax.Array:
+def num_trials(entropy: jax.Array, params: CNTPConfig) -> jax.Array:
     """``N = 1 + floor((N_max - 1) * clip((H - H_lo) / (H_hi - H_lo), 0, 1))``."""
     span = params.entropy_high - params.entropy_low
     frac = jnp.clip((entropy - params.entropy_low) / span, 0.0, 1.0)
     return 1 + jnp.floor((params.max_trials - 1) * frac).astype(jnp.int32)
 
 
-def _check(model, params: CNTPParams, eos_id) -> None:
-    common.check_float("entropy_low", params.entropy_low, 0.0)
-    common.check_float("entropy_high", params.entropy_high, params.entropy_low, low_open=True)
-    common.check_int("max_trials", params.max_trials, 1)
-    common.check_int("max_segment_tokens", params.max_segment_tokens, 1)
+def _check_config(model, config: CNTPConfig) -> None:
+    common.check_budget(model, config.max_new_tokens, config.eos_id)
+    common.check_float("entropy_low", config.entropy_low, 0.0)
+    common.check_float("entropy_high", config.entropy_high, config.entropy_low, low_open=True)
+    common.check_int("max_trials", config.max_trials, 1)
+    common.check_int("max_segment_tokens", config.max_segment_tokens, 1)
     vocab = model.config.vocab_size
-    if not params.stop_tokens or not all(
-        isinstance(t, int) and 0 <= t < vocab for t in params.stop_tokens
+    if not config.stop_tokens or not all(
+        isinstance(t, int) and 0 <= t < vocab for t in config.stop_tokens
     ):
         raise ValueError(
             f"`stop_tokens` must be a non-empty tuple of token ids in [0, {vocab}); "
-            f"got {params.stop_tokens!r}."
+            f"got {config.stop_tokens!r}."
         )
-    common.check_token("eos_id", eos_id, vocab)
+    if config.sampling.greedy:
+        raise ValueError("`sampling` must sample (temperature > 0): greedy trials are identical.")
 
 
 def cntp_init(
-    model: Any, prompt: jax.Array, prompt_lengths: jax.Array, *, max_new_tokens: int
+    model: Any, prompt: jax.Array, prompt_lengths: jax.Array, config: CNTPConfig
 ) -> CNTPState:
+    """Checks the inputs and prefills the prompts."""
+    _check_config(model, config)
+    prompt, prompt_lengths = common.prepare_prompts(
+        model, prompt, prompt_lengths, config.max_new_tokens
+    )
     batch, width = prompt.shape
-    logits, cache = common.prefill(model, prompt, prompt_lengths, width + max_new_tokens)
+    max_new = config.max_new_tokens
+    logits, cache = common.prefill(model, prompt, prompt_lengths, width + max_new)
     zeros = jnp.zeros((batch,), jnp.int32)
     return CNTPState(
-        generated=jnp.zeros((batch, max_new_tokens), jnp.int32),
-        token_log_probs=jnp.zeros((batch, max_new_tokens), jnp.float32),
+        prompt=prompt,
+        prompt_lengths=prompt_lengths,
+        generated=jnp.zeros((batch, max_new), jnp.int32),
+        token_log_probs=jnp.zeros((batch, max_new), jnp.float32),
         num_generated=zeros,
         next_logits=logits.astype(jnp.float32),
         cache=cache,
@@ -206,19 +245,16 @@ def _run_trials(
 
 
 def cntp_step(
-    model: Any,
-    state: CNTPState,
-    keys: jax.Array,
-    *,
-    params: CNTPParams = DEFAULT_PARAMS,
-    sampling: Sampling = Sampling(temperature=1.0),
-    eos_id: int | None = None,
-) -> tuple[CNTPState, CNTPStepInfo]:
+    key: jax.Array, state: CNTPState, model: Any, config: CNTPConfig
+) -> tuple[CNTPState, CNTPInfo]:
     """Commits one segment per unfinished row: a single token (N = 1) or the best of N trials.
 
-    ``keys`` is ``[B, N_max]`` from ``_strategy_common.lane_keys(key, B, N_max)``.
+    ``key`` is the run's key (the same at every step): trial ``j`` of row ``b`` uses
+    the keys of rollout ``j`` of ``sample_rollouts`` at the row's token indices.
     """
+    params, sampling, eos_id = config, config.sampling, config.eos_id
     batch, max_new = state.generated.shape
+    keys = common.lane_keys(key, batch, params.max_trials)
     active = ~state.finished
     entropy = common.entropy_of_logits(state.next_logits, sampling)
     counts = jnp.where(active, num_trials(entropy, params), 0)
@@ -232,8 +268,7 @@ def cntp_step(
 
     def perplexity(out):
         used = jnp.arange(out.tokens.shape[1])[None, :] < counts[:, None]
-        mean_nll = -jnp.sum(out.lps, -1) / jnp.maximum(out.lengths, 1)
-        return jnp.where(used, jnp.exp(mean_nll), jnp.inf)
+        return jnp.where(used, metrics.perplexity(out.lps, out.lengths), jnp.inf)
 
     def single(_):
         # No row needs trials: one token per row on the committed cache itself.
@@ -310,7 +345,7 @@ def cntp_step(
     finished = state.finished | (num_generated >= max_new)
     if eos_id is not None:
         finished = finished | (active & (last == eos_id))
-    new_state = CNTPState(
+    new_state = state._replace(
         generated=generated,
         token_log_probs=token_lp,
         num_generated=num_generated,
@@ -337,48 +372,13 @@ def cntp_step(
     return new_state, info
 
 
-def cntp(
-    model: Any,
-    prompt: jax.Array,
-    prompt_lengths: jax.Array,
-    key: jax.Array,
-    *,
-    max_new_tokens: int,
-    params: CNTPParams = DEFAULT_PARAMS,
-    sampling: Sampling = Sampling(temperature=1.0),
-    eos_id: int | None = None,
-    pad_id: int = 0,
-) -> CNTPResult:
-    """Cautious next-token prediction in one compiled loop.
-
-    Args:
-      model: any callable following ``models.apply`` with a static ``config``.
-      prompt: [B, P] int; ``prompt_lengths`` [B] in [1, P].
-      key: PRNG key; trial ``j`` of row ``b`` uses the keys of rollout ``j`` of
-        ``sample_rollouts`` (trial 0 is the plain sample).
-      max_new_tokens: budget per row (static).
-      params: ``CNTPParams`` (H_lo, H_hi, N_max, segment cap, stop tokens); static.
-      sampling: the distribution trials sample from (static, not greedy).
-      eos_id: ends a trial and the row (static; ``None``: never).
-    """
-    batch, _ = common.check_prompts(model, prompt, prompt_lengths, max_new_tokens)
-    _check(model, params, eos_id)
-    if sampling.greedy:
-        raise ValueError("`sampling` must sample (temperature > 0): greedy trials are identical.")
-    prompt = jnp.asarray(prompt, jnp.int32)
-    prompt_lengths = jnp.asarray(prompt_lengths, jnp.int32)
-    keys = common.lane_keys(key, batch, params.max_trials)
-    state = cntp_init(model, prompt, prompt_lengths, max_new_tokens=max_new_tokens)
-    state = lax.while_loop(
-        lambda s: ~jnp.all(s.finished),
-        lambda s: cntp_step(model, s, keys, params=params, sampling=sampling, eos_id=eos_id)[0],
-        state,
-    )
+def cntp_result(state: CNTPState, config: CNTPConfig) -> CNTPResult:
+    """The ``CNTPResult`` of a (finished) state."""
     return CNTPResult(
         tokens=common.assemble(
-            prompt, prompt_lengths, state.generated, state.num_generated, pad_id
+            state.prompt, state.prompt_lengths, state.generated, state.num_generated, config.pad_id
         ),
-        lengths=prompt_lengths + state.num_generated,
+        lengths=state.prompt_lengths + state.num_generated,
         num_generated=state.num_generated,
         token_log_probs=state.token_log_probs,
         steps=state.steps,
@@ -386,3 +386,46 @@ def cntp(
         trials=state.trials,
         compute=state.compute,
     )
+
+
+def cntp_run(
+    key: jax.Array,
+    model: Any,
+    prompt: jax.Array,
+    prompt_lengths: jax.Array,
+    config: CNTPConfig,
+) -> CNTPResult:
+    """Cautious next-token prediction in one compiled loop.
+
+    Args:
+      key: PRNG key; trial ``j`` of row ``b`` uses the keys of rollout ``j`` of
+        ``sample_rollouts`` (trial 0 is the plain sample).
+      model: any callable following ``models.apply`` with a static ``config``.
+      prompt: [B, P] int; ``prompt_lengths`` [B] in [1, P].
+      config: ``CNTPConfig`` (static).
+    """
+    state = cntp_init(model, prompt, prompt_lengths, config)
+    state = lax.while_loop(
+        lambda s: ~jnp.all(s.finished), lambda s: cntp_step(key, s, model, config)[0], state
+    )
+    return cntp_result(state, config)
+
+
+def cntp(
+    model: Any,
+    prompt: jax.Array,
+    prompt_lengths: jax.Array,
+    key: jax.Array,
+    *,
+    max_new_tokens: int,
+    params: CNTPConfig = DEFAULT_PARAMS,
+    sampling: Sampling = Sampling(temperature=1.0),
+    eos_id: int | None = None,
+    pad_id: int = 0,
+) -> CNTPResult:
+    """The keyword form of ``cntp_run``: ``params``' algorithm settings with
+    ``max_new_tokens``, ``sampling``, ``eos_id`` and ``pad_id`` from the keywords."""
+    config = dataclasses.replace(
+        params, max_new_tokens=max_new_tokens, sampling=sampling, eos_id=eos_id, pad_id=pad_id
+    )
+    return cntp_run(key, model, prompt, prompt_lengths, config)

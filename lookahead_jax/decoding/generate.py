@@ -1,4 +1,4 @@
-"""Autoregressive and speculative generation, each one ``lax.while_loop``.
+"""Autoregressive and speculative generation: a public round, and a loop over it.
 
 Ragged prompt batches, per-row EOS and budget, greedy / temperature / top-k /
 top-p sampling. Without a drafter every round emits one token (plain
@@ -6,14 +6,32 @@ autoregressive decoding); with a drafter every round drafts up to K tokens,
 verifies them in one target pass over K + 1 positions, and emits the accepted
 drafts plus one target token.
 
+The contract (``init`` / ``step`` / ``run``):
+
+* :func:`generation_init` prefills the prompts and samples the first token;
+* :func:`generation_step` runs ONE draft–verify round, ``(key, state, ...) ->
+  (state, GenerationStepInfo)``, so that a user can write their own loop or
+  interleave generation with other work;
+* :func:`generation_result` turns a state into a :class:`Generation`;
+* :func:`generate` is the three in one compiled ``lax.while_loop``.
+
+Static settings live in one frozen, hashable :class:`GenerationConfig`; the
+target and the drafter are arguments (the drafter carries the draft model's
+parameters, so build it inside the jitted function).
+
 Invariants kept per row (``L`` = committed tokens, prompt included):
   * the output buffer holds the L committed tokens;
   * the target cache holds the first ``L - 1`` (the last token is fed next);
   * rows never wait for each other: each writes at its own length.
+
+Bad values that ``jit`` hides (prompt ids outside the vocabulary, prompt lengths
+outside [1, width]) raise at once on concrete inputs and under
+``lookahead_jax.checked``; see ``lookahead_jax.checks``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -23,7 +41,7 @@ from jax import lax
 
 from lookahead_jax import _checks, trees
 from lookahead_jax import models as _models
-from lookahead_jax.drafting.base import Draft, Drafter, TreeDrafter
+from lookahead_jax.drafting.base import Draft, Drafter, TreeDraft, TreeDrafter
 from lookahead_jax.drafting.controllers import Controller, constant
 from lookahead_jax.sampling import Sampling, log_probs, sample
 from lookahead_jax.verification import (
@@ -38,6 +56,51 @@ from lookahead_jax.verification import (
 VERIFIERS = ("greedy", "speculative_sampling")
 # (key, draft_tokens [B, K], draft_probs [B, K, V], target_probs [B, K + 1, V], num_draft [B])
 Verifier = Callable[..., Verified]
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationConfig:
+    """Static settings of a generation (hashable: pass it as a static argument to ``jit``).
+
+    Attributes:
+      max_new_tokens: generation budget per row.
+      sampling: temperature / top-k / top-p, applied identically to the target and the
+        draft distributions; default greedy.
+      verifier: ``"greedy"``, ``"speculative_sampling"`` (lossless), a callable
+        ``(key, draft_tokens, draft_probs, target_probs, num_draft) -> Verified``
+        (e.g. typical acceptance), or ``None``: greedy when sampling is greedy,
+        speculative sampling otherwise.
+      max_draft_tokens: maximum K of a draft block (chain drafters; a tree drafter fixes
+        its own capacity).
+      controller: chooses each row's active draft length (traced, <= K); ``None``:
+        ``drafting.constant()`` (always K). Chain drafters only.
+      eos_id: a row stops after emitting this token (``None``: never); must lie in the
+        target's vocabulary.
+      pad_id: fills the output buffer past each row's length.
+      exact: run the target with ``apply(..., exact=True)`` (see :func:`generate`).
+    """
+
+    max_new_tokens: int
+    sampling: Sampling = Sampling()
+    verifier: str | Verifier | None = None
+    max_draft_tokens: int = 4
+    controller: Controller | None = None
+    eos_id: int | None = None
+    pad_id: int = 0
+    exact: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(
+                f"`max_new_tokens` must be a positive int; got {self.max_new_tokens!r}."
+            )
+        if not isinstance(self.max_draft_tokens, int) or self.max_draft_tokens < 0:
+            raise ValueError(
+                f"`max_draft_tokens` must be an int >= 0; got {self.max_draft_tokens!r}."
+            )
+        if self.eos_id is not None and not isinstance(self.eos_id, int):
+            raise ValueError(f"`eos_id` must be an int or None; got {self.eos_id!r}.")
+        _resolve_verifier(self.verifier, self.sampling)
 
 
 class GenerationStats(NamedTuple):
@@ -63,55 +126,107 @@ class Generation(NamedTuple):
     drafter_state: Any = None  # the drafter's final state (e.g. Token Recycling's table)
 
 
-class _LoopState(NamedTuple):
-    tokens: jax.Array  # [B, W] int32 output buffer
-    lengths: jax.Array  # [B] int32 committed tokens per row
+class GenerationState(NamedTuple):
+    """What the next round needs (W = P + max_new_tokens, the output buffer's width)."""
+
+    tokens: jax.Array  # [B, W] int32, committed tokens per row, then pad_id
+    lengths: jax.Array  # [B] int32, committed tokens per row (prompt included)
+    prompt_lengths: jax.Array  # [B] int32, prompt tokens per row
     target_cache: _models.KVCache  # holds lengths - 1 tokens per row
+    drafter_state: Any  # the drafter's own pytree (None without a drafter)
+    controller_state: Any  # the draft-length controller's own pytree
+    finished: jax.Array  # [B] bool, rows that hit EOS or their budget
+    stats: GenerationStats  # running per-row counters, [B] / [B, K + 1] int32
+
+
+class GenerationStepInfo(NamedTuple):
+    """What one round did, per row (diagnostics; never fed back)."""
+
+    active: jax.Array  # [B] bool, rows that were unfinished when the round started
+    num_drafted: jax.Array  # [B] int32, draft tokens (tree nodes) proposed this round
+    num_accepted: jax.Array  # [B] int32, draft tokens the target accepted this round
+    num_emitted: jax.Array  # [B] int32, tokens committed this round (0 for inactive rows)
+
+
+class _Plan(NamedTuple):
+    """Static choices derived from a config and a drafter."""
+
+    verify: str | Verifier
+    is_tree: bool
+    controller: Controller
+    num_slots: int  # K, or the tree's node capacity N
+    histogram_bins: int  # K + 1, or max tree depth + 1
+
+
+class _Round(NamedTuple):
+    """A verified draft block, before EOS and budget decide what is committed."""
+
+    drafts: jax.Array  # [B, S] int32, the accepted path's drafts first
+    num_drafted: jax.Array  # [B] int32
+    num_accepted: jax.Array  # [B] int32
+    next_token: jax.Array  # [B] int32, the target's token after the accepted drafts
+    cache: _models.KVCache  # the target cache after the verification pass
     drafter_state: Any
-    controller_state: Any
-    finished: jax.Array  # [B] bool
-    key: jax.Array  # PRNG key
-    stats: GenerationStats
+    tree_draft: TreeDraft | None  # trees only: what the drafter's update needs
+    tree_path: jax.Array | None  # [B, depth + 1] int32, trees only
+    logits: jax.Array | None  # [B, N + 1, V], trees only
 
 
-def _check_inputs(target, prompt, prompt_lengths, max_new_tokens, drafter, max_draft_tokens):
-    config = target.config
+# ---- checks ---------------------------------------------------------------------------------
+
+
+def _check_inputs(target, prompt, prompt_lengths, config: GenerationConfig, drafter) -> None:
+    vocab = target.config.vocab_size
     _checks.check_integer("prompt", prompt)
     _checks.check_rank("prompt", prompt, 2, "[batch, max_prompt_length]")
-    _checks.check_range("prompt", prompt, 0, config.vocab_size)
+    _checks.check_range("prompt", prompt, 0, vocab)
     batch, width = jnp.shape(prompt)
     _checks.check_integer("prompt_lengths", prompt_lengths)
     _checks.check_shape("prompt_lengths", prompt_lengths, (batch,), "one length per row")
     _checks.check_range("prompt_lengths", prompt_lengths, 1, width + 1)
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"`max_new_tokens` must be a positive int; got {max_new_tokens!r}.")
-    if not isinstance(max_draft_tokens, int) or max_draft_tokens < 0:
-        raise ValueError(f"`max_draft_tokens` must be an int >= 0; got {max_draft_tokens!r}.")
+    _check_static(target, width, config, drafter)
+
+
+def _check_static(target, width: int, config: GenerationConfig, drafter) -> None:
+    """Trace-time checks of the config and the drafter against the target."""
+    max_length = target.config.max_length
+    vocab = target.config.vocab_size
+    max_new_tokens = config.max_new_tokens
+    if config.eos_id is not None and not 0 <= config.eos_id < vocab:
+        raise ValueError(
+            f"`eos_id` must lie in the target's vocabulary [0, {vocab}); got {config.eos_id}."
+        )
     if drafter is not None and not isinstance(drafter, Drafter | TreeDrafter):
         raise ValueError(
             f"`drafter` must be a drafting.Drafter or drafting.TreeDrafter; got {type(drafter)}."
         )
-    if drafter is not None and drafter.vocab_size != config.vocab_size:
+    if drafter is not None and drafter.vocab_size != vocab:
         raise ValueError(
-            f"the drafter's vocabulary ({drafter.vocab_size}) must equal the target's "
-            f"({config.vocab_size})."
+            f"the drafter's vocabulary ({drafter.vocab_size}) must equal the target's ({vocab})."
         )
     if isinstance(drafter, TreeDrafter):
+        if config.controller is not None:
+            raise ValueError("`controller` applies to chain drafters, not to a TreeDrafter.")
+        if not isinstance(_resolve_verifier(config.verifier, config.sampling), str):
+            raise ValueError(
+                "a TreeDrafter is verified by name: `verifier` must be 'greedy' or "
+                f"'speculative_sampling'; got {config.verifier!r}."
+            )
         # Tree nodes occupy cache slots beyond the committed tokens, but positions only
         # up to the deepest node.
-        if width + max_new_tokens + drafter.max_depth > config.max_length:
+        if width + max_new_tokens + drafter.max_depth > max_length:
             raise ValueError(
                 f"prompt width {width} + `max_new_tokens` {max_new_tokens} + the tree's "
                 f"max_depth {drafter.max_depth} exceeds the target's "
-                f"config.max_length={config.max_length} positions."
+                f"config.max_length={max_length} positions."
             )
         return
-    lookahead = max_draft_tokens if drafter is not None else 0
-    if width + max_new_tokens + lookahead > config.max_length:
+    lookahead = config.max_draft_tokens if drafter is not None else 0
+    if width + max_new_tokens + lookahead > max_length:
         raise ValueError(
             f"prompt width {width} + `max_new_tokens` {max_new_tokens}"
             + (f" + `max_draft_tokens` {lookahead}" if lookahead else "")
-            + f" exceeds the target's config.max_length={config.max_length} positions "
+            + f" exceeds the target's config.max_length={max_length} positions "
             "(the prompts do not fit the cache)."
         )
 
@@ -134,6 +249,332 @@ def _resolve_verifier(verifier: str | Verifier | None, sampling: Sampling) -> Ve
     return verifier
 
 
+def _plan(config: GenerationConfig, drafter) -> _Plan:
+    is_tree = isinstance(drafter, TreeDrafter)
+    if is_tree:
+        num_slots = drafter.num_nodes
+    else:
+        num_slots = config.max_draft_tokens if drafter is not None else 0
+    return _Plan(
+        verify=_resolve_verifier(config.verifier, config.sampling),
+        is_tree=is_tree,
+        controller=constant() if config.controller is None else config.controller,
+        num_slots=num_slots,
+        histogram_bins=(drafter.max_depth if is_tree else num_slots) + 1,
+    )
+
+
+# ---- init: prefill and the first token ------------------------------------------------------
+
+
+def _prefill(key, target, prompt, prompt_lengths, config: GenerationConfig, capacity: int):
+    """Runs the padded prompts through the target and samples each row's first token.
+
+    Returns the output buffer [B, P + max_new_tokens] (prompt, first token, pad_id), the
+    cache holding each row's prompt, and the first tokens [B].
+    """
+    batch, width = prompt.shape
+    rows = jnp.arange(batch)
+    cache = _models.init_cache(
+        target.config,
+        batch,
+        min(capacity, target.config.max_length),
+        extra_slots=max(0, capacity - target.config.max_length),
+        dtype=getattr(target, "dtype", None),
+    )
+    logits, cache = target(prompt, cache, exact=config.exact)
+    cache = _models.rewind(cache, prompt_lengths)  # forget each row's padding
+    first = jax.vmap(lambda k, x: sample(k, x, config.sampling))(
+        jax.random.split(key, batch), logits[rows, prompt_lengths - 1]
+    )
+    positions = jnp.arange(width + config.max_new_tokens)[None, :]
+    padded = jnp.pad(prompt, ((0, 0), (0, config.max_new_tokens)))
+    tokens = jnp.where(positions < prompt_lengths[:, None], padded, config.pad_id)
+    tokens = tokens.at[rows, prompt_lengths].set(first)
+    return tokens, cache, first
+
+
+def generation_init(
+    key: jax.Array,
+    target: _models.Model,
+    prompt: jax.Array,
+    prompt_lengths: jax.Array,
+    config: GenerationConfig,
+    drafter: Drafter | TreeDrafter | None = None,
+) -> GenerationState:
+    """Prefills the prompts and commits each row's first token (one target pass).
+
+    Args:
+      key: PRNG key for the first token (unused when sampling is greedy). Every row
+        draws from its own sub-key.
+      target: the model whose distribution is sampled.
+      prompt: [B, P] int, prompts left-aligned; row ``b`` holds ``prompt_lengths[b]``
+        real tokens (the rest is ignored). Ids must lie in the target's vocabulary.
+      prompt_lengths: [B] int in [1, P].
+      config: static settings (:class:`GenerationConfig`).
+      drafter: ``None``, a ``Drafter`` or a ``TreeDrafter`` (see :func:`generate`); the
+        same one must be passed to every :func:`generation_step`.
+
+    Returns:
+      The state before the first draft–verify round.
+    """
+    _check_inputs(target, prompt, prompt_lengths, config, drafter)
+    plan = _plan(config, drafter)
+    batch, width = prompt.shape
+    prompt = jnp.asarray(prompt, jnp.int32)
+    prompt_lengths = jnp.asarray(prompt_lengths, jnp.int32)
+    capacity = width + config.max_new_tokens + plan.num_slots
+    tokens, cache, first = _prefill(key, target, prompt, prompt_lengths, config, capacity)
+    lengths = prompt_lengths + 1
+    finished = lengths - prompt_lengths >= config.max_new_tokens
+    if config.eos_id is not None:
+        finished |= first == config.eos_id
+    zeros = jnp.zeros((batch,), jnp.int32)
+    return GenerationState(
+        tokens=tokens,
+        lengths=lengths,
+        prompt_lengths=prompt_lengths,
+        target_cache=cache,
+        drafter_state=None if drafter is None else drafter.init(prompt, prompt_lengths, capacity),
+        controller_state=plan.controller.init(batch, plan.num_slots),
+        finished=finished,
+        stats=GenerationStats(
+            target_calls=jnp.ones((batch,), jnp.int32),
+            drafted=zeros,
+            accepted=zeros,
+            accept_histogram=jnp.zeros((batch, plan.histogram_bins), jnp.int32),
+        ),
+    )
+
+
+# ---- one round: draft, verify (chain or tree), commit, update ------------------------------
+
+
+def _chain_round(draft_key, verify_key, state, target, config, drafter, plan, num_draft):
+    """Drafts a chain (or nothing), scores it in one target pass and verifies it."""
+    batch = state.tokens.shape[0]
+    rows = jnp.arange(batch)
+    drafter_state = state.drafter_state
+    if drafter is None:
+        draft = Draft(
+            tokens=jnp.zeros((batch, 0), jnp.int32),
+            probs=jnp.zeros((batch, 0, target.config.vocab_size), jnp.float32),
+            num_draft=jnp.zeros((batch,), jnp.int32),
+        )
+    else:
+        drafter_state, draft = drafter.propose(
+            drafter_state,
+            draft_key,
+            state.tokens,
+            state.lengths,
+            num_draft,
+            max_draft=plan.num_slots,
+            sampling=config.sampling,
+        )
+    # One target pass over the last committed token and the drafts.
+    last = state.tokens[rows, state.lengths - 1]
+    block = jnp.concatenate([last[:, None], draft.tokens], axis=1)  # [B, K + 1]
+    logits, cache = target(block, state.target_cache, exact=config.exact)
+    if plan.verify == "greedy":
+        verified = greedy(draft.tokens, logits, draft.num_draft)
+    else:
+        target_probs = jnp.exp(log_probs(logits, config.sampling))
+        verify = speculative_sampling if plan.verify == "speculative_sampling" else plan.verify
+        verified = verify(verify_key, draft.tokens, draft.probs, target_probs, draft.num_draft)
+    return _Round(
+        drafts=draft.tokens,
+        num_drafted=draft.num_draft,
+        num_accepted=verified.num_accepted,
+        next_token=verified.next_token,
+        cache=cache,
+        drafter_state=drafter_state,
+        tree_draft=None,
+        tree_path=None,
+        logits=None,
+    )
+
+
+def _tree_round(draft_key, verify_key, state, target, config, drafter, plan):
+    """Drafts a token tree, scores it under the tree mask and keeps the accepted path."""
+    rows = jnp.arange(state.tokens.shape[0])
+    drafter_state, tree_draft = drafter.propose(
+        state.drafter_state, draft_key, state.tokens, state.lengths, sampling=config.sampling
+    )
+    tree = tree_draft.tree
+    last = state.tokens[rows, state.lengths - 1]
+    block = jnp.concatenate([last[:, None], tree.token], axis=1)  # [B, N + 1]
+    start = state.target_cache.lengths
+    logits, cache = target(
+        block,
+        state.target_cache,
+        tree_mask=trees.block_mask(tree, drafter.max_depth),
+        exact=config.exact,
+    )
+    if plan.verify == "greedy":
+        verified = tree_greedy(tree, logits)
+    else:
+        verified = tree_speculative_sampling(
+            verify_key,
+            tree,
+            tree_draft.probs,
+            jnp.exp(log_probs(logits, config.sampling)),
+            replacement=drafter.replacement,
+        )
+    cache = _models.keep_path(cache, start, verified.path, verified.path_length)
+    return _Round(
+        drafts=jnp.take_along_axis(block, verified.path[:, 1:], axis=1),  # [B, N]
+        num_drafted=jnp.sum(tree.valid, axis=1, dtype=jnp.int32),
+        num_accepted=verified.num_accepted,
+        next_token=verified.next_token,
+        cache=cache,
+        drafter_state=drafter_state,
+        tree_draft=tree_draft,
+        tree_path=verified.path,
+        logits=logits,
+    )
+
+
+def _commit(state: GenerationState, round_: _Round, config: GenerationConfig, active, num_slots):
+    """Writes the accepted drafts and the target's token, cut at EOS and at the budget.
+
+    Returns the new buffer [B, W], the new lengths [B], the tokens committed per row [B]
+    (0 for inactive rows) and whether each row emitted EOS [B].
+    """
+    lengths = state.lengths
+    rows = jnp.arange(lengths.shape[0])
+    buffer_width = state.tokens.shape[1]
+    slots = jnp.arange(num_slots + 1)[None, :]
+    padded_drafts = jnp.pad(round_.drafts, ((0, 0), (0, 1)))
+    emitted = jnp.where(
+        slots < round_.num_accepted[:, None], padded_drafts, round_.next_token[:, None]
+    )
+    count = round_.num_accepted + 1
+    count = jnp.minimum(count, config.max_new_tokens - (lengths - state.prompt_lengths))
+    stop = jnp.zeros_like(active)
+    if config.eos_id is not None:
+        is_eos = (emitted == config.eos_id) & (slots < count[:, None])
+        stop = jnp.any(is_eos, axis=1)
+        count = jnp.where(stop, jnp.argmax(is_eos, axis=1) + 1, count)
+    count = jnp.where(active, count, 0)
+    write_at = jnp.where(slots < count[:, None], lengths[:, None] + slots, buffer_width)
+    tokens = state.tokens.at[rows[:, None], write_at].set(emitted, mode="drop")
+    return tokens, lengths + count, count, stop
+
+
+def _update_drafter(state, round_: _Round, drafter, plan: _Plan, committed_drafts):
+    """Tells the drafter which drafts were committed (EOS / budget may cut the path)."""
+    if plan.is_tree:
+        committed = TreeVerified(
+            num_accepted=committed_drafts,
+            next_token=round_.next_token,
+            path=round_.tree_path,
+            path_length=committed_drafts + 1,
+        )
+        return drafter.update(
+            round_.drafter_state, state.lengths, round_.tree_draft, committed, round_.logits
+        )
+    if drafter is not None:
+        return drafter.update(round_.drafter_state, state.lengths, committed_drafts)
+    return round_.drafter_state
+
+
+def _update_controller(state, round_: _Round, plan: _Plan, active):
+    """Advances the controller for the rows that were active (the others keep theirs)."""
+    controller_state = plan.controller.update(
+        state.controller_state, round_.num_drafted, round_.num_accepted
+    )
+    return jax.tree.map(
+        lambda new, old: jnp.where(active.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
+        controller_state,
+        state.controller_state,
+    )
+
+
+def _accumulate(stats: GenerationStats, round_: _Round, active, bins: int) -> GenerationStats:
+    counted = active.astype(jnp.int32)
+    return GenerationStats(
+        target_calls=stats.target_calls + counted,
+        drafted=stats.drafted + counted * round_.num_drafted,
+        accepted=stats.accepted + counted * round_.num_accepted,
+        accept_histogram=stats.accept_histogram
+        + counted[:, None] * jax.nn.one_hot(round_.num_accepted, bins, dtype=jnp.int32),
+    )
+
+
+def generation_step(
+    key: jax.Array,
+    state: GenerationState,
+    target: _models.Model,
+    config: GenerationConfig,
+    drafter: Drafter | TreeDrafter | None = None,
+) -> tuple[GenerationState, GenerationStepInfo]:
+    """One draft–verify round: every unfinished row commits 1 to K + 1 tokens.
+
+    Finished rows are left unchanged (the target still runs over the whole batch), so a
+    loop may call this until ``jnp.all(state.finished)`` or for a fixed number of rounds.
+
+    Args:
+      key: PRNG key of this round (sub-keys 1 and 2 of ``jax.random.split(key, 3)`` draw
+        the drafts and the verification; :func:`generate` passes sub-key 0 on to the next
+        round). Unused when everything is greedy and the drafter is deterministic.
+      state: from :func:`generation_init` or a previous step.
+      target: the model given to :func:`generation_init`.
+      config: the config given to :func:`generation_init` (static).
+      drafter: the drafter given to :func:`generation_init`.
+
+    Returns:
+      The new state and a :class:`GenerationStepInfo` of this round.
+    """
+    _check_static(target, state.tokens.shape[1] - config.max_new_tokens, config, drafter)
+    plan = _plan(config, drafter)
+    _, draft_key, verify_key = jax.random.split(key, 3)
+    active = ~state.finished
+    num_draft = jnp.clip(plan.controller.num_draft(state.controller_state), 0, plan.num_slots)
+    num_draft = jnp.where(active, num_draft, 0)
+    if plan.is_tree:
+        round_ = _tree_round(draft_key, verify_key, state, target, config, drafter, plan)
+    else:
+        round_ = _chain_round(
+            draft_key, verify_key, state, target, config, drafter, plan, num_draft
+        )
+    tokens, new_lengths, count, stop = _commit(state, round_, config, active, plan.num_slots)
+    # Target cache: keep the committed tokens but the newest one.
+    cache = _models.rewind(round_.cache, jnp.where(active, new_lengths - 1, state.lengths - 1))
+    committed_drafts = jnp.where(active, count - 1, 0)
+    budget_spent = new_lengths - state.prompt_lengths >= config.max_new_tokens
+    new_state = GenerationState(
+        tokens=tokens,
+        lengths=new_lengths,
+        prompt_lengths=state.prompt_lengths,
+        target_cache=cache,
+        drafter_state=_update_drafter(state, round_, drafter, plan, committed_drafts),
+        controller_state=_update_controller(state, round_, plan, active),
+        finished=state.finished | stop | budget_spent,
+        stats=_accumulate(state.stats, round_, active, plan.histogram_bins),
+    )
+    info = GenerationStepInfo(
+        active=active,
+        num_drafted=jnp.where(active, round_.num_drafted, 0),
+        num_accepted=jnp.where(active, round_.num_accepted, 0),
+        num_emitted=count,
+    )
+    return new_state, info
+
+
+# ---- finalize and the whole loop ------------------------------------------------------------
+
+
+def generation_result(state: GenerationState) -> Generation:
+    """The generation held by ``state`` (complete once ``jnp.all(state.finished)``)."""
+    return Generation(
+        tokens=state.tokens,
+        lengths=state.lengths,
+        num_generated=state.lengths - state.prompt_lengths,
+        stats=state.stats,
+        drafter_state=state.drafter_state,
+    )
+
+
 def generate(
     target: _models.Model,
     prompt: jax.Array,
@@ -142,7 +583,7 @@ def generate(
     *,
     max_new_tokens: int,
     sampling: Sampling = Sampling(),
-    drafter: Drafter | None = None,
+    drafter: Drafter | TreeDrafter | None = None,
     verifier: str | Verifier | None = None,
     max_draft_tokens: int = 4,
     controller: Controller | None = None,
@@ -152,10 +593,15 @@ def generate(
 ) -> Generation:
     """Generates up to ``max_new_tokens`` tokens after each prompt, in one compiled loop.
 
+    Equivalent to :func:`generation_init`, :func:`generation_step` in a
+    ``lax.while_loop`` until every row is finished, and :func:`generation_result`, with
+    ``key, init_key = jax.random.split(key)`` for the first token and, per round,
+    ``generation_step(key, ...)`` followed by ``key = jax.random.split(key, 3)[0]``.
+
     Args:
       target: the model whose distribution is sampled.
       prompt: [B, P] int, prompts left-aligned; row ``b`` holds ``prompt_lengths[b]``
-        real tokens (the rest is ignored).
+        real tokens (the rest is ignored). Ids must lie in [0, vocab_size).
       prompt_lengths: [B] int in [1, P].
       key: PRNG key (unused when everything is greedy). Every row draws from its
         own sub-keys, so results do not depend on how the batch is sharded.
@@ -176,7 +622,8 @@ def generate(
         drafter fixes its own capacity).
       controller: chooses each row's active draft length (traced, <= K);
         default ``drafting.constant()`` (always K). Chain drafters only.
-      eos_id: a row stops after emitting this token (static; ``None``: never).
+      eos_id: a row stops after emitting this token (static; ``None``: never); must
+        lie in [0, vocab_size).
       pad_id: fills the output buffer past each row's length.
       exact: run the target with ``apply(..., exact=True)``: every token's logits
         are bitwise independent of how many tokens are scored together, so
@@ -190,6 +637,11 @@ def generate(
       the drafter's final state (pass it on to keep e.g. an adjacency table
       across requests).
 
+    Raises:
+      ValueError: on bad shapes or static settings at once; on prompt ids outside the
+      vocabulary or prompt lengths outside [1, P] at once when they are concrete, and
+      under ``lookahead_jax.checked`` when they are traced (a plain ``jit`` skips them).
+
     Compile the whole generation once per shape by wrapping it in ``jax.jit``,
     building the drafter inside the jitted function so that the draft model's
     parameters are arguments, not constants::
@@ -199,203 +651,40 @@ def generate(
             return generate(target, prompt, lengths, key, max_new_tokens=64,
                             drafter=drafting.draft_model(draft))
     """
-    _check_inputs(target, prompt, prompt_lengths, max_new_tokens, drafter, max_draft_tokens)
-    verify = _resolve_verifier(verifier, sampling)
-    is_tree = isinstance(drafter, TreeDrafter)
-    if is_tree:
-        if controller is not None:
-            raise ValueError("`controller` applies to chain drafters, not to a TreeDrafter.")
-        if not isinstance(verify, str):
-            raise ValueError(
-                "a TreeDrafter is verified by name: `verifier` must be 'greedy' or "
-                f"'speculative_sampling'; got {verifier!r}."
-            )
-    controller = constant() if controller is None else controller
-    num_slots = drafter.num_nodes if is_tree else max_draft_tokens if drafter is not None else 0
-    histogram_bins = (drafter.max_depth if is_tree else num_slots) + 1
-    batch, width = prompt.shape
-    prompt = jnp.asarray(prompt, jnp.int32)
-    prompt_lengths = jnp.asarray(prompt_lengths, jnp.int32)
-    rows = jnp.arange(batch)
-    buffer_width = width + max_new_tokens
-    capacity = buffer_width + num_slots
-    vocab = target.config.vocab_size
-
-    # Prefill the padded prompts, then forget each row's padding.
-    cache = _models.init_cache(
-        target.config,
-        batch,
-        min(capacity, target.config.max_length),
-        extra_slots=max(0, capacity - target.config.max_length),
-        dtype=getattr(target, "dtype", None),
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        sampling=sampling,
+        verifier=verifier,
+        max_draft_tokens=max_draft_tokens,
+        controller=controller,
+        eos_id=eos_id,
+        pad_id=pad_id,
+        exact=exact,
     )
-    logits, cache = target(prompt, cache, exact=exact)
-    cache = _models.rewind(cache, prompt_lengths)
-    key, first_key = jax.random.split(key)
-    first = jax.vmap(lambda k, x: sample(k, x, sampling))(
-        jax.random.split(first_key, batch), logits[rows, prompt_lengths - 1]
-    )
-    positions = jnp.arange(buffer_width)[None, :]
-    padded = jnp.pad(prompt, ((0, 0), (0, max_new_tokens)))
-    tokens = jnp.where(positions < prompt_lengths[:, None], padded, pad_id)
-    tokens = tokens.at[rows, prompt_lengths].set(first)
-    lengths = prompt_lengths + 1
-    finished = lengths - prompt_lengths >= max_new_tokens
-    if eos_id is not None:
-        finished |= first == eos_id
+    return generation_run(key, target, prompt, prompt_lengths, config, drafter)
 
-    zeros = jnp.zeros((batch,), jnp.int32)
-    state = _LoopState(
-        tokens=tokens,
-        lengths=lengths,
-        target_cache=cache,
-        drafter_state=None if drafter is None else drafter.init(prompt, prompt_lengths, capacity),
-        controller_state=controller.init(batch, num_slots),
-        finished=finished,
-        key=key,
-        stats=GenerationStats(
-            target_calls=jnp.ones((batch,), jnp.int32),
-            drafted=zeros,
-            accepted=zeros,
-            accept_histogram=jnp.zeros((batch, histogram_bins), jnp.int32),
-        ),
-    )
 
-    def body(state: _LoopState) -> _LoopState:
-        active = ~state.finished
-        key, draft_key, verify_key = jax.random.split(state.key, 3)
-        lengths = state.lengths
-        num_draft = jnp.clip(controller.num_draft(state.controller_state), 0, num_slots)
-        num_draft = jnp.where(active, num_draft, 0)
-        drafter_state = state.drafter_state
-        if is_tree:
-            drafter_state, tree_draft = drafter.propose(
-                drafter_state, draft_key, state.tokens, lengths, sampling=sampling
-            )
-            tree = tree_draft.tree
-            last = state.tokens[rows, lengths - 1]
-            block = jnp.concatenate([last[:, None], tree.token], axis=1)  # [B, N + 1]
-            start = state.target_cache.lengths
-            logits, cache = target(
-                block,
-                state.target_cache,
-                tree_mask=trees.block_mask(tree, drafter.max_depth),
-                exact=exact,
-            )
-            if verify == "greedy":
-                verified_tree = tree_greedy(tree, logits)
-            else:
-                verified_tree = tree_speculative_sampling(
-                    verify_key,
-                    tree,
-                    tree_draft.probs,
-                    jnp.exp(log_probs(logits, sampling)),
-                    replacement=drafter.replacement,
-                )
-            cache = _models.keep_path(cache, start, verified_tree.path, verified_tree.path_length)
-            num_accepted = verified_tree.num_accepted
-            drafts = jnp.take_along_axis(block, verified_tree.path[:, 1:], axis=1)  # [B, N]
-            next_token = verified_tree.next_token
-            num_drafted = jnp.sum(tree.valid, axis=1, dtype=jnp.int32)
-        else:
-            if drafter is None:
-                draft = Draft(
-                    tokens=jnp.zeros((batch, 0), jnp.int32),
-                    probs=jnp.zeros((batch, 0, vocab), jnp.float32),
-                    num_draft=zeros,
-                )
-            else:
-                drafter_state, draft = drafter.propose(
-                    drafter_state,
-                    draft_key,
-                    state.tokens,
-                    lengths,
-                    num_draft,
-                    max_draft=num_slots,
-                    sampling=sampling,
-                )
-            # One target pass over the last committed token and the drafts.
-            last = state.tokens[rows, lengths - 1]
-            block = jnp.concatenate([last[:, None], draft.tokens], axis=1)  # [B, K + 1]
-            logits, cache = target(block, state.target_cache, exact=exact)
-            if verify == "greedy":
-                verified = greedy(draft.tokens, logits, draft.num_draft)
-            else:
-                target_probs = jnp.exp(log_probs(logits, sampling))
-                if verify == "speculative_sampling":
-                    verified = speculative_sampling(
-                        verify_key, draft.tokens, draft.probs, target_probs, draft.num_draft
-                    )
-                else:
-                    verified = verify(
-                        verify_key, draft.tokens, draft.probs, target_probs, draft.num_draft
-                    )
-            num_accepted = verified.num_accepted
-            drafts = draft.tokens
-            next_token = verified.next_token
-            num_drafted = draft.num_draft
+def generation_run(
+    key: jax.Array,
+    target: _models.Model,
+    prompt: jax.Array,
+    prompt_lengths: jax.Array,
+    config: GenerationConfig,
+    drafter: Drafter | TreeDrafter | None = None,
+) -> Generation:
+    """The contract's ``run``: :func:`generate` with the key first and a config.
 
-        # Emitted block: the accepted drafts then the target's token.
-        slots = jnp.arange(num_slots + 1)[None, :]
-        padded_drafts = jnp.pad(drafts, ((0, 0), (0, 1)))
-        emitted = jnp.where(slots < num_accepted[:, None], padded_drafts, next_token[:, None])
-        count = num_accepted + 1
-        count = jnp.minimum(count, max_new_tokens - (lengths - prompt_lengths))
-        stop = jnp.zeros((batch,), bool)
-        if eos_id is not None:
-            is_eos = (emitted == eos_id) & (slots < count[:, None])
-            stop = jnp.any(is_eos, axis=1)
-            count = jnp.where(stop, jnp.argmax(is_eos, axis=1) + 1, count)
-        count = jnp.where(active, count, 0)
-        write_at = jnp.where(slots < count[:, None], lengths[:, None] + slots, buffer_width)
-        tokens = state.tokens.at[rows[:, None], write_at].set(emitted, mode="drop")
-        new_lengths = lengths + count
+    :func:`generation_init`, then :func:`generation_step` in a ``lax.while_loop`` until every
+    row is finished, then :func:`generation_result`; the same tokens as :func:`generate`
+    with the same key and settings. Shapes and errors as in :func:`generate`.
+    """
+    key, init_key = jax.random.split(key)
+    state = generation_init(init_key, target, prompt, prompt_lengths, config, drafter)
 
-        # Target cache: keep the committed tokens but the newest one.
-        cache = _models.rewind(cache, jnp.where(active, new_lengths - 1, lengths - 1))
-        committed_drafts = jnp.where(active, count - 1, 0)
-        if is_tree:
-            # The drafter learns which nodes were committed (EOS / budget may cut the path).
-            committed = TreeVerified(
-                num_accepted=committed_drafts,
-                next_token=next_token,
-                path=verified_tree.path,
-                path_length=committed_drafts + 1,
-            )
-            drafter_state = drafter.update(drafter_state, lengths, tree_draft, committed, logits)
-        elif drafter is not None:
-            drafter_state = drafter.update(drafter_state, lengths, committed_drafts)
-        controller_state = controller.update(state.controller_state, num_drafted, num_accepted)
-        controller_state = jax.tree.map(
-            lambda new, old: jnp.where(active.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
-            controller_state,
-            state.controller_state,
-        )
-        finished = state.finished | stop | (new_lengths - prompt_lengths >= max_new_tokens)
-        counted = active.astype(jnp.int32)
-        stats = GenerationStats(
-            target_calls=state.stats.target_calls + counted,
-            drafted=state.stats.drafted + counted * num_drafted,
-            accepted=state.stats.accepted + counted * num_accepted,
-            accept_histogram=state.stats.accept_histogram
-            + counted[:, None] * jax.nn.one_hot(num_accepted, histogram_bins, dtype=jnp.int32),
-        )
-        return _LoopState(
-            tokens=tokens,
-            lengths=new_lengths,
-            target_cache=cache,
-            drafter_state=drafter_state,
-            controller_state=controller_state,
-            finished=finished,
-            key=key,
-            stats=stats,
-        )
+    def body(carry):
+        state, key = carry
+        state, _ = generation_step(key, state, target, config, drafter)
+        return state, jax.random.split(key, 3)[0]
 
-    state = lax.while_loop(lambda s: ~jnp.all(s.finished), body, state)
-    return Generation(
-        tokens=state.tokens,
-        lengths=state.lengths,
-        num_generated=state.lengths - prompt_lengths,
-        stats=state.stats,
-        drafter_state=state.drafter_state,
-    )
+    state, _ = lax.while_loop(lambda c: ~jnp.all(c[0].finished), body, (state, key))
+    return generation_result(state)

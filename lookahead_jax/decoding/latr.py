@@ -28,10 +28,16 @@ rollout is greedy decoding (plain sampling with ``growth="sample"``); with
 ``sample_rollouts``, same keys). ``latr``
 returns the group with per-token log-probabilities (the model's, at
 temperature 1), ready for GRPO-style losses: a rollout generator.
+
+Contract: ``LATRConfig``, ``latr_init(model, prompt, prompt_lengths, config) ->
+LATRState``, ``latr_step(key, state, model, config) -> (LATRState, LATRInfo)``,
+``latr_run(key, model, prompt, prompt_lengths, config) -> LATRResult``; ``latr`` is
+the keyword form of ``latr_run``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import jax
@@ -40,24 +46,46 @@ from jax import lax
 
 from lookahead_jax import models as _models
 from lookahead_jax.decoding import _strategy_common as common
+from lookahead_jax.decoding import metrics
+from lookahead_jax.decoding.metrics import normalized_edit_distance
 from lookahead_jax.sampling import Sampling
 
 
-class LATRParams(NamedTuple):
-    """Static parameters (hashable)."""
+@dataclasses.dataclass(frozen=True)
+class LATRConfig:
+    """Static settings of LATR (hashable: a static argument to ``jit``).
 
-    num_rollouts: int = 8  # n
-    top_m: int = 2  # m, candidates per step (the top-1 plus m - 1 possible branches)
+    Attributes:
+      num_rollouts: n, slots per prompt.
+      top_m: m, candidates per step (the top-1 plus m - 1 possible branches).
+      tau_abs, tau_rel: the branching thresholds.
+      tau_ed: children closer than this (normalised edit distance) are pruned.
+      prune_window: r, steps after birth at which a child is checked.
+      growth: the rollouts' own token while branching: "greedy" (the spec: top-1, so
+        tau_abs = 1 is greedy decoding) or "sample" (from ``sampling``, so tau_abs = 1
+        is plain sampling).
+      max_new_tokens: tokens per rollout at most.
+      sampling: the distribution after the hand-off.
+      eos_id: ends a rollout (``None``: never).
+      pad_id: fills ``tokens`` past each length (and empty slots).
+    """
+
+    num_rollouts: int = 8
+    top_m: int = 2
     tau_abs: float = 0.25
     tau_rel: float = 0.15
     tau_ed: float = 0.4
-    prune_window: int = 20  # r
-    # The rollouts' own token while branching: "greedy" (the spec: top-1, so tau_abs = 1 is
-    # greedy decoding) or "sample" (from `sampling`, so tau_abs = 1 is plain sampling).
+    prune_window: int = 20
     growth: str = "greedy"
+    max_new_tokens: int = 32
+    sampling: Sampling = Sampling(temperature=1.0)
+    eos_id: int | None = None
+    pad_id: int = 0
 
 
-DEFAULT_PARAMS = LATRParams()
+# deprecated alias of LATRConfig, kept for existing code
+LATRParams = LATRConfig
+DEFAULT_PARAMS = LATRConfig()
 
 
 class LATRResult(NamedTuple):
@@ -77,6 +105,8 @@ class LATRResult(NamedTuple):
 
 
 class LATRState(NamedTuple):
+    prompt: jax.Array  # [B, P] int32
+    prompt_lengths: jax.Array  # [B] int32
     generated: jax.Array  # [B, n, N] int32
     token_log_probs: jax.Array  # [B, n, N] float32
     num_generated: jax.Array  # [B, n] int32
@@ -96,59 +126,47 @@ class LATRState(NamedTuple):
     branches: jax.Array  # [B] int32
     pruned: jax.Array  # [B] int32
     step: jax.Array  # [] int32
-    compute: common.Compute
+    compute: common.Compute  # [B] counters
 
 
-def normalized_edit_distance(a: jax.Array, b: jax.Array) -> jax.Array:
-    """Levenshtein distance of ``a [..., r]`` and ``b [..., r]`` divided by ``r``."""
-    r = a.shape[-1]
-    lead = a.shape[:-1]
-    cols = jnp.arange(r + 1)
-    prev = jnp.broadcast_to(cols, (*lead, r + 1)).astype(jnp.int32)
+class LATRInfo(NamedTuple):
+    """What one step did (diagnostics, never fed back)."""
 
-    def row(prev, i):
-        sub = (a[..., i][..., None] != b).astype(jnp.int32)  # [..., r]
-        tmp = jnp.concatenate(
-            [
-                jnp.full((*lead, 1), i + 1, jnp.int32),
-                jnp.minimum(prev[..., 1:] + 1, prev[..., :-1] + sub),
-            ],
-            axis=-1,
-        )
-        # Insertions within the row: cur[j] = min_k<=j tmp[k] + (j - k).
-        cur = lax.cummin(tmp - cols, axis=tmp.ndim - 1) + cols
-        return cur, None
-
-    last, _ = lax.scan(row, prev, jnp.arange(r))
-    return last[..., r].astype(jnp.float32) / r
+    tokens: jax.Array  # [B, n] int32, each slot's token (garbage where not active)
+    active: jax.Array  # [B, n] bool, the slot wrote a token this step (children included)
+    spawned: jax.Array  # [B, n] bool, a child was born in the slot this step
+    dropped: jax.Array  # [B, n] bool, the slot's child was pruned this step
+    sampling_mode: jax.Array  # [B] bool, the group has handed off to ordinary sampling
 
 
-def _check(model, params: LATRParams, eos_id, max_new_tokens) -> None:
-    common.check_int("num_rollouts", params.num_rollouts, 1)
-    common.check_int("top_m", params.top_m, 2, model.config.vocab_size)
-    common.check_float("tau_abs", params.tau_abs, 0.0, 1.0)
-    common.check_float("tau_rel", params.tau_rel, 0.0, 1.0)
-    common.check_float("tau_ed", params.tau_ed, 0.0, 1.0)
-    common.check_int("prune_window", params.prune_window, 1)
-    if params.growth not in ("greedy", "sample"):
-        raise ValueError(f"`growth` must be 'greedy' or 'sample'; got {params.growth!r}.")
-    common.check_token("eos_id", eos_id, model.config.vocab_size)
+def _check_config(model, config: LATRConfig) -> None:
+    common.check_budget(model, config.max_new_tokens, config.eos_id)
+    common.check_int("num_rollouts", config.num_rollouts, 1)
+    common.check_int("top_m", config.top_m, 2, model.config.vocab_size)
+    common.check_float("tau_abs", config.tau_abs, 0.0, 1.0)
+    common.check_float("tau_rel", config.tau_rel, 0.0, 1.0)
+    common.check_float("tau_ed", config.tau_ed, 0.0, 1.0)
+    common.check_int("prune_window", config.prune_window, 1)
+    if config.growth not in ("greedy", "sample"):
+        raise ValueError(f"`growth` must be 'greedy' or 'sample'; got {config.growth!r}.")
 
 
 def latr_init(
-    model: Any,
-    prompt: jax.Array,
-    prompt_lengths: jax.Array,
-    *,
-    params: LATRParams,
-    max_new_tokens: int,
+    model: Any, prompt: jax.Array, prompt_lengths: jax.Array, config: LATRConfig
 ) -> LATRState:
+    """Checks the inputs, prefills the prompts and places one root rollout per prompt."""
+    _check_config(model, config)
+    prompt, prompt_lengths = common.prepare_prompts(
+        model, prompt, prompt_lengths, config.max_new_tokens
+    )
     batch, width = prompt.shape
-    n = params.num_rollouts
+    n, max_new_tokens = config.num_rollouts, config.max_new_tokens
     logits, cache = common.prefill(model, prompt, prompt_lengths, width + max_new_tokens)
     slots = jnp.arange(n)[None, :]
     zeros = jnp.zeros((batch,), jnp.int32)
     return LATRState(
+        prompt=prompt,
+        prompt_lengths=prompt_lengths,
         generated=jnp.zeros((batch, n, max_new_tokens), jnp.int32),
         token_log_probs=jnp.zeros((batch, n, max_new_tokens), jnp.float32),
         num_generated=jnp.zeros((batch, n), jnp.int32),
@@ -173,20 +191,17 @@ def latr_init(
 
 
 def latr_step(
-    model: Any,
-    state: LATRState,
-    keys: jax.Array,
-    *,
-    params: LATRParams,
-    sampling: Sampling,
-    eos_id: int | None = None,
-) -> LATRState:
+    key: jax.Array, state: LATRState, model: Any, config: LATRConfig
+) -> tuple[LATRState, LATRInfo]:
     """Prunes the children due for their check, then every live rollout emits one token
     (branching or sampling) and feeds it.
 
-    ``keys`` is ``[B, n]`` from ``_strategy_common.lane_keys(key, B, n)``.
+    ``key`` is the run's key (the same at every step): slot ``j`` of row ``b`` uses
+    rollout ``j``'s keys of ``sample_rollouts`` at the step's token index.
     """
+    params, sampling, eos_id = config, config.sampling, config.eos_id
     batch, n, max_new = state.generated.shape
+    keys = common.lane_keys(key, batch, n)
     r = params.prune_window
     t = state.step
     rows = jnp.arange(batch)[:, None]
@@ -218,7 +233,7 @@ def latr_step(
     m = params.top_m
     active = alive & ~state.done
     logits = state.next_logits.reshape(batch, n, -1)
-    lp = jax.nn.log_softmax(logits, axis=-1)
+    lp = metrics.log_softmax(logits)
     top_lp, top_tok = lax.top_k(lp, m)  # [B, n, m]
     top_tok = top_tok.astype(jnp.int32)
     top_p = jnp.exp(top_lp)
@@ -254,7 +269,7 @@ def latr_step(
     writer = active | spawn
     index = jnp.where(writer, t, max_new)
     generated = generated.at[rows, slots, index].set(token, mode="drop")
-    token_lp = jnp.take_along_axis(lp[rows, from_slot], token[..., None], axis=-1)[..., 0]
+    token_lp = metrics.token_log_probs(lp[rows, from_slot], token)
     token_lp_buf = token_lp_buf.at[rows, slots, index].set(token_lp, mode="drop")
     num_generated = num_generated + writer
     if eos_id is not None:
@@ -272,7 +287,7 @@ def latr_step(
     cont = writer & ~done
     next_logits, cache = common.feed(model, cache, token.reshape(-1), cont.reshape(-1))
     next_logits = jnp.where(cont.reshape(-1, 1), next_logits, state.next_logits)
-    return LATRState(
+    new_state = state._replace(
         generated=generated,
         token_log_probs=token_lp_buf,
         num_generated=num_generated,
@@ -297,54 +312,23 @@ def latr_step(
             state.compute.tokens_evaluated + jnp.sum(cont, axis=1, dtype=jnp.int32),
         ),
     )
-
-
-def latr(
-    model: Any,
-    prompt: jax.Array,
-    prompt_lengths: jax.Array,
-    key: jax.Array,
-    *,
-    max_new_tokens: int,
-    params: LATRParams = DEFAULT_PARAMS,
-    sampling: Sampling = Sampling(temperature=1.0),
-    eos_id: int | None = None,
-    pad_id: int = 0,
-) -> LATRResult:
-    """Grows up to ``params.num_rollouts`` rollouts per prompt as a tree, in one compiled loop.
-
-    Args:
-      model: any callable following ``models.apply`` with a static ``config``.
-      prompt: [B, P] int; ``prompt_lengths`` [B] in [1, P].
-      key: PRNG key for the sampling phase (slot ``j`` of row ``b`` uses rollout
-        ``j``'s keys of ``sample_rollouts``).
-      max_new_tokens: tokens per rollout at most (static).
-      params: ``LATRParams`` (n, m, tau_abs, tau_rel, tau_ed, r); static.
-      sampling: the distribution after the hand-off (static).
-      eos_id: ends a rollout (static; ``None``: never).
-
-    Returns:
-      ``LATRResult``: the group of rollouts (``valid`` marks the occupied slots)
-      with their per-token log-probabilities, the tree (parent, birth) and counts.
-    """
-    batch, _ = common.check_prompts(model, prompt, prompt_lengths, max_new_tokens)
-    _check(model, params, eos_id, max_new_tokens)
-    prompt = jnp.asarray(prompt, jnp.int32)
-    prompt_lengths = jnp.asarray(prompt_lengths, jnp.int32)
-    keys = common.lane_keys(key, batch, params.num_rollouts)
-    state = latr_init(model, prompt, prompt_lengths, params=params, max_new_tokens=max_new_tokens)
-    state = lax.while_loop(
-        lambda s: jnp.any(s.alive & ~s.done),
-        lambda s: latr_step(model, s, keys, params=params, sampling=sampling, eos_id=eos_id),
-        state,
+    info = LATRInfo(
+        tokens=token, active=writer, spawned=spawn, dropped=drop, sampling_mode=sampling_mode
     )
+    return new_state, info
+
+
+def latr_result(state: LATRState, config: LATRConfig) -> LATRResult:
+    """The ``LATRResult`` of a (finished) state."""
     num_generated = jnp.where(state.alive, state.num_generated, 0)
     token_lp = jnp.where(
-        jnp.arange(max_new_tokens) < num_generated[..., None], state.token_log_probs, 0.0
+        jnp.arange(config.max_new_tokens) < num_generated[..., None], state.token_log_probs, 0.0
     )
     return LATRResult(
-        tokens=common.assemble(prompt, prompt_lengths, state.generated, num_generated, pad_id),
-        lengths=prompt_lengths[:, None] + num_generated,
+        tokens=common.assemble(
+            state.prompt, state.prompt_lengths, state.generated, num_generated, config.pad_id
+        ),
+        lengths=state.prompt_lengths[:, None] + num_generated,
         num_generated=num_generated,
         valid=state.alive,
         token_log_probs=token_lp,
@@ -357,3 +341,50 @@ def latr(
         handoff_step=state.handoff_step,
         compute=state.compute,
     )
+
+
+def latr_run(
+    key: jax.Array,
+    model: Any,
+    prompt: jax.Array,
+    prompt_lengths: jax.Array,
+    config: LATRConfig,
+) -> LATRResult:
+    """Grows up to ``config.num_rollouts`` rollouts per prompt as a tree, in one compiled loop.
+
+    Args:
+      key: PRNG key for the sampling phase (slot ``j`` of row ``b`` uses rollout
+        ``j``'s keys of ``sample_rollouts``).
+      model: any callable following ``models.apply`` with a static ``config``.
+      prompt: [B, P] int; ``prompt_lengths`` [B] in [1, P].
+      config: ``LATRConfig`` (static).
+
+    Returns:
+      ``LATRResult``: the group of rollouts (``valid`` marks the occupied slots)
+      with their per-token log-probabilities, the tree (parent, birth) and counts.
+    """
+    state = latr_init(model, prompt, prompt_lengths, config)
+    state = lax.while_loop(
+        lambda s: jnp.any(s.alive & ~s.done), lambda s: latr_step(key, s, model, config)[0], state
+    )
+    return latr_result(state, config)
+
+
+def latr(
+    model: Any,
+    prompt: jax.Array,
+    prompt_lengths: jax.Array,
+    key: jax.Array,
+    *,
+    max_new_tokens: int,
+    params: LATRConfig = DEFAULT_PARAMS,
+    sampling: Sampling = Sampling(temperature=1.0),
+    eos_id: int | None = None,
+    pad_id: int = 0,
+) -> LATRResult:
+    """The keyword form of ``latr_run``: ``params``' algorithm settings with
+    ``max_new_tokens``, ``sampling``, ``eos_id`` and ``pad_id`` from the keywords."""
+    config = dataclasses.replace(
+        params, max_new_tokens=max_new_tokens, sampling=sampling, eos_id=eos_id, pad_id=pad_id
+    )
+    return latr_run(key, model, prompt, prompt_lengths, config)

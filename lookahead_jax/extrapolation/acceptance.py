@@ -15,9 +15,8 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from lookahead_jax._checks import concrete_value
+from lookahead_jax import checks
 
 Criterion = Literal["strict", "adaptive", "proximity"]
 CRITERIA = ("strict", "adaptive", "proximity")
@@ -70,12 +69,14 @@ def accept(
 
     Raises:
       ValueError: unknown criterion, ``adaptive`` without ``sigma`` or ``recent_losses``,
-        a negative ``eps`` or ``sigma``.
+        a negative ``eps`` or ``sigma`` (a traced ``sigma``: under ``lookahead_jax.checked``).
     """
     if criterion not in CRITERIA:
         raise ValueError(f"`criterion` must be one of {CRITERIA}; got {criterion!r}.")
-    pred = jnp.asarray(predicted_loss, jnp.float32)
-    cur = jnp.asarray(current_loss, jnp.float32)
+    # Compared in float32, or wider when the losses are (float64 losses stay float64).
+    dtype = jnp.promote_types(jnp.result_type(predicted_loss, current_loss), jnp.float32)
+    pred = jnp.asarray(predicted_loss, dtype)
+    cur = jnp.asarray(current_loss, dtype)
     finite = jnp.isfinite(pred)
     if criterion == "strict":
         ok = pred < cur
@@ -86,10 +87,9 @@ def accept(
                     "criterion 'adaptive' needs `sigma` or `recent_losses`; got neither."
                 )
             sigma = recent_sigma(recent_losses, recent_mask)
-        value = concrete_value(sigma)
-        if value is not None and np.any(value < 0):
-            raise ValueError(f"`sigma` must be >= 0; got {value.tolist()!r}.")
-        ok = pred <= cur + jnp.asarray(sigma, jnp.float32)
+        sigma = jnp.asarray(sigma)
+        checks.check_value(~(sigma < 0), "`sigma` must be >= 0; got {sigma}.", sigma=jnp.min(sigma))
+        ok = pred <= cur + sigma.astype(dtype)
     else:
         if not eps >= 0:
             raise ValueError(f"`eps` must be >= 0; got {eps!r}.")

@@ -17,6 +17,10 @@ apart, oldest first; its last entry is the current parameters ``theta_t``. With
   with ``learning_rate=1, scale=1`` it is the paper's ``+K m / (sqrt(v) + eps)``).
 
 Every predictor works leaf by leaf on any pytree structure and keeps each leaf's dtype.
+dtype policy: each leaf is computed in its own dtype when that is float32 or wider (float64
+parameters, with ``jax_enable_x64``, stay float64 end to end, ``s`` included); narrower
+floats (bfloat16, float16) are computed in float32, because ``s (s + 1) / 2 a`` cancels
+badly in 8 mantissa bits, and cast back to the leaf's dtype.
 ``lawa`` (latest weight averaging) is the averaging baseline.
 """
 
@@ -27,23 +31,34 @@ from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from lookahead_jax._checks import concrete_value
+from lookahead_jax import checks
 
 PyTree = Any
 Method = Literal["linear", "quadratic", "quadratic_clamped", "momentum"]
-METHODS = ("linear", "quadratic", "quadratic_clamped", "momentum")
+PREDICTOR_METHODS = ("linear", "quadratic", "quadratic_clamped", "momentum")
+METHODS = PREDICTOR_METHODS  # deprecated alias of PREDICTOR_METHODS, kept for existing code
 MIN_HISTORY = {"linear": 2, "quadratic": 3, "quadratic_clamped": 3, "momentum": 1}
 SIGNS = {"descent": -1.0, "paper": 1.0}
 CLAMP_RATIO = 0.5  # the original code's ||a|| <= 0.5 ||g||
 
 
 def _check_positive(name: str, value: Any) -> None:
-    concrete = concrete_value(value)
-    if concrete is not None and not np.all(concrete > 0):
-        raise ValueError(f"`{name}` must be > 0; got {concrete.tolist()!r}.")
+    """``value > 0``: at once when concrete, else through ``lookahead_jax.checks``."""
+    checks.check_value(
+        jnp.asarray(value) > 0, f"`{name}` must be > 0; got {{value}}.", value=jnp.asarray(value)
+    )
+
+
+def compute_dtype(x: Any) -> jnp.dtype:
+    """The dtype a leaf is extrapolated in: its own when float32 or wider, else float32."""
+    return jnp.promote_types(jnp.result_type(x), jnp.float32)
+
+
+def _ratio(k: Any, delta: Any, dtype: Any) -> jax.Array:
+    """``s = k / delta`` in ``dtype`` (float64 leaves get a float64 ``s``)."""
+    return jnp.asarray(k, dtype) / jnp.asarray(delta, dtype)
 
 
 def check_same_structure(name: str, trees: Sequence[PyTree], reference: PyTree) -> None:
@@ -66,24 +81,31 @@ def check_same_structure(name: str, trees: Sequence[PyTree], reference: PyTree) 
 
 
 def _leafwise(fn, *trees: PyTree) -> PyTree:
-    """Applies ``fn`` to float32 copies of matching leaves; casts back to the last tree's dtypes."""
-    return jax.tree.map(
-        lambda *xs: fn(*(jnp.asarray(x, jnp.float32) for x in xs)).astype(jnp.result_type(xs[-1])),
-        *trees,
-    )
+    """Applies ``fn(dtype, *leaves)`` to matching leaves cast to the last tree's compute dtype
+    (``compute_dtype``); casts the result back to the last tree's leaf dtype."""
+
+    def leaf(*xs):
+        out_dtype = jnp.result_type(xs[-1])
+        dtype = compute_dtype(out_dtype)
+        return fn(dtype, *(jnp.asarray(x, dtype) for x in xs)).astype(out_dtype)
+
+    return jax.tree.map(leaf, *trees)
 
 
 def linear(history: Sequence[PyTree], k: Any, delta: Any) -> PyTree:
     """``theta_t + (K / delta) (theta_t - theta_{t-delta})``."""
-    s = jnp.asarray(k, jnp.float32) / jnp.asarray(delta, jnp.float32)
-    return _leafwise(lambda prev, cur: cur + s * (cur - prev), history[-2], history[-1])
+
+    def fn(dtype, prev, cur):
+        return cur + _ratio(k, delta, dtype) * (cur - prev)
+
+    return _leafwise(fn, history[-2], history[-1])
 
 
 def quadratic(history: Sequence[PyTree], k: Any, delta: Any) -> PyTree:
     """The interpolating parabola through the last three snapshots, evaluated ``K`` steps ahead."""
-    s = jnp.asarray(k, jnp.float32) / jnp.asarray(delta, jnp.float32)
 
-    def fn(older, prev, cur):
+    def fn(dtype, older, prev, cur):
+        s = _ratio(k, delta, dtype)
         g = cur - prev
         a = cur - 2.0 * prev + older
         return cur + s * g + 0.5 * s * (s + 1.0) * a
@@ -96,9 +118,9 @@ def quadratic_clamped(
 ) -> PyTree:
     """The original code's ``theta_t + s g + s^2 / 2 a``, ``a`` clamped per tensor to
     ``||a|| <= clamp_ratio ||g||``."""
-    s = jnp.asarray(k, jnp.float32) / jnp.asarray(delta, jnp.float32)
 
-    def fn(older, prev, cur):
+    def fn(dtype, older, prev, cur):
+        s = _ratio(k, delta, dtype)
         g = cur - prev
         a = cur - 2.0 * prev + older
         g_norm, a_norm = jnp.linalg.norm(g.ravel()), jnp.linalg.norm(a.ravel())
@@ -127,8 +149,13 @@ def momentum(
     """
     if sign not in SIGNS:
         raise ValueError(f"`sign` must be one of {tuple(SIGNS)}; got {sign!r}.")
-    step = SIGNS[sign] * scale * jnp.asarray(k, jnp.float32) * jnp.asarray(learning_rate)
-    return _leafwise(lambda m, v, p: p + step * m / (jnp.sqrt(v) + eps), mu, nu, params)
+    factor = SIGNS[sign] * scale
+
+    def fn(dtype, m, v, p):
+        step = factor * jnp.asarray(k, dtype) * jnp.asarray(learning_rate, dtype)
+        return p + step * m / (jnp.sqrt(v) + eps)
+
+    return _leafwise(fn, mu, nu, params)
 
 
 def adam_moments(opt_state: Any, b1: float = 0.9, b2: float = 0.999) -> tuple[PyTree, PyTree]:
@@ -149,9 +176,14 @@ def adam_moments(opt_state: Any, b1: float = 0.9, b2: float = 0.999) -> tuple[Py
             f"momentum predictor; got {type(opt_state).__name__}."
         )
     state = states[0]
-    count = jnp.maximum(jnp.asarray(state.count, jnp.float32), 1.0)
-    m_hat = jax.tree.map(lambda m: m / (1.0 - b1**count), state.mu)
-    v_hat = jax.tree.map(lambda v: v / (1.0 - b2**count), state.nu)
+
+    def corrected(x, beta):  # in the moment's compute dtype (float64 moments stay float64)
+        dtype = compute_dtype(x)
+        count = jnp.maximum(jnp.asarray(state.count, dtype), 1.0)
+        return (jnp.asarray(x, dtype) / (1.0 - jnp.asarray(beta, dtype) ** count)).astype(x.dtype)
+
+    m_hat = jax.tree.map(lambda m: corrected(m, b1), state.mu)
+    v_hat = jax.tree.map(lambda v: corrected(v, b2), state.nu)
     return m_hat, v_hat
 
 
@@ -175,7 +207,8 @@ def predict(
       history: parameter pytrees spaced ``delta`` steps apart, oldest first; the
         last is the current parameters. ``linear`` needs 2, the quadratics 3,
         ``momentum`` 1 (only the last is used).
-      k: steps ahead, ``> 0`` (int or scalar array; checked when concrete).
+      k: steps ahead, ``> 0`` (int or scalar array; checked at once when concrete, and
+        under ``lookahead_jax.checked`` when traced).
       delta: spacing of the snapshots in steps, ``> 0``.
       moments: ``(mu, nu)`` pytrees like the parameters (``momentum`` only; see
         ``adam_moments``).
@@ -191,8 +224,8 @@ def predict(
         than the method needs, snapshots or moments whose structure or shapes differ
         from the current parameters, missing moments or learning rate.
     """
-    if method not in METHODS:
-        raise ValueError(f"`method` must be one of {METHODS}; got {method!r}.")
+    if method not in PREDICTOR_METHODS:
+        raise ValueError(f"`method` must be one of {PREDICTOR_METHODS}; got {method!r}.")
     _check_positive("k", k)
     _check_positive("delta", delta)
     history = list(history)
@@ -226,9 +259,4 @@ def lawa(history: Sequence[PyTree]) -> PyTree:
         raise ValueError("`history` must hold at least 1 snapshot; got 0.")
     check_same_structure("history", history[:-1], history[-1])
     n = float(len(history))
-    return jax.tree.map(
-        lambda *xs: (sum(jnp.asarray(x, jnp.float32) for x in xs) / n).astype(
-            jnp.result_type(xs[-1])
-        ),
-        *history,
-    )
+    return _leafwise(lambda dtype, *xs: sum(xs) / n, *history)

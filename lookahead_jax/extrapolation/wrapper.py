@@ -22,7 +22,19 @@ The whole optimiser state is one ``LeapState`` pytree (inner state, snapshots,
 regime history, counters) that orbax saves and restores like any other.
 ``update`` cannot return diagnostics in optax's signature, so the diagnostics of
 the latest step ride in ``LeapState.last`` (``LeapInfo``), never read back by the
-algorithm; ``make_train_step`` returns them as the step's ``Info``.
+algorithm; the training step returns them in its ``Info``.
+
+The training loop follows the library's contract (``config`` is the ``LeapConfig``
+inside ``optimizer = leap_verify(inner, config, ...)``)::
+
+    state = leap_init(params, optimizer)                                  # TrainState
+    state, info = leap_step(key, state, batch, loss_fn=loss_fn, optimizer=optimizer)
+    state, infos = leap_run(key, state, batches, loss_fn=loss_fn, optimizer=optimizer)
+
+``leap_run`` scans ``leap_step`` over the leading axis of ``batches`` (a fixed number of
+steps). Neither is jitted: ``jax.jit(leap_run, static_argnames=("loss_fn", "optimizer"))``
+compiles the whole run once. ``init_train_state`` / ``make_train_step`` / ``StepInfo``
+are the earlier names, kept.
 """
 
 from __future__ import annotations
@@ -37,7 +49,6 @@ import optax
 from jax import lax
 
 from lookahead_jax.extrapolation import acceptance, predictors, regimes
-from lookahead_jax.extrapolation.fingerprints import SIMILARITY_MODES, cosine_similarity
 
 PyTree = Any
 LEAP_IN = ("stable_confirmed", "stable", "not_chaotic", "always")
@@ -51,7 +62,7 @@ class LeapConfig:
     Attributes:
       delta: steps between checks (fingerprint, snapshot, possible leap).
       k: steps a leap jumps ahead.
-      method: predictor, one of ``predictors.METHODS``.
+      method: predictor, one of ``predictors.PREDICTOR_METHODS``.
       criterion: acceptance test, one of ``acceptance.CRITERIA``.
       eps, one_sided: the ``proximity`` tolerance (paper: 0.05 two-sided; code: 0.005 one-sided).
       sigma_window: recent held-out losses whose std is ``adaptive``'s sigma.
@@ -95,33 +106,32 @@ class LeapConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"`{name}` must be a positive int; got {value!r}.")
         choices = {
-            "method": predictors.METHODS,
+            "method": predictors.PREDICTOR_METHODS,
             "criterion": acceptance.CRITERIA,
             "leap_in": LEAP_IN,
-            "similarity_mode": SIMILARITY_MODES,
             "momentum_sign": tuple(predictors.SIGNS),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"`{name}` must be one of {allowed}; got {getattr(self, name)!r}.")
-        if (self.tau_low is None) != (self.tau_high is None):
-            raise ValueError(
-                "`tau_low` and `tau_high` must both be given or both be None (calibrate); "
-                f"got tau_low={self.tau_low!r}, tau_high={self.tau_high!r}."
-            )
-        if self.tau_low is not None and not self.tau_low <= self.tau_high:
-            raise ValueError(
-                f"`tau_low` must be <= `tau_high`; got {self.tau_low!r} > {self.tau_high!r}."
-            )
-        if self.tau_low is None and not 2 <= self.calibration_checks <= self.max_checks:
-            raise ValueError(
-                f"`calibration_checks` must lie in [2, max_checks={self.max_checks}] to "
-                f"calibrate the thresholds; got {self.calibration_checks!r}."
-            )
+        self.regime  # noqa: B018  (validates the regime settings)
         if not self.eps >= 0:
             raise ValueError(f"`eps` must be >= 0; got {self.eps!r}.")
         if self.method == "momentum" and self.learning_rate is None:
             raise ValueError("method 'momentum' needs `learning_rate` (a float or a schedule).")
+
+    @property
+    def regime(self) -> regimes.RegimeConfig:
+        """The regime tracker's settings (``regimes.RegimeConfig``)."""
+        return regimes.RegimeConfig(
+            tau_low=self.tau_low,
+            tau_high=self.tau_high,
+            calibration_checks=self.calibration_checks,
+            low_percentile=self.low_percentile,
+            high_percentile=self.high_percentile,
+            similarity_mode=self.similarity_mode,
+            max_checks=self.max_checks,
+        )
 
     @property
     def history_size(self) -> int:
@@ -140,6 +150,8 @@ class LeapInfo(NamedTuple):
     accepted: jax.Array  # [] bool: the leap was taken
     current_loss: jax.Array  # [] float32: held-out loss at the current parameters (NaN: no check)
     predicted_loss: jax.Array  # [] float32: held-out loss at the prediction (NaN: no attempt)
+    finite: jax.Array  # [] bool: this check's fingerprint and current held-out loss were
+    #   finite (True off checks); a non-finite predicted loss is never accepted
 
 
 class LeapState(NamedTuple):
@@ -170,7 +182,8 @@ class LeapState(NamedTuple):
 def _no_info() -> LeapInfo:
     nan = jnp.full((), jnp.nan, jnp.float32)
     false = jnp.zeros((), bool)
-    return LeapInfo(false, nan, jnp.zeros((), jnp.int32), false, false, false, nan, nan)
+    true = jnp.ones((), bool)
+    return LeapInfo(false, nan, jnp.zeros((), jnp.int32), false, false, false, nan, nan, true)
 
 
 def advance_counts(opt_state: PyTree, k: Any) -> PyTree:
@@ -186,8 +199,7 @@ def advance_counts(opt_state: PyTree, k: Any) -> PyTree:
     return jax.tree_util.tree_map_with_path(bump, opt_state)
 
 
-def _ring_push(buffer: jax.Array, index: jax.Array, value: jax.Array) -> jax.Array:
-    return buffer.at[index % buffer.shape[0]].set(value.astype(buffer.dtype))
+_ring_push = regimes.ring_push
 
 
 def leap_verify(
@@ -223,13 +235,13 @@ def leap_verify(
                 f"`fingerprint(params)` must return an array of rank >= 1 ([P, D]); "
                 f"got shape {shape.shape}."
             )
-        c, w = config.max_checks, config.sigma_window
-        if config.tau_low is None:
-            thresholds = regimes.Thresholds(jnp.float32(jnp.nan), jnp.float32(jnp.nan))
-        else:
-            thresholds = regimes.Thresholds(
-                jnp.float32(config.tau_low), jnp.float32(config.tau_high)
+        loss_shape = jax.eval_shape(heldout_loss, params).shape
+        if loss_shape != ():
+            raise ValueError(
+                f"`heldout_loss(params)` must return a scalar (shape ()); got shape {loss_shape}."
             )
+        c, w = config.max_checks, config.sigma_window
+        tracker = regimes.regime_init(shape, config.regime)
         zero = jnp.zeros((), jnp.int32)
         return LeapState(
             inner_state=inner.init(params),
@@ -238,12 +250,12 @@ def leap_verify(
             steps_since_check=zero,
             snapshots=jax.tree.map(lambda x: jnp.zeros((size, *jnp.shape(x)), x.dtype), params),
             num_snapshots=zero,
-            fingerprint=jnp.zeros(shape.shape, jnp.float32),
-            has_fingerprint=jnp.zeros((), bool),
-            stable_streak=zero,
-            thresholds=thresholds,
-            num_checks=zero,
-            similarities=jnp.full((c,), jnp.nan, jnp.float32),
+            fingerprint=tracker.fingerprint,
+            has_fingerprint=tracker.has_fingerprint,
+            stable_streak=tracker.stable_streak,
+            thresholds=tracker.thresholds,
+            num_checks=tracker.num_checks,
+            similarities=tracker.similarities,
             regimes=jnp.zeros((c,), jnp.int32),
             decisions=jnp.full((c,), NOT_ATTEMPTED, jnp.int32),
             check_positions=jnp.full((c,), -1, jnp.int32),
@@ -299,38 +311,25 @@ def leap_verify(
 
         def check(_):
             new_params = optax.apply_updates(params, updates)
-            fp = jnp.asarray(fingerprint(new_params), jnp.float32)
-            sim = jnp.where(
-                base.has_fingerprint,
-                cosine_similarity(fp, base.fingerprint, config.similarity_mode),
-                jnp.nan,
+            tracker = regimes.RegimeState(
+                fingerprint=base.fingerprint,
+                has_fingerprint=base.has_fingerprint,
+                stable_streak=base.stable_streak,
+                thresholds=base.thresholds,
+                num_checks=base.num_checks,
+                similarities=base.similarities,
             )
             index = base.num_checks
-            similarities = _ring_push(base.similarities, index, sim)
-            thresholds = base.thresholds
-            if config.tau_low is None:
-                calibrate_now = index + 1 == config.calibration_checks
-                fresh = regimes.calibrate_thresholds(
-                    similarities,
-                    config.low_percentile,
-                    config.high_percentile,
-                    mask=jnp.arange(config.max_checks) < config.calibration_checks,
-                )
-                thresholds = jax.tree.map(
-                    lambda new, old: jnp.where(calibrate_now, new, old), fresh, thresholds
-                )
-            regime = jnp.where(
-                jnp.isnan(thresholds.tau_low),
-                regimes.UNKNOWN,
-                regimes.classify_regime(sim, thresholds.tau_low, thresholds.tau_high),
-            ).astype(jnp.int32)
-            streak = jnp.where(regime == regimes.STABLE, base.stable_streak + 1, 0)
-            confirmed = streak >= regimes.CONFIRM_AFTER
+            tracker, reading = regimes.regime_step(
+                None, tracker, fingerprint(new_params), config.regime
+            )
+            sim, regime, confirmed = reading.similarity, reading.regime, reading.confirmed
             snapshots = jax.tree.map(
                 lambda buf, x: jnp.roll(buf, -1, axis=0).at[-1].set(x), base.snapshots, new_params
             )
             num_snapshots = jnp.minimum(base.num_snapshots + 1, size)
             current_loss = jnp.asarray(heldout_loss(new_params), jnp.float32)
+            finite = reading.finite & jnp.isfinite(current_loss)
             val_losses = _ring_push(base.val_losses, index, current_loss)
             gate = allowed(regime, confirmed) & (num_snapshots >= need)
 
@@ -357,12 +356,12 @@ def leap_verify(
                 steps_since_check=jnp.zeros((), jnp.int32),
                 snapshots=snapshots,
                 num_snapshots=num_snapshots,
-                fingerprint=fp,
-                has_fingerprint=jnp.ones((), bool),
-                stable_streak=streak,
-                thresholds=thresholds,
-                num_checks=index + 1,
-                similarities=similarities,
+                fingerprint=tracker.fingerprint,
+                has_fingerprint=tracker.has_fingerprint,
+                stable_streak=tracker.stable_streak,
+                thresholds=tracker.thresholds,
+                num_checks=tracker.num_checks,
+                similarities=tracker.similarities,
                 regimes=_ring_push(base.regimes, index, regime),
                 decisions=_ring_push(base.decisions, index, decision),
                 check_positions=_ring_push(base.check_positions, index, base.position),
@@ -378,6 +377,7 @@ def leap_verify(
                     accepted=ok,
                     current_loss=current_loss,
                     predicted_loss=predicted_loss,
+                    finite=finite,
                 ),
             )
 
@@ -410,39 +410,106 @@ def find_leap_state(opt_state: Any) -> LeapState | None:
 
 
 class TrainState(NamedTuple):
-    """Parameters and optimiser state of a training run: one pytree for orbax."""
+    """Leap+Verify training state: parameters and optimiser state, one pytree for orbax."""
 
-    params: PyTree
-    opt_state: optax.OptState
+    params: PyTree  # the model's parameters (any pytree, the caller's dtypes)
+    opt_state: optax.OptState  # the optimiser's state (a LeapState, or a chain holding one)
     step: jax.Array  # [] int32: training-step calls (gradient evaluations)
 
 
-class StepInfo(NamedTuple):
-    """Diagnostics of one training step."""
+class LeapTrainInfo(NamedTuple):
+    """Diagnostics of one training step (never fed back)."""
 
-    loss: jax.Array  # [] float32: the training loss before the update
-    leap: LeapInfo | None  # the Leap+Verify diagnostics (None without a LeapState)
+    loss: jax.Array  # [] float32 (the loss's dtype): the training loss before the update
+    leap: LeapInfo | None  # [] each: Leap+Verify's check (regime, accepted, predicted and
+    #   current held-out loss); "no check" values when the optimiser holds no LeapState
+    #   (None only from the legacy make_train_step)
+    finite: jax.Array | None = None  # [] bool: the training loss and its gradients were finite
 
 
-def init_train_state(params: PyTree, optimizer: optax.GradientTransformation) -> TrainState:
-    """``TrainState`` at step 0."""
+# deprecated alias of LeapTrainInfo, kept for existing code
+StepInfo = LeapTrainInfo
+
+
+def leap_init(params: PyTree, optimizer: optax.GradientTransformation) -> TrainState:
+    """``TrainState`` at step 0 (``optimizer``: e.g. ``leap_verify(inner, config, ...)``)."""
     return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+
+
+def leap_step(
+    key: jax.Array | None,
+    state: TrainState,
+    batch: Any,
+    *,
+    loss_fn: Callable[[PyTree, Any], jax.Array],
+    optimizer: optax.GradientTransformation,
+) -> tuple[TrainState, LeapTrainInfo]:
+    """One training step: gradient of ``loss_fn(params, batch) -> []``, ``optimizer``'s update
+    (with Leap+Verify's check every ``delta`` steps when it wraps the optimiser).
+
+    ``key`` is unused (the step is deterministic; a leap's acceptance test is too); it comes
+    first for the library's uniform ``step(key, state, ...)`` contract. Not jitted: jit it
+    with ``static_argnames=("loss_fn", "optimizer")`` (both hashable). A non-finite training
+    loss or gradient is reported in ``info.finite``; the update is applied as optax would.
+    """
+    del key
+    loss, grads = jax.value_and_grad(loss_fn)(state.params, batch)
+    finite = jnp.isfinite(loss)
+    for leaf in jax.tree.leaves(grads):
+        finite = finite & jnp.all(jnp.isfinite(leaf))
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    leap = find_leap_state(opt_state)
+    info = LeapTrainInfo(loss=loss, leap=_no_info() if leap is None else leap.last, finite=finite)
+    return TrainState(params, opt_state, state.step + 1), info
+
+
+def leap_run(
+    key: jax.Array | None,
+    state: TrainState,
+    batches: Any,
+    *,
+    loss_fn: Callable[[PyTree, Any], jax.Array],
+    optimizer: optax.GradientTransformation,
+) -> tuple[TrainState, LeapTrainInfo]:
+    """``N`` training steps in one ``lax.scan``: step ``t`` trains on ``batches[t]`` (every
+    leaf of ``batches`` has leading axis ``N >= 1``). Returns the final state and the
+    stacked infos (every leaf ``[N]``). ``key`` (``None`` allowed) is split into one key per
+    step. Jit with ``static_argnames=("loss_fn", "optimizer")``: one compiled program.
+    """
+    leaves = jax.tree.leaves(batches)
+    lengths = {jnp.shape(x)[0] if jnp.ndim(x) else None for x in leaves}
+    if not leaves or len(lengths) != 1 or None in lengths or 0 in lengths:
+        raise ValueError(
+            "`batches` must be a pytree of arrays sharing a leading axis N >= 1 (one batch "
+            f"per step); got leading sizes {sorted(lengths, key=str)}."
+        )
+    (n,) = lengths
+    keys = jax.random.split(jax.random.key(0) if key is None else key, n)
+
+    def body(carry: TrainState, xs: Any) -> tuple[TrainState, LeapTrainInfo]:
+        k, batch = xs
+        return leap_step(k, carry, batch, loss_fn=loss_fn, optimizer=optimizer)
+
+    return lax.scan(body, state, (keys, batches))
+
+
+# deprecated alias of leap_init, kept for existing code
+init_train_state = leap_init
 
 
 def make_train_step(
     loss_fn: Callable[[PyTree, Any], jax.Array], optimizer: optax.GradientTransformation
-) -> Callable[[TrainState, Any], tuple[TrainState, StepInfo]]:
-    """A pure ``(state, batch) -> (state, StepInfo)`` step (not jitted: the caller decides).
-
-    ``loss_fn(params, batch) -> []`` is differentiated with respect to ``params``.
+) -> Callable[[TrainState, Any], tuple[TrainState, LeapTrainInfo]]:
+    """A pure ``(state, batch) -> (state, info)`` step (not jitted: the caller decides): the
+    earlier, key-less form of ``leap_step``, kept for existing code. ``info.leap`` is ``None``
+    when the optimiser holds no ``LeapState``.
     """
 
-    def step(state: TrainState, batch: Any) -> tuple[TrainState, StepInfo]:
-        loss, grads = jax.value_and_grad(loss_fn)(state.params, batch)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        leap = find_leap_state(opt_state)
-        info = StepInfo(loss=loss, leap=None if leap is None else leap.last)
-        return TrainState(params, opt_state, state.step + 1), info
+    def step(state: TrainState, batch: Any) -> tuple[TrainState, LeapTrainInfo]:
+        state, info = leap_step(None, state, batch, loss_fn=loss_fn, optimizer=optimizer)
+        if find_leap_state(state.opt_state) is None:
+            info = info._replace(leap=None)
+        return state, info
 
     return step

@@ -499,6 +499,11 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{path}: expected a UTF-8 encoded JSON file; byte {error.start} is not UTF-8 "
+            f"({error.reason})."
+        ) from error
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}: not valid JSON: {error}") from error
     if not isinstance(data, dict):
@@ -666,8 +671,19 @@ def load_hf(
 
         def read(key: str) -> np.ndarray:
             value = handles[located[key]].get_tensor(key)
-            if not np.all(np.isfinite(value.astype(np.float32))):
-                raise ValueError(f"{directory}: tensor {key!r} holds non-finite values.")
+            # Checked in the stored dtype first (a float64 1e300 is finite but no float32).
+            finite = np.isfinite(value)
+            if not np.all(finite):
+                bad = np.unravel_index(int(np.argmin(finite)), value.shape)
+                raise ValueError(
+                    f"{directory}: tensor {key!r} must hold finite values; got "
+                    f"{value[bad]} at index {list(map(int, bad))}."
+                )
+            if value.dtype == np.float64 and np.any(np.abs(value) > np.finfo(np.float32).max):
+                raise ValueError(
+                    f"{directory}: tensor {key!r} must hold values within float32's range; got "
+                    f"a largest magnitude of {float(np.max(np.abs(value))):.3g}."
+                )
             return value
 
         if config.tie_embeddings and has_head:

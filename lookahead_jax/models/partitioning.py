@@ -33,8 +33,11 @@ DATA_AXIS = "data"
 MODEL_AXIS = "model"
 
 
-def make_mesh(data: int = 1, model: int | None = None, devices: Any = None) -> Mesh:
-    """A 2-D ``(data, model)`` mesh over ``data * model`` devices.
+def make_model_mesh(data: int = 1, model: int | None = None, devices: Any = None) -> Mesh:
+    """A 2-D ``(data, model)`` mesh over ``data * model`` devices (tensor parallelism).
+
+    Not ``lookahead_jax.sharding.make_mesh``, which makes the 1-D ``("batch",)`` mesh of
+    the data-parallel algorithms.
 
     Args:
       data: devices along the batch axis.
@@ -53,6 +56,10 @@ def make_mesh(data: int = 1, model: int | None = None, devices: Any = None) -> M
         )
     grid = np.asarray(devices[: data * model], dtype=object).reshape(data, model)
     return Mesh(grid, (DATA_AXIS, MODEL_AXIS))
+
+
+# deprecated alias of make_model_mesh, kept for existing code
+make_mesh = make_model_mesh
 
 
 # Per-layer parameter name -> which axis of the stacked [L, ...] array is split over "model",

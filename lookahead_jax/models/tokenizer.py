@@ -362,7 +362,12 @@ def _read_json(path: pathlib.Path) -> dict[str, Any]:
         return {}
     try:
         content = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"`name_or_path`: {path} must be a UTF-8 encoded JSON file; byte {err.start} is not "
+            f"UTF-8 ({err.reason})."
+        ) from err
+    except json.JSONDecodeError as err:
         raise ValueError(f"`name_or_path`: {path} is not valid JSON ({err}).") from err
     if not isinstance(content, dict):
         raise ValueError(

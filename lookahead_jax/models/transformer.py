@@ -38,6 +38,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from einops import rearrange
 from jax import lax
 
 from lookahead_jax import _checks
@@ -275,10 +276,8 @@ def _attention(
     v_prefix: jax.Array | None,
     prefix_mask: jax.Array | None,  # [B, S or 1, T] bool: query i sees slot t
 ) -> jax.Array:
-    batch, num_new, heads, head_dim = q.shape
-    kv_heads = config.num_kv_heads
     # Query head h reads key/value head h // group (transformers' repeat_kv order).
-    q = q.reshape(batch, num_new, kv_heads, heads // kv_heads, head_dim)
+    q = rearrange(q, "b s (k g) d -> b s k g d", k=config.num_kv_heads)
     scale = config.attention_scale
     neg = jnp.finfo(_F32).min
 
@@ -293,7 +292,7 @@ def _attention(
     scores = scores_against(k_new, new_mask)
     if k_prefix is None:
         attended = mix(jax.nn.softmax(scores, axis=-1), v_new)
-        return attended.reshape(batch, num_new, heads, head_dim).astype(q.dtype)
+        return rearrange(attended, "b s k g d -> b s (k g) d").astype(q.dtype)
     # One softmax over prefix and new keys, without concatenating the cache
     # (a concatenation would copy this layer's whole cache at every call).
     prefix_scores = scores_against(k_prefix, prefix_mask)
@@ -302,8 +301,8 @@ def _attention(
     prefix_weights = jnp.exp(prefix_scores - top)
     total = jnp.sum(new_weights, -1) + jnp.sum(prefix_weights, -1)  # [B, KV, G, S]
     attended = mix(new_weights, v_new) + mix(prefix_weights, v_prefix)  # [B, S, KV, G, Dh]
-    attended = attended / jnp.moveaxis(total, -1, 1)[..., None]
-    return attended.reshape(batch, num_new, heads, head_dim).astype(q.dtype)
+    attended = attended / rearrange(total, "b k g s -> b s k g 1")
+    return rearrange(attended, "b s k g d -> b s (k g) d").astype(q.dtype)
 
 
 def tree_sum(x: jax.Array, axis: int) -> jax.Array:
@@ -360,17 +359,16 @@ def _exact_attention(
     visible: jax.Array,  # [B, S, T] bool
 ) -> jax.Array:
     """Attention over the whole cache with width-independent reductions (see ``_dense``)."""
-    batch, num_new, heads, head_dim = q.shape
-    kv_heads = config.num_kv_heads
-    q = q.astype(_F32).reshape(batch, num_new, kv_heads, heads // kv_heads, head_dim)
-    keys, values = keys.astype(_F32)[:, None, :, :, None], values.astype(_F32)[:, None, :, :, None]
-    scores = tree_sum(q[:, :, None] * keys, axis=-1) * config.attention_scale  # [B, S, T, KV, G]
+    q = rearrange(q.astype(_F32), "b s (k g) d -> b s 1 k g d", k=config.num_kv_heads)
+    keys = rearrange(keys.astype(_F32), "b t k d -> b 1 t k 1 d")
+    values = rearrange(values.astype(_F32), "b t k d -> b 1 t k 1 d")
+    scores = tree_sum(q * keys, axis=-1) * config.attention_scale  # [B, S, T, KV, G]
     scores = _softcap(scores, config.attn_logit_softcap)
     scores = jnp.where(visible[..., None, None], scores, -jnp.inf)
     weights = jnp.exp(scores - tree_max(scores, axis=2)[:, :, None])
     weights = weights / tree_sum(weights, axis=2)[:, :, None]
     attended = tree_sum(weights[..., None] * values, axis=2)  # [B, S, KV, G, Dh]
-    return attended.reshape(batch, num_new, heads, head_dim)
+    return rearrange(attended, "b s k g d -> b s (k g) d")
 
 
 def _write(buffer: jax.Array, layer: jax.Array, update: jax.Array, starts: jax.Array) -> jax.Array:
@@ -543,24 +541,21 @@ def apply(
             )  # [B, T]
             window_visible = visible & (slot_positions[:, None, :] > positions[:, :, None] - window)
 
-    heads, kv_heads, head_dim = config.num_heads, config.num_kv_heads, config.head_dim
+    head_dim = config.head_dim
 
-    def project(p: Params, name: str, h: jax.Array, count: int) -> jax.Array:
+    def project(p: Params, name: str, h: jax.Array) -> jax.Array:
+        """``[B, S, D] -> [B, S, heads, Dh]``: split the projection into heads."""
         out = _dense(h, p[f"{name}_kernel"], exact)
         if config.qkv_bias:
             out = out + p[f"{name}_bias"]
-        return out.reshape(batch, num_new, count, head_dim)
+        return rearrange(out, "b s (n d) -> b s n d", d=head_dim)
 
     def block(carry, layer):
         x, keys, values = carry
         p, index, is_sliding = layer
         h = norm(config, p["ln_1"], x, exact)
         a = p["attn"]
-        q, k, v = (
-            project(a, "q", h, heads),
-            project(a, "k", h, kv_heads),
-            project(a, "v", h, kv_heads),
-        )
+        q, k, v = project(a, "q", h), project(a, "k", h), project(a, "v", h)
         if config.qk_norm:
             q = norm(config, a["q_norm"], q, exact, kind="rms_norm")
             k = norm(config, a["k_norm"], k, exact, kind="rms_norm")
@@ -587,7 +582,7 @@ def apply(
             attended = _attention(
                 config, q, k, v, layer_new, layer_keys, layer_values, layer_prefix
             )
-        attended = attended.astype(dtype).reshape(batch, num_new, heads * head_dim)
+        attended = rearrange(attended.astype(dtype), "b s h d -> b s (h d)")
         out = _dense(attended, a["out_kernel"], exact)
         if config.out_bias:
             out = out + a["out_bias"]

@@ -1,7 +1,16 @@
 """Particle filtering: resampling, ESS, SMC steps, the bootstrap filter and its Kalman reference,
 sharded particles, entropic annealing and language-model particle filtering."""
 
-from lookahead_jax.particles.bootstrap import FilterResult, bootstrap_filter
+from lookahead_jax.particles.bootstrap import (
+    BootstrapConfig,
+    BootstrapInfo,
+    BootstrapState,
+    FilterResult,
+    bootstrap_filter,
+    bootstrap_init,
+    bootstrap_run,
+    bootstrap_step,
+)
 from lookahead_jax.particles.entropic import (
     SCHEDULES,
     entropic_temperature,
@@ -12,14 +21,22 @@ from lookahead_jax.particles.kalman import KalmanResult, kalman_filter
 from lookahead_jax.particles.lm import (
     WEIGHTINGS,
     LMFilterResult,
+    LMParticleFilterConfig,
     LMParticles,
     LMRoundInfo,
+    LMState,
+    best_particle,
+    check_rewards,
+    lm_init,
     lm_particle_filter,
+    lm_run,
+    lm_step,
     logit_reward,
     majority_vote,
 )
 from lookahead_jax.particles.resampling import (
     METHODS,
+    RESAMPLING_METHODS,
     ancestors_from_offspring,
     offspring_counts,
     resample,
@@ -27,11 +44,13 @@ from lookahead_jax.particles.resampling import (
 from lookahead_jax.particles.sharded import IslandResult, island_bootstrap_filter
 from lookahead_jax.particles.smc import (
     Resampled,
+    SMCConfig,
     SMCInfo,
     SMCState,
     adaptive_resample,
     init,
     reweight,
+    run,
     step,
 )
 from lookahead_jax.particles.ssm import LinearGaussianSSM, StateSpaceModel
@@ -39,28 +58,43 @@ from lookahead_jax.particles.weights import ess, log_mean_exp, normalize
 
 __all__ = [
     "METHODS",
+    "RESAMPLING_METHODS",
     "SCHEDULES",
     "WEIGHTINGS",
+    "BootstrapConfig",
+    "BootstrapInfo",
+    "BootstrapState",
     "FilterResult",
     "IslandResult",
     "KalmanResult",
     "LMFilterResult",
+    "LMParticleFilterConfig",
     "LMParticles",
     "LMRoundInfo",
+    "LMState",
     "LinearGaussianSSM",
     "Resampled",
+    "SMCConfig",
     "SMCInfo",
     "SMCState",
     "StateSpaceModel",
     "adaptive_resample",
     "ancestors_from_offspring",
+    "best_particle",
     "bootstrap_filter",
+    "bootstrap_init",
+    "bootstrap_run",
+    "bootstrap_step",
+    "check_rewards",
     "entropic_temperature",
     "ess",
     "init",
     "island_bootstrap_filter",
     "kalman_filter",
+    "lm_init",
     "lm_particle_filter",
+    "lm_run",
+    "lm_step",
     "log_mean_exp",
     "logit_reward",
     "majority_vote",
@@ -69,6 +103,7 @@ __all__ = [
     "offspring_counts",
     "resample",
     "reweight",
+    "run",
     "schedule_temperature",
     "step",
 ]

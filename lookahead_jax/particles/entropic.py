@@ -31,8 +31,13 @@ def check_schedule(schedule: str) -> None:
 
 
 def normalized_entropy(log_weights: jax.Array) -> jax.Array:
-    """``-sum p log p / log N`` of ``p = softmax(log_weights)``: [] in [0, 1] (1 if N = 1)."""
+    """``-sum p log p / log N`` of ``p = softmax(log_weights)``: [] in [0, 1] (1 if N = 1).
+
+    Summed and returned in float32 for bfloat16/float16 log-weights (float64 for
+    float64), like :func:`weights.ess`.
+    """
     _weights.check_log_weights("log_weights", log_weights)
+    log_weights = _weights.widen(log_weights)
     n = log_weights.shape[0]
     if n == 1:
         return jnp.ones((), log_weights.dtype)
@@ -92,14 +97,15 @@ def entropic_temperature(
       early_phase: the gate fires only when progress < this.
       v_max: starting temperature of the ``"base"`` schedule.
     Returns:
-      [] float; resample from ``log_weights / T``.
+      [] float in the dtype of ``log_weights`` (ESS and entropy are computed in float32
+      or wider); resample from ``log_weights / T``.
     """
     _weights.check_log_weights("log_weights", log_weights)
     check_schedule(schedule)
     n = log_weights.shape[0]
     ratio = _weights.ess(log_weights) / n
     entropy = normalized_entropy(log_weights)
-    progress = jnp.asarray(progress, log_weights.dtype)
+    progress = jnp.asarray(progress, _weights.accumulation_dtype(log_weights))
     gate = (ratio < ess_threshold) & (progress < early_phase)
     value = schedule_temperature(schedule, ratio, entropy, progress, v_max=v_max)
     return jnp.where(gate, value, jnp.ones_like(value)).astype(log_weights.dtype)

@@ -29,12 +29,17 @@ def kalman_filter(lgssm: LinearGaussianSSM, observations: jax.Array) -> KalmanRe
 
     Args:
       lgssm: the model.
-      observations: [T, dy].
+      observations: [T, dy] with T >= 1.
     """
     lgssm.check()
     _checks.check_shape(
         "observations", observations, (None, lgssm.observation_dim), "[T, observation_dim]"
     )
+    if jnp.shape(observations)[0] < 1:
+        raise ValueError(
+            "`observations` must hold at least one time step (T >= 1); got shape "
+            f"{tuple(jnp.shape(observations))}."
+        )
     # Module-level step functions with the model in the carry (not closures over this call's
     # arrays): called outside jit, repeated calls reuse one compiled scan per shape.
     mean, cov, log_lik = _update(lgssm, lgssm.initial_mean, lgssm.initial_cov, observations[0])

@@ -9,6 +9,11 @@ weights and ``u_1 <= ... <= u_M`` the method's sorted positions in [0, 1),
 multinomial and the residual part merge the cdf with sorted uniforms by
 bucketing (expected O(N + M), no binary search; see ``_count_below``).
 
+dtype: the weights, the cdf and the positions are computed in float32 for
+bfloat16/float16 log-weights (float64 for float64; ``weights.accumulation_dtype``):
+a bfloat16 cumsum stops growing after 256 equal weights, which biases the
+ancestor counts by orders of magnitude more than Monte Carlo noise.
+
 Float32 safety (a zero-weight particle is never picked):
 
 * ``cdf`` is a cumsum whose entries at zero-weight particles are replaced by a
@@ -35,12 +40,13 @@ from jax import lax
 
 from lookahead_jax.particles import weights as _weights
 
-METHODS = ("multinomial", "stratified", "systematic", "residual")
+RESAMPLING_METHODS = ("multinomial", "stratified", "systematic", "residual")
+METHODS = RESAMPLING_METHODS  # deprecated alias of RESAMPLING_METHODS, kept for existing code
 
 
 def check_method(method: str) -> None:
-    if method not in METHODS:
-        raise ValueError(f"`method` must be one of {METHODS}; got {method!r}.")
+    if method not in RESAMPLING_METHODS:
+        raise ValueError(f"`method` must be one of {RESAMPLING_METHODS}; got {method!r}.")
 
 
 def _check_num_samples(num_samples: int) -> None:
@@ -180,8 +186,14 @@ def offspring_counts(
       is set when every log-weight was -inf/NaN and the uniform fallback was used.
     """
     _weights.check_log_weights("log_weights", log_weights)
+    if log_weights.shape[0] < 1:
+        raise ValueError(
+            "`log_weights` must hold at least one particle (N >= 1); got shape "
+            f"{tuple(log_weights.shape)}."
+        )
     _check_num_samples(num_samples)
     check_method(method)
+    # Float32 (or float64) weights: see the module docstring.
     w, degenerate = _weights.unnormalised_weights(log_weights)
     if method == "residual":
         return _residual(key, w, num_samples), degenerate
@@ -215,9 +227,11 @@ def resample(
 
     Args:
       key: PRNG key.
-      log_weights: [N] float, unnormalised; -inf (or NaN) means weight zero. If every
-        entry is -inf/NaN the draw is uniform (see :func:`offspring_counts` for the flag).
-      num_samples: M, the number of ancestors (static).
+      log_weights: [N] float (N >= 1), unnormalised; -inf (or NaN) means weight zero. If
+        every entry is -inf/NaN the draw is uniform (see :func:`offspring_counts` for the
+        flag). Any float dtype; weights and cdf are accumulated in float32 (float64 for
+        float64 input), so bfloat16 log-weights give unbiased counts.
+      num_samples: M >= 1, the number of ancestors (static).
       method: ``"multinomial" | "stratified" | "systematic" | "residual"`` (static).
         Expected offspring ``M w_i`` for every method; systematic gives
         ``floor(M w_i)`` or ``ceil(M w_i)``; residual at least ``floor(M w_i)``;

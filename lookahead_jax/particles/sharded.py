@@ -30,32 +30,12 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec
 
-from lookahead_jax import sharding as _sharding
 from lookahead_jax.particles import weights as _weights
+from lookahead_jax.particles.bootstrap import BootstrapConfig, bootstrap_run
+from lookahead_jax.particles.placement import check_divisible, constrain, replicated
 
-
-def check_divisible(num_particles: int, mesh: Mesh) -> None:
-    size = mesh.devices.size
-    if num_particles % size:
-        raise ValueError(
-            f"`num_particles` ({num_particles}) must be divisible by the {size} devices of `mesh`."
-        )
-
-
-def constrain(tree: Any, mesh: Mesh) -> Any:
-    """Inside ``jit``: keeps every leaf of ``tree`` split along its leading (particle) axis."""
-    return jax.tree.map(
-        lambda x: jax.lax.with_sharding_constraint(x, _sharding.axis_sharding(mesh, x.ndim, 0)),
-        tree,
-    )
-
-
-def replicated(tree: Any, mesh: Mesh) -> Any:
-    """Inside ``jit``: every device holds all of ``tree`` (used for the N log-weights)."""
-    return jax.tree.map(
-        lambda x: jax.lax.with_sharding_constraint(x, _sharding.axis_sharding(mesh, x.ndim, None)),
-        tree,
-    )
+# Re-exported: they lived here before ``placement.py``.
+__all__ = ["IslandResult", "check_divisible", "constrain", "island_bootstrap_filter", "replicated"]
 
 
 class IslandResult(NamedTuple):
@@ -83,21 +63,15 @@ def island_bootstrap_filter(
     uses ``fold_in(key, d)``. See the module docstring for how this differs from
     the global mode.
     """
-    from lookahead_jax.particles.bootstrap import bootstrap_filter
-
     check_divisible(num_particles, mesh)
     size = mesh.devices.size
     axis = mesh.axis_names[0]
+    config = BootstrapConfig(
+        num_particles // size, resample_threshold=resample_threshold, method=method
+    )
 
     def island(keys, observations):
-        result = bootstrap_filter(
-            keys[0],
-            model,
-            observations,
-            num_particles // size,
-            resample_threshold=resample_threshold,
-            method=method,
-        )
+        result = bootstrap_run(keys[0], model, observations, config)
         add_axis = lambda x: x[None]
         return (
             add_axis(result.log_likelihood),

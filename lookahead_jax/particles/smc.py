@@ -10,6 +10,7 @@ cases and ``Info.resampled`` says which happened.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -24,12 +25,29 @@ Particles = Any  # a pytree whose leaves have leading axis N
 PropagateFn = Callable[[jax.Array, Particles], tuple[Particles, jax.Array]]
 
 
+@dataclasses.dataclass(frozen=True)
+class SMCConfig:
+    """Static configuration of the generic SMC step (hashable: a static argument to ``jit``).
+
+    Attributes:
+      resample_threshold: resample when ESS / N falls below this fraction, in [0, 1].
+      method: resampling method, one of ``particles.RESAMPLING_METHODS``.
+    """
+
+    resample_threshold: float = 0.5
+    method: str = "systematic"
+
+    def __post_init__(self):
+        check_threshold(self.resample_threshold)
+        _resampling.check_method(self.method)
+
+
 class SMCState(NamedTuple):
     """A weighted particle system and its running evidence estimate."""
 
     particles: Particles  # pytree, every leaf [N, ...]
     log_weights: jax.Array  # [N] float, unnormalised
-    log_likelihood: jax.Array  # [] float, log of the running normalising-constant estimate
+    log_likelihood: jax.Array  # [] float32 or wider, log of the running evidence estimate
 
 
 class SMCInfo(NamedTuple):
@@ -75,7 +93,7 @@ def adaptive_resample(
       resample_threshold: kappa in [0, 1] (may be traced); 0 never resamples, 1 resamples
         unless the weights are exactly uniform. Degenerate weights (all -inf/NaN)
         always trigger a (uniform) resampling, flagged in ``degenerate``.
-      method: a :data:`resampling.METHODS` entry (static).
+      method: a :data:`resampling.RESAMPLING_METHODS` entry (static).
       selection_log_weights: [N] float, optional: draw ancestors from these instead
         (e.g. tempered weights in entropic particle filtering) while the ESS test
         and the flag still use ``log_weights``.
@@ -130,9 +148,9 @@ def init(particles: Particles, log_weights: jax.Array | None = None) -> SMCState
             f"`log_weights` must have shape ({n},) (one per particle); "
             f"got {jnp.shape(log_weights)}."
         )
-    return SMCState(
-        particles, jnp.asarray(log_weights), jnp.zeros((), jnp.result_type(log_weights))
-    )
+    log_weights = jnp.asarray(log_weights)
+    # The evidence accumulates in float32 or wider (bfloat16 log-weights included).
+    return SMCState(particles, log_weights, jnp.zeros((), _weights.accumulation_dtype(log_weights)))
 
 
 def reweight(log_weights: jax.Array, increments: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -150,6 +168,7 @@ def step(
     key: jax.Array,
     state: SMCState,
     propagate_and_weight: PropagateFn,
+    config: SMCConfig | None = None,
     *,
     resample_threshold: float = 0.5,
     method: str = "systematic",
@@ -162,11 +181,14 @@ def step(
       propagate_and_weight: ``(key, particles [N, ...]) -> (particles [N, ...],
         log_weight_increments [N])``, e.g. a transition draw and the observation
         log-density for a bootstrap filter.
+      config: the static configuration; when given it replaces the two keywords below.
       resample_threshold: ESS fraction below which to resample (static).
       method: resampling method (static).
     Returns:
       ``(SMCState, SMCInfo)``.
     """
+    if config is not None:
+        resample_threshold, method = config.resample_threshold, config.method
     resample_key, move_key = jax.random.split(key)
     chosen = adaptive_resample(
         resample_key, state.log_weights, resample_threshold=resample_threshold, method=method
@@ -181,7 +203,11 @@ def step(
             f"got {jnp.shape(increments)}."
         )
     log_weights, increment = reweight(chosen.log_weights, increments)
-    new_state = SMCState(particles, log_weights, state.log_likelihood + increment)
+    new_state = SMCState(
+        particles,
+        log_weights,
+        (state.log_likelihood + increment).astype(jnp.result_type(state.log_likelihood)),
+    )
     info = SMCInfo(
         ancestors=chosen.ancestors,
         resampled=chosen.resampled,
@@ -190,3 +216,40 @@ def step(
         degenerate=chosen.degenerate,
     )
     return new_state, info
+
+
+def run(
+    key: jax.Array,
+    state: SMCState,
+    propagate_and_weight: Callable[[jax.Array, jax.Array, Particles], tuple[Particles, jax.Array]],
+    num_steps: int,
+    config: SMCConfig = SMCConfig(),
+) -> tuple[SMCState, SMCInfo]:
+    """``num_steps`` SMC steps in one ``lax.scan``.
+
+    Step ``t`` (0-based) uses ``jax.random.fold_in(key, t)``; to continue a run, pass its
+    final state and a fresh key. Jit it with ``propagate_and_weight``, ``num_steps`` and
+    ``config`` static.
+
+    Args:
+      key: PRNG key.
+      state: from :func:`init` or a previous run.
+      propagate_and_weight: ``(key, t [] int32, particles [N, ...]) -> (particles [N, ...],
+        log_weight_increments [N])``: the time index selects e.g. the observation.
+      num_steps: number of steps (static, >= 1).
+      config: the static configuration.
+    Returns:
+      ``(final SMCState, SMCInfo)`` with every Info field stacked over a leading [T] axis.
+    """
+    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
+        raise ValueError(f"`num_steps` must be an int >= 1; got {num_steps!r}.")
+
+    times = jnp.arange(num_steps, dtype=jnp.int32)
+    keys = jax.vmap(lambda t: jax.random.fold_in(key, t))(times)
+
+    def body(carry, inputs):
+        t, step_key = inputs
+        move = lambda k, p: propagate_and_weight(k, t, p)
+        return step(step_key, carry, move, config)
+
+    return jax.lax.scan(body, state, (times, keys))

@@ -1,4 +1,10 @@
-"""Log-weight hygiene shared by every particle method: sanitising, normalising, ESS."""
+"""Log-weight hygiene shared by every particle method: sanitising, normalising, ESS.
+
+dtype policy: log-weights keep the caller's dtype, but every sum over particles
+(normalising constants, ESS, cdfs in ``resampling.py``) is accumulated in
+:func:`accumulation_dtype`: float32 for bfloat16/float16 inputs (whose 8- or 11-bit
+mantissas cannot hold a running sum over many particles), float64 for float64.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +20,16 @@ def check_log_weights(name: str, log_weights: jax.Array) -> None:
     dtype = jnp.result_type(log_weights)
     if not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(f"`{name}` must be a floating array; got dtype {dtype}.")
+
+
+def accumulation_dtype(x: jax.Array) -> jnp.dtype:
+    """The dtype sums over particles use: ``x``'s float dtype widened to at least float32."""
+    return jnp.promote_types(jnp.result_type(x), jnp.float32)
+
+
+def widen(x: jax.Array) -> jax.Array:
+    """``x`` cast to :func:`accumulation_dtype` (a no-op for float32 and float64)."""
+    return jnp.asarray(x).astype(accumulation_dtype(x))
 
 
 def total(x: jax.Array) -> jax.Array:
@@ -43,21 +59,30 @@ def sanitize(log_weights: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def unnormalised_weights(log_weights: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``exp(lw - max lw)`` after :func:`sanitize`: [N] in [0, 1] with max 1; plus the flag."""
-    lw, degenerate = sanitize(log_weights)
+    """``exp(lw - max lw)`` after :func:`sanitize`: [N] in [0, 1] with max 1; plus the flag.
+
+    Computed and returned in :func:`accumulation_dtype` (float32 for bfloat16 input).
+    """
+    lw, degenerate = sanitize(widen(log_weights))
     return jnp.exp(lw - jnp.max(lw)), degenerate
 
 
 def normalize(log_weights: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Normalised log-weights ``[N]`` (they logsumexp to 0) and the degenerate flag []."""
-    lw, degenerate = sanitize(log_weights)
+    """Normalised log-weights ``[N]`` (they logsumexp to 0) and the degenerate flag [].
+
+    The normaliser is summed in :func:`accumulation_dtype`; the result has the input dtype.
+    """
+    dtype = jnp.result_type(log_weights)
+    lw, degenerate = sanitize(widen(log_weights))
     top = jnp.max(lw)
-    return lw - top - jnp.log(total(jnp.exp(lw - top))), degenerate
+    return (lw - top - jnp.log(total(jnp.exp(lw - top)))).astype(dtype), degenerate
 
 
 def ess(log_weights: jax.Array) -> jax.Array:
     """Effective sample size ``1 / sum(w^2)`` of normalised weights: [] float in [1, N].
 
+    Accumulated and returned in :func:`accumulation_dtype`: float32 for bfloat16/float16
+    log-weights (a bfloat16 sum over many particles is badly biased), float64 for float64.
     N only for uniform weights, 1 only for a single non-zero weight; invariant to
     adding a constant to ``log_weights``. Undefined weights follow :func:`sanitize`
     (all -inf gives the uniform fallback, so ESS = N).
@@ -74,12 +99,20 @@ def ess(log_weights: jax.Array) -> jax.Array:
 
 
 def log_mean_exp(x: jax.Array, axis: int = 0) -> jax.Array:
-    """``log(mean(exp(x)))`` along ``axis``, stable (e.g. over filter replicates)."""
-    return jax.nn.logsumexp(x, axis=axis) - jnp.log(x.shape[axis])
+    """``log(mean(exp(x)))`` along ``axis``, stable (e.g. over filter replicates).
+
+    Summed and returned in :func:`accumulation_dtype`.
+    """
+    return jax.nn.logsumexp(widen(x), axis=axis) - jnp.log(x.shape[axis])
 
 
 def logsumexp(x: jax.Array) -> jax.Array:
-    """``log(sum(exp(x)))`` over axis 0 (-inf if every entry is -inf, never NaN)."""
+    """``log(sum(exp(x)))`` over axis 0 (-inf if every entry is -inf, never NaN).
+
+    Summed and returned in :func:`accumulation_dtype` (evidence increments stay float32
+    for bfloat16 log-weights).
+    """
+    x = widen(x)
     top = jnp.max(x, axis=0)
     safe_top = jnp.where(jnp.isfinite(top), top, 0.0)
     return jnp.log(total(jnp.exp(x - safe_top))) + safe_top

@@ -1,40 +1,60 @@
-"""The pure core of an HGF network: parameter and belief pytrees and ``filter`` as one ``lax.scan``.
+"""The pure core of an HGF network: ``init`` / ``step`` / ``run`` over parameter and belief pytrees.
 
-``filter(structure, params, beliefs, inputs, observed, time_steps)`` runs the
-whole series in one scan. The :class:`~.structure.Structure` is static (hashable,
-pass it with ``static_argnums`` or close over it); ``params`` and ``beliefs`` are
-plain pytrees of arrays, so ``jax.grad``, ``jax.vmap`` (over subjects) and
-sharding work on them directly. The library never jits: callers choose.
+The library's contract for a stateful algorithm, with the network's static
+:class:`~.structure.Structure` as its configuration:
+
+* ``init(structure, beliefs=None) -> Beliefs``: the state before the first observation;
+* ``step(key, state, params, observation, observed, time_step, *, structure) ->
+  (Beliefs, HGFInfo)``: one observation;
+* ``run(key, state, params, inputs, observed, time_steps, *, structure) ->
+  (Beliefs, Trajectories)``: a whole series in one ``lax.scan``.
+
+The HGF is deterministic: ``key`` is taken first for uniformity with the rest of the
+library and ignored (``None`` is fine). :func:`filter_series` is ``run`` with the
+former ``filter`` signature, ``(structure, params, beliefs, inputs, ...)``. The
+``Structure`` is static (hashable: pass it with ``static_argnames``/``static_argnums``);
+``params`` and ``beliefs`` are NamedTuples of arrays, so ``jax.grad``, ``jax.vmap``
+(over subjects) and sharding work on them directly. The library never jits: callers
+choose.
 
 One time step, in order (Mathys et al. 2011, 2014; Weber et al. for the eHGF
-and unbounded volatility updates):
+and unbounded volatility updates), one function per stage:
 
-1. prediction, parents first: every node's ``expected_mean`` and
+1. prediction, parents first (:func:`_predict`): every node's ``expected_mean`` and
    ``expected_precision`` (and the effective precision its volatility parents use);
-2. the observations are written into the input nodes' ``mean``;
+2. the observations are written into the input nodes' ``mean`` (:func:`_observe`);
 3. bottom-up, children first: a node's posterior from its children's prediction
-   errors, then its own value and volatility prediction errors.
+   errors (:func:`_posterior`: value messages, volatility messages, the eHGF and
+   unbounded variants), then its own prediction errors (:func:`_prediction_errors`).
 
 ``mean_field_updates=False`` ("relaxed", pyhgf's default) differs from the
 mean-field updates in two places: a node's predicted log-volatility adds
 ``kappa^2 / (2 pi^_parent)`` per volatility parent and its predicted variance adds
 ``(dt alpha)^2 / pi^_parent`` per value parent; and a value parent of a continuous
 state node (not an input) is updated by the exact Gaussian message of that child
-(see ``posterior``). Both were identified against pyhgf's outputs, which the tests
-match to ~1e-10 relative in float64.
+(see :func:`_value_messages`). Both were identified against pyhgf's outputs, which the
+tests match to ~1e-10 relative in float64.
 
-The diagnostics (:class:`StepInfo`, pyhgf's ``temp`` fields) are recomputed from
+The diagnostics (:class:`HGFInfo`, pyhgf's ``temp`` fields) are recomputed from
 the belief trajectories after the scan (:func:`step_info`), which keeps the loop
-body small.
+body small; :func:`step` computes them the same way for its one observation.
 
-Parity mode (the default) reproduces pyhgf 0.3.2, warts included: a precision at
-or below 1e-128 becomes NaN and NaN inputs propagate. ``robust=True`` floors
-precisions, bounds log-volatilities and masks missing inputs with ``where``
-(not ``0 * x``), so that no parameter draw produces NaN or inf.
+Parity mode (the default) reproduces pyhgf 0.3.2, with one exception: a missing
+observation (``observed = 0``) is skipped exactly as the mask says, whatever value
+stands in its place (pyhgf lets a NaN there poison every later step, and its unbounded
+update learns from a masked input). A posterior precision at or below 1e-128 becomes
+NaN, as in pyhgf. ``robust=True`` floors precisions, bounds log-volatilities and treats
+non-finite inputs as missing, so that no parameter draw produces NaN or inf.
+
+Bad values raise through the library's runtime-check mechanism
+(:mod:`lookahead_jax.checks`): a ``ValueError`` at once on concrete arrays, and under
+``lookahead_jax.checked(...)`` when traced: time steps must be finite and > 0, binary
+inputs 0 or 1 where observed, and (parity mode) observed inputs finite.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -42,7 +62,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from lookahead_jax import _checks
+from lookahead_jax import _checks, checks
 from lookahead_jax.predictive_coding.structure import BINARY, Structure, check_complete
 
 # pyhgf turns a posterior precision at or below this into NaN (parity mode only).
@@ -69,17 +89,17 @@ class Params(NamedTuple):
 
 
 class Beliefs(NamedTuple):
-    """Beliefs of every node at one time step (the carried state of the scan)."""
+    """Beliefs of every node at one time step: the HGF's state (what ``step`` carries)."""
 
-    mean: jax.Array  # [N] posterior mean mu (an input node holds the observation)
+    mean: jax.Array  # [N] posterior mean mu (an input node holds the value it was given)
     precision: jax.Array  # [N] posterior precision pi
     expected_mean: jax.Array  # [N] predicted mean mu^
     expected_precision: jax.Array  # [N] predicted precision pi^
 
 
-class StepInfo(NamedTuple):
-    """Diagnostics per node (never fed back); pyhgf's ``temp`` fields. Returned by
-    ``filter`` stacked over time ([T, N] each), recomputed after the scan."""
+class HGFInfo(NamedTuple):
+    """Diagnostics per node (never fed back); pyhgf's ``temp`` fields. ``step`` returns
+    one ([N] each); ``run`` returns them stacked over time ([T, N] each)."""
 
     effective_precision: jax.Array  # [N] gamma = Omega pi^ (0 without volatility)
     value_prediction_error: jax.Array  # [N] delta = mu - mu^ (binary: delta / (mu^ (1 - mu^)))
@@ -89,11 +109,15 @@ class StepInfo(NamedTuple):
     observed: jax.Array  # [N] bool, whether the node received an observation (non-inputs: True)
 
 
+# deprecated alias of HGFInfo, kept for existing code (the name collided with other pillars)
+StepInfo = HGFInfo
+
+
 class Trajectories(NamedTuple):
-    """Everything ``filter`` records, stacked over the ``T`` time steps."""
+    """Everything ``run`` records, stacked over the ``T`` time steps."""
 
     beliefs: Beliefs  # each field [T, N]
-    info: StepInfo  # each field [T, N]
+    info: HGFInfo  # each field [T, N]
 
 
 def default_params(structure: Structure, dtype: Any = None) -> Params:
@@ -122,6 +146,30 @@ def default_beliefs(structure: Structure, dtype: Any = None) -> Beliefs:
         expected_mean=jnp.asarray(np.where(binary, 0.5, 0.0), dtype),
         expected_precision=jnp.ones(n, dtype),
     )
+
+
+def init(structure: Structure, beliefs: Beliefs | None = None, *, dtype: Any = None) -> Beliefs:
+    """The state before the first observation.
+
+    Args:
+      structure: the static network.
+      beliefs: initial beliefs (e.g. from :meth:`~.network.Network.compile`); default
+        pyhgf's (:func:`default_beliefs`).
+      dtype: float dtype of the state; default: that of ``beliefs``, else JAX's
+        default float.
+    Raises:
+      ValueError: when a field of ``beliefs`` does not hold one value per node.
+    """
+    check_complete(structure)
+    if beliefs is None:
+        return default_beliefs(structure, dtype)
+    for name in Beliefs._fields:
+        _checks.check_shape(
+            f"beliefs.{name}", getattr(beliefs, name), (structure.num_nodes,), "one per node"
+        )
+    if dtype is None:
+        dtype = jnp.result_type(*jax.tree.leaves(beliefs))
+    return jax.tree.map(lambda x: jnp.asarray(x, dtype), beliefs)
 
 
 # --------------------------------------------------------------------------- Lambert W
@@ -220,222 +268,362 @@ def _unbounded_posterior(
     return mean, 1.0 / var
 
 
-def _make_step(structure: Structure, params: Params, robust: bool):
-    """The scan body for ``structure`` (node loops unrolled at trace time).
+# --------------------------------------------------------------------------- stages of a step
 
-    It carries and emits the beliefs only: the diagnostics (:class:`StepInfo`) are
-    recomputed from the belief trajectories after the scan by :func:`step_info`,
-    vectorised over time. Emitting them from inside the loop made a step up to 10x
-    slower on CPU (XLA fuses the loop body far less when it has many outputs).
-    """
+
+class _Topology(NamedTuple):
+    """Static per-node lists of a structure, built once per structure (trace time only)."""
+
+    input_column: dict[int, int]  # input node -> its column of the inputs
+    binary: tuple[bool, ...]  # [N] whether each node is a binary-state node
+    value_parents: tuple[tuple[tuple[int, int], ...], ...]  # [N] (edge, parent) pairs
+    volatility_parents: tuple[tuple[tuple[int, int], ...], ...]  # [N] (edge, parent) pairs
+    value_children: tuple[tuple[tuple[int, int], ...], ...]  # [N] (edge, child) pairs
+    volatility_children: tuple[tuple[tuple[int, int], ...], ...]  # [N] (edge, child) pairs
+
+
+@functools.lru_cache(maxsize=128)
+def _topology(structure: Structure) -> _Topology:
     n = structure.num_nodes
-    inputs = structure.input_nodes
-    input_column = {node: i for i, node in enumerate(inputs)}
-    binary = [kind == BINARY for kind in structure.kinds]
-    value_parents = [structure.value_parents(k) for k in range(n)]
-    volatility_parents = [structure.volatility_parents(k) for k in range(n)]
-    value_children = [structure.value_children(k) for k in range(n)]
-    volatility_children = [structure.volatility_children(k) for k in range(n)]
-    relaxed = not structure.mean_field_updates
-    updates = structure.volatility_updates
-    max_precision = structure.max_posterior_precision
-    eps = structure.precision_clipping_value
+    return _Topology(
+        input_column={node: i for i, node in enumerate(structure.input_nodes)},
+        binary=tuple(kind == BINARY for kind in structure.kinds),
+        value_parents=tuple(structure.value_parents(k) for k in range(n)),
+        volatility_parents=tuple(structure.volatility_parents(k) for k in range(n)),
+        value_children=tuple(structure.value_children(k) for k in range(n)),
+        volatility_children=tuple(structure.volatility_children(k) for k in range(n)),
+    )
 
-    def clip_precision(pi):
-        pi = jnp.minimum(pi, max_precision)
-        if robust:
-            return jnp.maximum(jnp.nan_to_num(pi, nan=_ROBUST_MIN_PRECISION), _ROBUST_MIN_PRECISION)
-        return jnp.where(pi <= _PRECISION_UNDERFLOW, jnp.nan, pi)
 
-    def bound_log_volatility(v):
-        return jnp.clip(v, -_ROBUST_LOG_VOLATILITY, _ROBUST_LOG_VOLATILITY) if robust else v
+class _Nodes:
+    """The per-node scalars of one time step while it is traced, as Python lists.
 
-    def bound_mean(mu):
-        return jnp.clip(mu, -_ROBUST_MAX_MEAN, _ROBUST_MAX_MEAN) if robust else mu
+    The update stages below read and write these lists node by node (the node loops
+    unroll at trace time). Names follow the papers: ``emean`` mu^, ``eprec`` pi^,
+    ``cond`` pi^ given the parents' values (no relaxed terms), ``gamma`` the
+    effective precision, ``vape``/``vope`` the value/volatility prediction errors.
+    """
 
-    def floor_precision(pi):
-        return jnp.maximum(pi, _ROBUST_MIN_PRECISION) if robust else pi
+    def __init__(self, structure: Structure, robust: bool, params: Params, prev: Beliefs, dt):
+        n = structure.num_nodes
+        self.structure = structure
+        self.topology = _topology(structure)
+        self.robust = robust
+        self.relaxed = not structure.mean_field_updates
+        self.params = params
+        self.dt = dt
+        self.zero = jnp.zeros_like(prev.mean[0])
+        self.mean = [prev.mean[k] for k in range(n)]
+        self.prev_variance = [1.0 / prev.precision[k] for k in range(n)]
+        self.precision = [prev.precision[k] for k in range(n)]
+        self.emean = [prev.expected_mean[k] for k in range(n)]
+        self.eprec = [prev.expected_precision[k] for k in range(n)]
+        self.gamma = [self.zero] * n
+        self.vape = [self.zero] * n
+        self.vope = [self.zero] * n
+        self.observed = [jnp.asarray(True)] * n
+        self.cond = list(self.eprec)
 
-    def step(carry, xs):
-        prev = carry
-        u, obs, dt = xs
-        if robust:
-            dt = jnp.maximum(dt, _ROBUST_MIN_TIME_STEP)
-            # A NaN or inf input counts as missing; it never reaches the arithmetic.
-            obs = obs & jnp.isfinite(u)
-        mean = [prev.mean[k] for k in range(n)]
-        prev_variance = [1.0 / prev.precision[k] for k in range(n)]
-        precision = [prev.precision[k] for k in range(n)]
-        emean = [prev.expected_mean[k] for k in range(n)]
-        eprec = [prev.expected_precision[k] for k in range(n)]
-        zero = jnp.zeros_like(prev.mean[0])
-        gamma = [zero] * n
-        vape = [zero] * n
-        vope = [zero] * n
-        observed = [jnp.asarray(True)] * n
-        cond = list(eprec)  # precision predicted given the parents' values (no relaxed terms)
-
-        def log_volatility(k, use_expected_parents=True, relaxed_term=True):
-            v = params.tonic_volatility[k]
-            for e, p in volatility_parents[k]:
-                kappa = params.volatility_coupling[e]
-                v = v + kappa * (emean[p] if use_expected_parents else mean[p])
-                if relaxed and relaxed_term:
-                    v = v + kappa**2 / (2.0 * eprec[p])
-            return bound_log_volatility(v)
-
-        # 1. Prediction, parents first.
-        for k in structure.prediction_order:
-            if binary[k]:
-                ((e, p),) = value_parents[k]
-                mu_hat = jax.nn.sigmoid(params.value_coupling[e] * emean[p])
-                mu_hat = jnp.clip(mu_hat, eps, 1.0 - eps)
-                emean[k] = mu_hat
-                eprec[k] = cond[k] = mu_hat * (1.0 - mu_hat)
-                continue
-            is_input = k in input_column
-            drive = zero if is_input else params.tonic_drift[k]
-            for e, p in value_parents[k]:
-                drive = drive + params.value_coupling[e] * emean[p]
-            lam = zero if is_input else params.autoconnection_strength[k]
-            emean[k] = bound_mean(lam * mean[k] + dt * drive)
-            if is_input and not volatility_parents[k]:
-                # An input without volatility parent: its precision is the observation precision.
-                eprec[k] = cond[k] = precision[k]
-                continue
-            omega = dt * jnp.exp(log_volatility(k))
-            variance = 1.0 / precision[k] + omega
-            cond[k] = 1.0 / variance
-            if relaxed and not is_input:
-                # Relaxed (not mean-field): the value parents' predictive variance
-                # propagates, Var(dt alpha x_b) = (dt alpha)^2 / pi^_b.
-                for e, p in value_parents[k]:
-                    variance = variance + (dt * params.value_coupling[e]) ** 2 / eprec[p]
-            eprec[k] = floor_precision(1.0 / variance)
-            gamma[k] = omega * eprec[k]
-
-        # 2. Observations into the input nodes.
-        for node, i in input_column.items():
-            observed[node] = obs[i]
-            if robust:
-                # A missing input keeps its prediction (`where`, not `0 * x`: NaN-safe).
-                mean[node] = jnp.where(
-                    obs[i], jnp.where(jnp.isfinite(u[i]), u[i], 0.0), emean[node]
-                )
-            else:
-                mean[node] = u[i]
-            if binary[node]:
-                precision[node] = eprec[node]
-
-        def posterior(k):
-            obs_value = [(e, c, observed[c]) for e, c in value_children[k]]
-            obs_vol = [(e, c, observed[c]) for e, c in volatility_children[k]]
-            any_observed = jnp.asarray(False)
-            for _, _, o in obs_value + obs_vol:
-                any_observed = any_observed | o
-            # No child observed: the mean keeps its prediction and the precision decays
-            # as the random walk's variance grows.
-            lonely_pi = clip_precision(
-                1.0 / (1.0 / precision[k] + dt * jnp.exp(log_volatility(k, False, False)))
-            )
-            if updates == "unbounded" and obs_vol:
-                # pyhgf reads the first volatility child only and ignores the observed
-                # flags; robust mode honours them (an unobserved child carries no news).
-                e, c, _ = obs_vol[0]
-                mu, pi = _unbounded_posterior(
-                    emean[k], eprec[k], params.volatility_coupling[e], params.tonic_volatility[c],
-                    dt, prev_variance[c], mean[c], precision[c], emean[c], eprec[c], robust,
-                )  # fmt: skip
-                mu, pi = bound_mean(mu), clip_precision(pi)
-                if robust:
-                    return jnp.where(obs_vol[0][2], mu, emean[k]), jnp.where(
-                        obs_vol[0][2], pi, lonely_pi
-                    )
-                return mu, pi
-            value_pi = zero
-            value_mu = zero
-            for e, c, o in obs_value:
-                alpha = params.value_coupling[e]
-                if relaxed and not binary[c] and c not in input_column:
-                    # Relaxed: the child's posterior is its prediction times a Gaussian
-                    # message from below (precision L = pi_c - pi^_c, mean mu^_c + pi_c
-                    # delta_c / L); passing that message up through the conditional
-                    # prediction x_c | x_b, of precision `cond`, is an exact Gaussian step.
-                    # Written without 1 / L so that L = 0 (no message) stays finite.
-                    message = precision[c] - eprec[c]
-                    if robust:
-                        message = jnp.maximum(message, 0.0)  # a message has no negative precision
-                    value_pi = value_pi + jnp.where(
-                        o, alpha**2 * message * cond[c] / (message + cond[c]), 0.0
-                    )
-                    value_mu = value_mu + jnp.where(
-                        o, alpha * precision[c] * vape[c] * cond[c] / (message + cond[c]), 0.0
-                    )
-                else:
-                    value_pi = value_pi + jnp.where(o, alpha**2 * eprec[c], 0.0)
-                    value_mu = value_mu + jnp.where(o, alpha * eprec[c] * vape[c], 0.0)
-            vol_pi = zero
-            vol_mu = zero
-            for e, c, o in obs_vol:
-                kappa = params.volatility_coupling[e]
-                vol_pi = vol_pi + jnp.where(
-                    o, _volatility_precision_gain(kappa, gamma[c], vope[c]), 0.0
-                )
-                vol_mu = vol_mu + jnp.where(o, kappa * gamma[c] * vope[c] / 2.0, 0.0)
-            if updates == "standard" or not obs_vol:
-                pi = clip_precision(eprec[k] + value_pi + vol_pi)
-                mu = emean[k] + (value_mu + vol_mu) / pi
-            else:
-                # eHGF: the mean moves first, under the precision before the volatility
-                # gain; the gain is then evaluated again at the new mean, floored at 0.
-                mu = emean[k] + (value_mu + vol_mu) / (eprec[k] + value_pi)
-                vol_pi = zero
-                for e, c, o in obs_vol:
-                    kappa = params.volatility_coupling[e]
-                    log_vol = params.tonic_volatility[c] + kappa * mu
-                    # Conditional on the parent sitting at its new mean: no relaxed term.
-                    for e2, p2 in volatility_parents[c]:
-                        if p2 != k:
-                            log_vol = log_vol + params.volatility_coupling[e2] * emean[p2]
-                    omega_c = dt * jnp.exp(bound_log_volatility(log_vol))
-                    eprec_c = 1.0 / (prev_variance[c] + omega_c)
-                    gamma_c = omega_c * eprec_c
-                    vope_c = (eprec_c / precision[c] + eprec_c * vape[c] ** 2 - 1.0) / len(
-                        volatility_parents[c]
-                    )
-                    gain = _volatility_precision_gain(kappa, gamma_c, vope_c)
-                    vol_pi = vol_pi + jnp.where(o, jnp.maximum(gain, 0.0), 0.0)
-                pi = clip_precision(eprec[k] + value_pi + vol_pi)
-            mu = bound_mean(mu)
-            return jnp.where(any_observed, mu, emean[k]), jnp.where(any_observed, pi, lonely_pi)
-
-        # 3. Posteriors and prediction errors, children first.
-        for k in structure.update_order:
-            if value_children[k] or volatility_children[k]:
-                mean[k], precision[k] = posterior(k)
-            if not (value_parents[k] or volatility_parents[k]):
-                continue  # a root has no prediction error to send (pyhgf leaves it at 0)
-            if binary[k]:
-                vape[k] = (mean[k] - emean[k]) / eprec[k]
-            else:
-                vape[k] = mean[k] - emean[k]
-                if volatility_parents[k]:
-                    vope[k] = (eprec[k] / precision[k] + eprec[k] * vape[k] ** 2 - 1.0) / len(
-                        volatility_parents[k]
-                    )
-
-        new = Beliefs(
-            mean=jnp.stack(mean),
-            precision=jnp.stack(precision),
-            expected_mean=jnp.stack(emean),
-            expected_precision=jnp.stack(eprec),
+    def beliefs(self) -> Beliefs:
+        return Beliefs(
+            mean=jnp.stack(self.mean),
+            precision=jnp.stack(self.precision),
+            expected_mean=jnp.stack(self.emean),
+            expected_precision=jnp.stack(self.eprec),
         )
-        return new, new
-
-    return step
 
 
-def _check_inputs(structure: Structure, params, beliefs, inputs, observed, time_steps):
+def _clip_precision(nodes: _Nodes, pi):
+    """A posterior precision: capped; NaN at underflow (parity) or floored (robust)."""
+    pi = jnp.minimum(pi, nodes.structure.max_posterior_precision)
+    if nodes.robust:
+        return jnp.maximum(jnp.nan_to_num(pi, nan=_ROBUST_MIN_PRECISION), _ROBUST_MIN_PRECISION)
+    return jnp.where(pi <= _PRECISION_UNDERFLOW, jnp.nan, pi)
+
+
+def _bound_log_volatility(robust: bool, v):
+    return jnp.clip(v, -_ROBUST_LOG_VOLATILITY, _ROBUST_LOG_VOLATILITY) if robust else v
+
+
+def _bound_mean(robust: bool, mu):
+    return jnp.clip(mu, -_ROBUST_MAX_MEAN, _ROBUST_MAX_MEAN) if robust else mu
+
+
+def _log_volatility(nodes: _Nodes, k: int, use_expected_parents=True, relaxed_term=True):
+    """log Omega_k / dt: tonic volatility plus the volatility parents' (expected) means."""
+    params = nodes.params
+    v = params.tonic_volatility[k]
+    for e, p in nodes.topology.volatility_parents[k]:
+        kappa = params.volatility_coupling[e]
+        v = v + kappa * (nodes.emean[p] if use_expected_parents else nodes.mean[p])
+        if nodes.relaxed and relaxed_term:
+            v = v + kappa**2 / (2.0 * nodes.eprec[p])
+    return _bound_log_volatility(nodes.robust, v)
+
+
+def _predict_node(nodes: _Nodes, k: int) -> None:
+    """Stage 1 for node ``k`` (its parents already predicted): mu^, pi^, gamma, cond."""
+    topology, params, dt, zero = nodes.topology, nodes.params, nodes.dt, nodes.zero
+    if topology.binary[k]:
+        ((e, p),) = topology.value_parents[k]
+        mu_hat = jax.nn.sigmoid(params.value_coupling[e] * nodes.emean[p])
+        eps = nodes.structure.precision_clipping_value
+        mu_hat = jnp.clip(mu_hat, eps, 1.0 - eps)
+        nodes.emean[k] = mu_hat
+        nodes.eprec[k] = nodes.cond[k] = mu_hat * (1.0 - mu_hat)
+        return
+    is_input = k in topology.input_column
+    drive = zero if is_input else params.tonic_drift[k]
+    for e, p in topology.value_parents[k]:
+        drive = drive + params.value_coupling[e] * nodes.emean[p]
+    if is_input:
+        # An input's autoconnection is 0: its previous value (possibly a masked NaN)
+        # never enters the prediction.
+        nodes.emean[k] = _bound_mean(nodes.robust, dt * drive)
+    else:
+        lam = params.autoconnection_strength[k]
+        nodes.emean[k] = _bound_mean(nodes.robust, lam * nodes.mean[k] + dt * drive)
+    if is_input and not topology.volatility_parents[k]:
+        # An input without volatility parent: its precision is the observation precision.
+        nodes.eprec[k] = nodes.cond[k] = nodes.precision[k]
+        return
+    omega = dt * jnp.exp(_log_volatility(nodes, k))
+    variance = 1.0 / nodes.precision[k] + omega
+    nodes.cond[k] = 1.0 / variance
+    if nodes.relaxed and not is_input:
+        # Relaxed (not mean-field): the value parents' predictive variance
+        # propagates, Var(dt alpha x_b) = (dt alpha)^2 / pi^_b.
+        for e, p in topology.value_parents[k]:
+            variance = variance + (dt * params.value_coupling[e]) ** 2 / nodes.eprec[p]
+    eprec = 1.0 / variance
+    nodes.eprec[k] = jnp.maximum(eprec, _ROBUST_MIN_PRECISION) if nodes.robust else eprec
+    nodes.gamma[k] = omega * nodes.eprec[k]
+
+
+def _predict(nodes: _Nodes) -> None:
+    """Stage 1, top-down: every node's prediction, parents first."""
+    for k in nodes.structure.prediction_order:
+        _predict_node(nodes, k)
+
+
+def _observe(nodes: _Nodes, u: jax.Array, obs: jax.Array) -> None:
+    """Stage 2: the observations ``u`` [n_inputs] and mask ``obs`` into the input nodes."""
+    topology = nodes.topology
+    for node, i in topology.input_column.items():
+        nodes.observed[node] = obs[i]
+        if nodes.robust:
+            # A missing input keeps its prediction (`where`, not `0 * x`: NaN-safe).
+            nodes.mean[node] = jnp.where(
+                obs[i], jnp.where(jnp.isfinite(u[i]), u[i], 0.0), nodes.emean[node]
+            )
+        else:
+            nodes.mean[node] = u[i]  # recorded as given (pyhgf); masked where it is used
+        if topology.binary[node]:
+            nodes.precision[node] = nodes.eprec[node]
+
+
+def _any_child_observed(nodes: _Nodes, k: int) -> jax.Array:
+    observed = jnp.asarray(False)
+    for _, c in nodes.topology.value_children[k] + nodes.topology.volatility_children[k]:
+        observed = observed | nodes.observed[c]
+    return observed
+
+
+def _lonely_precision(nodes: _Nodes, k: int) -> jax.Array:
+    """Posterior precision of node ``k`` when no child is observed: the random walk's
+    variance grows by one step (the mean keeps its prediction)."""
+    log_volatility = _log_volatility(nodes, k, use_expected_parents=False, relaxed_term=False)
+    return _clip_precision(
+        nodes, 1.0 / (1.0 / nodes.precision[k] + nodes.dt * jnp.exp(log_volatility))
+    )
+
+
+def _unbounded_update(nodes: _Nodes, k: int) -> tuple[jax.Array, jax.Array]:
+    """Posterior of volatility parent ``k`` by the unbounded update of its first
+    volatility child (pyhgf reads that child only, whatever its observed flag; an
+    input child's mask is honoured here: a missing observation carries no news)."""
+    e, c = nodes.topology.volatility_children[k][0]
+    mean_c = nodes.mean[c]
+    if c in nodes.topology.input_column:
+        mean_c = jnp.where(nodes.observed[c], mean_c, nodes.emean[c])
+    mu, pi = _unbounded_posterior(
+        nodes.emean[k], nodes.eprec[k], nodes.params.volatility_coupling[e],
+        nodes.params.tonic_volatility[c], nodes.dt, nodes.prev_variance[c], mean_c,
+        nodes.precision[c], nodes.emean[c], nodes.eprec[c], nodes.robust,
+    )  # fmt: skip
+    mu, pi = _bound_mean(nodes.robust, mu), _clip_precision(nodes, pi)
+    if c in nodes.topology.input_column:
+        observed = nodes.observed[c]
+        return jnp.where(observed, mu, nodes.emean[k]), jnp.where(
+            observed, pi, _lonely_precision(nodes, k)
+        )
+    return mu, pi
+
+
+def _value_messages(nodes: _Nodes, k: int) -> tuple[jax.Array, jax.Array]:
+    """Precision and (precision-weighted) mean shift node ``k`` receives from its
+    observed value children."""
+    topology, alphas = nodes.topology, nodes.params.value_coupling
+    value_pi = value_mu = nodes.zero
+    for e, c in topology.value_children[k]:
+        alpha, o = alphas[e], nodes.observed[c]
+        if nodes.relaxed and not topology.binary[c] and c not in topology.input_column:
+            # Relaxed: the child's posterior is its prediction times a Gaussian
+            # message from below (precision L = pi_c - pi^_c, mean mu^_c + pi_c
+            # delta_c / L); passing that message up through the conditional
+            # prediction x_c | x_b, of precision `cond`, is an exact Gaussian step.
+            # Written without 1 / L so that L = 0 (no message) stays finite.
+            message = nodes.precision[c] - nodes.eprec[c]
+            if nodes.robust:
+                message = jnp.maximum(message, 0.0)  # a message has no negative precision
+            cond = nodes.cond[c]
+            value_pi = value_pi + jnp.where(o, alpha**2 * message * cond / (message + cond), 0.0)
+            value_mu = value_mu + jnp.where(
+                o, alpha * nodes.precision[c] * nodes.vape[c] * cond / (message + cond), 0.0
+            )
+        else:
+            value_pi = value_pi + jnp.where(o, alpha**2 * nodes.eprec[c], 0.0)
+            value_mu = value_mu + jnp.where(o, alpha * nodes.eprec[c] * nodes.vape[c], 0.0)
+    return value_pi, value_mu
+
+
+def _volatility_messages(nodes: _Nodes, k: int) -> tuple[jax.Array, jax.Array]:
+    """Standard-update precision gain and mean shift from the observed volatility children."""
+    vol_pi = vol_mu = nodes.zero
+    for e, c in nodes.topology.volatility_children[k]:
+        kappa, o = nodes.params.volatility_coupling[e], nodes.observed[c]
+        vol_pi = vol_pi + jnp.where(
+            o, _volatility_precision_gain(kappa, nodes.gamma[c], nodes.vope[c]), 0.0
+        )
+        vol_mu = vol_mu + jnp.where(o, kappa * nodes.gamma[c] * nodes.vope[c] / 2.0, 0.0)
+    return vol_pi, vol_mu
+
+
+def _ehgf_volatility_gain(nodes: _Nodes, k: int, mu: jax.Array) -> jax.Array:
+    """eHGF: the volatility children's precision gain evaluated again at node ``k``'s
+    new mean ``mu`` (conditional on it: no relaxed term), each floored at 0."""
+    topology, params = nodes.topology, nodes.params
+    vol_pi = nodes.zero
+    for e, c in topology.volatility_children[k]:
+        kappa = params.volatility_coupling[e]
+        log_vol = params.tonic_volatility[c] + kappa * mu
+        for e2, p2 in topology.volatility_parents[c]:
+            if p2 != k:
+                log_vol = log_vol + params.volatility_coupling[e2] * nodes.emean[p2]
+        omega_c = nodes.dt * jnp.exp(_bound_log_volatility(nodes.robust, log_vol))
+        eprec_c = 1.0 / (nodes.prev_variance[c] + omega_c)
+        gamma_c = omega_c * eprec_c
+        vope_c = (eprec_c / nodes.precision[c] + eprec_c * nodes.vape[c] ** 2 - 1.0) / len(
+            topology.volatility_parents[c]
+        )
+        gain = _volatility_precision_gain(kappa, gamma_c, vope_c)
+        vol_pi = vol_pi + jnp.where(nodes.observed[c], jnp.maximum(gain, 0.0), 0.0)
+    return vol_pi
+
+
+def _posterior(nodes: _Nodes, k: int) -> tuple[jax.Array, jax.Array]:
+    """Stage 3a: posterior (mean, precision) of node ``k`` from its children's errors."""
+    updates = nodes.structure.volatility_updates
+    has_volatility_children = bool(nodes.topology.volatility_children[k])
+    if updates == "unbounded" and has_volatility_children:
+        return _unbounded_update(nodes, k)
+    value_pi, value_mu = _value_messages(nodes, k)
+    vol_pi, vol_mu = _volatility_messages(nodes, k)
+    emean, eprec = nodes.emean[k], nodes.eprec[k]
+    if updates == "standard" or not has_volatility_children:
+        pi = _clip_precision(nodes, eprec + value_pi + vol_pi)
+        mu = emean + (value_mu + vol_mu) / pi
+    else:
+        # eHGF: the mean moves first, under the precision before the volatility
+        # gain; the gain is then evaluated again at the new mean, floored at 0.
+        mu = emean + (value_mu + vol_mu) / (eprec + value_pi)
+        pi = _clip_precision(nodes, eprec + value_pi + _ehgf_volatility_gain(nodes, k, mu))
+    mu = _bound_mean(nodes.robust, mu)
+    # No child observed: the mean keeps its prediction and the precision decays.
+    any_observed = _any_child_observed(nodes, k)
+    return jnp.where(any_observed, mu, emean), jnp.where(
+        any_observed, pi, _lonely_precision(nodes, k)
+    )
+
+
+def _prediction_errors(nodes: _Nodes, k: int) -> None:
+    """Stage 3b: node ``k``'s value and volatility prediction errors (for its parents).
+
+    A root sends none (pyhgf leaves them at 0). An input's error is 0 where its
+    observation is missing (`where`: a masked NaN reaches neither values nor gradients).
+    """
+    topology = nodes.topology
+    if not (topology.value_parents[k] or topology.volatility_parents[k]):
+        return
+    delta = nodes.mean[k] - nodes.emean[k]
+    if k in topology.input_column:
+        delta = jnp.where(nodes.observed[k], delta, 0.0)
+    if topology.binary[k]:
+        nodes.vape[k] = delta / nodes.eprec[k]
+        return
+    nodes.vape[k] = delta
+    if topology.volatility_parents[k]:
+        eprec = nodes.eprec[k]
+        nodes.vope[k] = (eprec / nodes.precision[k] + eprec * delta**2 - 1.0) / len(
+            topology.volatility_parents[k]
+        )
+
+
+def _update_beliefs(
+    structure: Structure, robust: bool, params: Params, prev: Beliefs, u, obs, dt
+) -> Beliefs:
+    """One time step: beliefs after observing ``u`` [n_inputs] (mask ``obs``) after ``dt``."""
+    if robust:
+        dt = jnp.maximum(dt, _ROBUST_MIN_TIME_STEP)
+        # A NaN or inf input counts as missing; it never reaches the arithmetic.
+        obs = obs & jnp.isfinite(u)
+    nodes = _Nodes(structure, robust, params, prev, dt)
+    _predict(nodes)
+    _observe(nodes, u, obs)
+    topology = nodes.topology
+    for k in structure.update_order:  # children first
+        if topology.value_children[k] or topology.volatility_children[k]:
+            nodes.mean[k], nodes.precision[k] = _posterior(nodes, k)
+        _prediction_errors(nodes, k)
+    return nodes.beliefs()
+
+
+def _scan_step(structure: Structure, robust: bool, carry, xs):
+    """Scan body of :func:`run`: carries ``(params, beliefs)``, emits the beliefs."""
+    params, beliefs = carry
+    u, obs, dt = xs
+    new = _update_beliefs(structure, robust, params, beliefs, u, obs, dt)
+    return (params, new), new
+
+
+def _padded_scan_step(structure: Structure, robust: bool, carry, xs):
+    """Scan body of :func:`run` with ``length``: steps ``index >= length`` keep the beliefs."""
+    params, length, beliefs = carry
+    index, u, obs, dt = xs
+    new = _update_beliefs(structure, robust, params, beliefs, u, obs, dt)
+    # Padding rows keep the carried beliefs (`where`, not arithmetic: NaN-safe).
+    new = jax.tree.map(lambda a, b: jnp.where(index < length, a, b), new, beliefs)
+    return (params, length, new), new
+
+
+@functools.lru_cache(maxsize=128)
+def _scan_body(structure: Structure, robust: bool, padded: bool):
+    """The scan body for ``(structure, robust)``: one function object per configuration,
+    so that repeated (eager) calls hit JAX's tracing caches instead of re-tracing.
+
+    Rematerialised in reverse mode: the backward scan then reads back only the carried
+    beliefs per step instead of every scalar intermediate (hundreds of slices per step),
+    which made gradients ~20x slower than the forward pass.
+    """
+    body = _padded_scan_step if padded else _scan_step
+    return jax.checkpoint(functools.partial(body, structure, robust), prevent_cse=False)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _check_model(structure: Structure, params, beliefs) -> None:
+    """Trace-time checks: the structure is complete, parameters and beliefs fit it."""
     check_complete(structure)
     n = structure.num_nodes
     sizes = {
@@ -449,6 +637,11 @@ def _check_inputs(structure: Structure, params, beliefs, inputs, observed, time_
         _checks.check_shape(f"params.{name}", getattr(params, name), (size,), meaning)
     for name in Beliefs._fields:
         _checks.check_shape(f"beliefs.{name}", getattr(beliefs, name), (n,), "one per node")
+
+
+def _check_inputs(structure: Structure, params, beliefs, inputs, observed, time_steps):
+    """Trace-time checks: shapes of the parameters, beliefs, inputs, mask and time steps."""
+    _check_model(structure, params, beliefs)
     n_in = len(structure.input_nodes)
     _checks.check_rank("inputs", inputs, 2, "[time, number of input nodes]")
     t = jnp.shape(inputs)[0]
@@ -461,7 +654,209 @@ def _check_inputs(structure: Structure, params, beliefs, inputs, observed, time_
         _checks.check_shape("time_steps", time_steps, (t,), "one time step per row of `inputs`")
 
 
-def filter(
+def _first_failure(xp, ok, values, message: str, columns: int | None = None) -> None:
+    """``checks.check_value(all(ok), ...)`` naming the first failing entry of ``values``."""
+    flat_ok, flat_values = ok.reshape(-1), values.reshape(-1)
+    index = xp.argmin(flat_ok)  # the first False (0 when all hold: then nothing is shown)
+    shown = {"value": flat_values[index]}
+    if columns is None:
+        shown["step"] = index
+    else:
+        shown["step"], shown["column"] = index // columns, index % columns
+    checks.check_value(xp.all(flat_ok), message, **shown)
+
+
+def check_values(
+    structure: Structure,
+    inputs: Any,
+    observed: Any = None,
+    time_steps: Any = None,
+    *,
+    robust: bool = False,
+    length: Any = None,
+) -> None:
+    """The value checks of :func:`run` (see :mod:`lookahead_jax.checks`).
+
+    On concrete arrays (NumPy or eager JAX) a ``ValueError`` is raised at once; on
+    traced ones the checks run under ``lookahead_jax.checked(...)`` and cost nothing
+    under a plain ``jit``. Rows at or after ``length`` (padding) are not checked.
+
+    Raises:
+      ValueError: a time step that is not finite and > 0; an observed value of a binary
+        input that is not 0 or 1; in parity mode (``robust=False``) an observed value
+        that is not finite (mark it missing with ``observed = 0``, or use ``robust``,
+        which treats non-finite inputs as missing).
+    """
+    arrays = {"inputs": inputs, "observed": observed, "time_steps": time_steps, "length": length}
+    concrete = {k: _checks.concrete_value(v) for k, v in arrays.items() if v is not None}
+    if all(v is not None for v in concrete.values()):
+        xp = np  # everything is known: check on the host, no device dispatch
+        arrays.update(concrete)
+    else:
+        xp = jnp
+    inputs, observed, time_steps, length = (arrays[k] for k in arrays)
+    t, n_in = inputs.shape
+    real = None if length is None else xp.arange(t) < length  # [T] steps that are not padding
+    if time_steps is not None:
+        ok = (time_steps > 0) & xp.isfinite(time_steps)
+        if real is not None:
+            ok = ok | ~real
+        _first_failure(
+            xp,
+            ok,
+            time_steps,
+            "`time_steps` must be finite and > 0 (the time elapsed since the previous "
+            "observation); got {value} at step {step}.",
+        )
+    seen = xp.ones((t, n_in), bool) if observed is None else observed.astype(bool)
+    if real is not None:
+        seen = seen & real[:, None]
+    finite = xp.isfinite(inputs)
+    if robust:
+        seen = seen & finite  # robust mode treats a non-finite input as missing
+    else:
+        _first_failure(
+            xp,
+            ~seen | finite,
+            inputs,
+            "`inputs` must be finite where `observed` is 1 (mark a missing observation "
+            "with `observed=0`, or pass `robust=True`); got {value} at step {step}, "
+            "column {column}.",
+            columns=n_in,
+        )
+    for column, node in enumerate(structure.input_nodes):
+        if structure.kinds[node] != BINARY:
+            continue
+        u = inputs[:, column]
+        _first_failure(
+            xp,
+            ~seen[:, column] | (u == 0) | (u == 1),
+            u,
+            f"`inputs` column {column} feeds {BINARY} node {node}: observed values must "
+            "be 0 or 1; got {value} at step {step}.",
+        )
+
+
+# --------------------------------------------------------------------------- the contract
+
+
+def step(
+    key: jax.Array | None,
+    state: Beliefs,
+    params: Params,
+    observation: jax.Array,
+    observed: jax.Array | None = None,
+    time_step: jax.Array | float | None = None,
+    *,
+    structure: Structure,
+    robust: bool = False,
+) -> tuple[Beliefs, HGFInfo]:
+    """One observation: the beliefs after it and the step's diagnostics.
+
+    Args:
+      key: unused (the HGF is deterministic; taken first for the library's uniform
+        contract); ``None`` is fine.
+      state: the beliefs before the observation (from :func:`init` or the last step).
+      params: the parameters.
+      observation: ``[n_inputs]`` one value per input node, in increasing node order.
+      observed: ``[n_inputs]`` mask (bool or 0/1); 0 marks a missing value. Default all.
+      time_step: time elapsed since the previous observation (> 0). Default 1.
+      structure: the static network (keyword; pass it with ``static_argnames``).
+      robust: see :func:`run`.
+    Returns:
+      ``(beliefs, info)``; ``info`` fields are ``[N]``. ``T`` calls equal one :func:`run`
+      over the ``T`` rows.
+    Raises:
+      ValueError: wrong shapes (at trace time), or bad values (see :func:`check_values`).
+    """
+    del key  # deterministic
+    n_in = len(structure.input_nodes)
+    _checks.check_shape("observation", observation, (n_in,), "one value per input node")
+    if observed is not None:
+        _checks.check_shape("observed", observed, (n_in,), "one flag per input node")
+    if time_step is not None:
+        _checks.check_shape("time_step", time_step, (), "a scalar")
+    _check_model(structure, params, state)
+    dtype = jnp.result_type(*jax.tree.leaves(state))
+    u = jnp.asarray(observation, dtype)
+    obs = jnp.ones((n_in,), bool) if observed is None else jnp.asarray(observed).astype(bool)
+    dt = jnp.ones((), dtype) if time_step is None else jnp.asarray(time_step, dtype)
+    check_values(structure, u[None], obs[None], dt[None], robust=robust)
+    params = jax.tree.map(lambda x: jnp.asarray(x, dtype), params)
+    new = _update_beliefs(structure, robust, params, state, u, obs, dt)
+    info = step_info(
+        structure, params, state, jax.tree.map(lambda x: x[None], new),
+        u[None], obs[None], dt[None], robust,
+    )  # fmt: skip
+    return new, jax.tree.map(lambda x: x[0], info)
+
+
+def run(
+    key: jax.Array | None,
+    state: Beliefs,
+    params: Params,
+    inputs: jax.Array,
+    observed: jax.Array | None = None,
+    time_steps: jax.Array | None = None,
+    *,
+    structure: Structure,
+    length: jax.Array | int | None = None,
+    robust: bool = False,
+) -> tuple[Beliefs, Trajectories]:
+    """Runs the network over a series in one ``lax.scan`` of the step.
+
+    Args:
+      key: unused (the HGF is deterministic; taken first for the library's uniform
+        contract); ``None`` is fine.
+      state: the initial beliefs (before the first observation), from :func:`init`.
+      params: the parameters.
+      inputs: ``[T, n_inputs]`` observations, one column per input node in increasing
+        node order (binary input nodes take 0/1).
+      observed: ``[T, n_inputs]`` mask (bool or 0/1); 0 marks a missing observation,
+        which is skipped whatever value stands in ``inputs`` (NaN included).
+        Default: all observed.
+      time_steps: ``[T]`` time elapsed since the previous observation (> 0). Default: ones.
+      structure: the static network (keyword; pass it with ``static_argnames``).
+      length: number of real steps (a traced int is fine); steps ``t >= length`` are
+        padding: they leave the beliefs unchanged and their trajectory rows repeat the
+        last real step. Lets series of different lengths share one compiled program
+        (pad them to a common bucket) and ``vmap`` over ragged subjects. Default: ``T``.
+      robust: floor precisions, bound log-volatilities and treat non-finite inputs as
+        missing, so that no parameter draw produces NaN or inf (not pyhgf's numbers).
+    Returns:
+      ``(final beliefs, trajectories)``, trajectories stacked over ``T``. The scan
+      carries the beliefs only; the diagnostics are computed after it, vectorised
+      over time, with the same formulas as :func:`step` (emitting them from inside
+      the loop made a step up to 10x slower on CPU).
+    Raises:
+      ValueError: when ``inputs``, ``observed`` or ``time_steps`` have the wrong shape
+        (at trace time), or bad values (see :func:`check_values`).
+    """
+    del key  # deterministic
+    _check_inputs(structure, params, state, inputs, observed, time_steps)
+    dtype = jnp.result_type(*jax.tree.leaves(state))
+    inputs = jnp.asarray(inputs, dtype)
+    t = inputs.shape[0]
+    observed = (
+        jnp.ones(inputs.shape, bool) if observed is None else jnp.asarray(observed).astype(bool)
+    )
+    time_steps = jnp.ones((t,), dtype) if time_steps is None else jnp.asarray(time_steps, dtype)
+    check_values(structure, inputs, observed, time_steps, robust=robust, length=length)
+    params = jax.tree.map(lambda x: jnp.asarray(x, dtype), params)
+    xs = (inputs, observed, time_steps)
+    if length is None:
+        (_, final), trajectory = lax.scan(_scan_body(structure, robust, False), (params, state), xs)
+    else:
+        (_, _, final), trajectory = lax.scan(
+            _scan_body(structure, robust, True),
+            (params, jnp.asarray(length), state),
+            (jnp.arange(t), *xs),
+        )
+    info = step_info(structure, params, state, trajectory, inputs, observed, time_steps, robust)
+    return final, Trajectories(beliefs=trajectory, info=info)
+
+
+def filter_series(
     structure: Structure,
     params: Params,
     beliefs: Beliefs,
@@ -472,56 +867,18 @@ def filter(
     length: jax.Array | int | None = None,
     robust: bool = False,
 ) -> tuple[Beliefs, Trajectories]:
-    """Runs the network over a series in one ``lax.scan``.
-
-    Args:
-      structure: the static network (from :class:`~.network.Network` or built directly).
-      params: the parameters.
-      beliefs: the initial beliefs (before the first observation).
-      inputs: ``[T, n_inputs]`` observations, one column per input node in increasing
-        node order (binary input nodes take 0/1).
-      observed: ``[T, n_inputs]`` mask (bool or 0/1); 0 marks a missing observation.
-        Default: all observed.
-      time_steps: ``[T]`` time elapsed since the previous observation. Default: ones.
-      length: number of real steps (a traced int is fine); steps ``t >= length`` are
-        padding: they leave the beliefs unchanged and their trajectory rows repeat the
-        last real step. Lets series of different lengths share one compiled program
-        (pad them to a common bucket) and ``vmap`` over ragged subjects. Default: ``T``.
-      robust: floor precisions, bound log-volatilities and mask missing inputs with
-        ``where`` so that no parameter draw produces NaN or inf (not pyhgf's numbers).
-    Returns:
-      ``(final beliefs, trajectories)``, trajectories stacked over ``T``.
-    Raises:
-      ValueError: when ``inputs``, ``observed`` or ``time_steps`` have the wrong shape.
+    """:func:`run` without the key, structure first: ``filter_series(structure, params,
+    beliefs, inputs, observed, time_steps)`` (positional arguments suit ``jax.vmap``'s
+    ``in_axes`` and ``static_argnums=0``). Same arguments, results and errors as ``run``.
     """
-    _check_inputs(structure, params, beliefs, inputs, observed, time_steps)
-    dtype = jnp.result_type(*jax.tree.leaves(beliefs))
-    inputs = jnp.asarray(inputs, dtype)
-    t = inputs.shape[0]
-    observed = (
-        jnp.ones(inputs.shape, bool) if observed is None else jnp.asarray(observed).astype(bool)
-    )
-    time_steps = jnp.ones((t,), dtype) if time_steps is None else jnp.asarray(time_steps, dtype)
-    params = jax.tree.map(lambda x: jnp.asarray(x, dtype), params)
-    # Rematerialise the step in reverse mode: the backward scan then reads back only
-    # the carried beliefs per step instead of every scalar intermediate (hundreds of
-    # slices per step), which made gradients ~20x slower than the forward pass.
-    step = jax.checkpoint(_make_step(structure, params, robust), prevent_cse=False)
-    xs = (inputs, observed, time_steps)
-    if length is None:
-        final, trajectory = lax.scan(step, beliefs, xs)
-    else:
+    return run(
+        None, beliefs, params, inputs, observed, time_steps,
+        structure=structure, length=length, robust=robust,
+    )  # fmt: skip
 
-        def padded_step(carry, indexed):
-            index, row = indexed
-            new, _ = step(carry, row)
-            # Padding rows keep the carried beliefs (`where`, not arithmetic: NaN-safe).
-            new = jax.tree.map(lambda a, b: jnp.where(index < length, a, b), new, carry)
-            return new, new
 
-        final, trajectory = lax.scan(padded_step, beliefs, (jnp.arange(t), xs))
-    info = step_info(structure, params, beliefs, trajectory, inputs, observed, time_steps, robust)
-    return final, Trajectories(beliefs=trajectory, info=info)
+# deprecated alias of filter_series, kept for existing code (the name shadowed the builtin)
+filter = filter_series
 
 
 def step_info(
@@ -533,7 +890,7 @@ def step_info(
     observed: jax.Array,
     time_steps: jax.Array,
     robust: bool = False,
-) -> StepInfo:
+) -> HGFInfo:
     """The per-step diagnostics, recomputed from the belief trajectories (``[T, N]``).
 
     Same formulas as inside the step, vectorised over time: each quantity is a
@@ -589,7 +946,7 @@ def step_info(
             seen.append(ok & jnp.isfinite(inputs[:, column]) if robust else ok)
         else:
             seen.append(jnp.ones_like(time_steps, bool))
-    return StepInfo(
+    return HGFInfo(
         effective_precision=jnp.stack(gamma, -1),
         value_prediction_error=jnp.stack(vape, -1),
         volatility_prediction_error=jnp.stack(vope, -1),

@@ -107,8 +107,8 @@ def map_loss(
 
     def loss(theta: Theta, inputs, observed=None, time_steps=None) -> jax.Array:
         params, beliefs = unpack(theta)
-        _, trajectories = core.filter(
-            structure, params, beliefs, inputs, observed, time_steps, robust=robust
+        _, trajectories = core.run(
+            None, beliefs, params, inputs, observed, time_steps, structure=structure, robust=robust
         )
         nll = surprise.total_surprise(structure, trajectories, observed)
         precision = (

@@ -10,9 +10,9 @@
     net.node_trajectories[1]["mean"]                       # [T]
 
 The builder is a small mutable Python object (``add_nodes`` returns ``self`` so
-calls chain, as in pyhgf). Everything numerical happens in
-:func:`lookahead_jax.predictive_coding.filter`, a pure function of
-``(structure, params, beliefs, inputs)``; :meth:`Network.compile` hands those
+calls chain, as in pyhgf). Everything numerical happens in the pure core
+(:func:`lookahead_jax.predictive_coding.run` and ``step``, functions of
+``(structure, params, beliefs, inputs)``); :meth:`Network.compile` hands those
 out, so the same network can be ``jit``-ed, ``vmap``-ed over subjects,
 differentiated and sharded without the builder.
 """
@@ -34,7 +34,7 @@ PARAM_FIELDS = ("tonic_volatility", "tonic_drift", "autoconnection_strength")
 _NODE_FIELDS = BELIEF_FIELDS + PARAM_FIELDS
 
 # jit once per (structure, robust): the structure is hashable and static.
-_filter_jit = jax.jit(core.filter, static_argnums=(0,), static_argnames=("robust",))
+_filter_jit = jax.jit(core.filter_series, static_argnums=(0,), static_argnames=("robust",))
 MIN_BUCKET = 128
 
 
@@ -244,10 +244,14 @@ class Network:
           input_data: ``[T]`` (one input node) or ``[T, n_inputs]`` observations.
           observed: ``[T]`` or ``[T, n_inputs]`` mask, 0 for a missing observation.
           time_steps: ``[T]`` time elapsed since the previous observation (default 1).
-          robust: see :func:`~.core.filter`.
+          robust: see :func:`~.core.run`.
           bucket: pad the series to :func:`length_bucket` (padding steps change
-            nothing, see ``length`` in :func:`~.core.filter`), so that series of new
+            nothing, see ``length`` in :func:`~.core.run`), so that series of new
             lengths reuse the compiled program; results are those of the unpadded run.
+        Raises:
+          ValueError: wrong shapes, or bad values (a time step that is not finite and
+            > 0, a binary input other than 0/1, a non-finite observed value outside
+            robust mode), checked here before the compiled run.
         """
         structure, params, beliefs = self.compile()
         inputs = jnp.asarray(input_data)
@@ -259,9 +263,11 @@ class Network:
             if observed.ndim == 1 and n_in == 1:
                 observed = observed[:, None]
         t = inputs.shape[0]
+        # Check before the compiled run (where value checks are off) and before padding,
+        # so that errors name the caller's arrays.
+        core._check_inputs(structure, params, beliefs, inputs, observed, time_steps)
+        core.check_values(structure, inputs, observed, time_steps, robust=robust)
         if bucket:
-            # Check shapes before padding, so errors name the caller's arrays.
-            core._check_inputs(structure, params, beliefs, inputs, observed, time_steps)
             pad = length_bucket(t) - t
             inputs = jnp.pad(inputs, ((0, pad), (0, 0)))
             observed = jnp.ones((t, n_in), bool) if observed is None else observed
@@ -320,7 +326,7 @@ def trajectories_by_node(
     by node would cost one dispatch each).
     """
     beliefs = {f: np.asarray(getattr(trajectories.beliefs, f)) for f in BELIEF_FIELDS}
-    info = {f: np.asarray(getattr(trajectories.info, f)) for f in core.StepInfo._fields}
+    info = {f: np.asarray(getattr(trajectories.info, f)) for f in core.HGFInfo._fields}
     n = beliefs["mean"].shape[-1]
     out: dict[int, dict[str, Any]] = {}
     for k in range(n):

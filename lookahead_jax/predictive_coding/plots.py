@@ -25,7 +25,7 @@ def plot_trajectories(
 
     Args:
       structure: the network's structure.
-      trajectories: from :func:`~.core.filter` (fields ``[T, N]``) or
+      trajectories: from :func:`~.core.run` (fields ``[T, N]``) or
         ``Network.trajectories``.
       nodes: which nodes to draw (default: all, parents above children).
       time: ``[T]`` x-axis values (default: the cumulative time steps' index 0..T-1).

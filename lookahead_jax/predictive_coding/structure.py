@@ -148,7 +148,7 @@ def validate(structure: Structure) -> None:
                 f"but node {p} is its volatility parent."
             )
     for k, kind in enumerate(structure.kinds):
-        # Zero is allowed while a network is being built; `filter` requires exactly one.
+        # Zero is allowed while a network is being built; `run` requires exactly one.
         if kind == BINARY and len(structure.value_parents(k)) > 1:
             raise ValueError(
                 f"{BINARY} node {k} takes one value parent; got {len(structure.value_parents(k))}."

@@ -42,20 +42,24 @@ def input_surprise(
     surprise of missing observations (with ``where``, so NaN inputs do not leak).
     """
     beliefs = trajectories.beliefs
+    mask = None if observed is None else jnp.asarray(observed).astype(bool)
     columns = []
-    for node in structure.input_nodes:
+    for column, node in enumerate(structure.input_nodes):
         x, mu, pi = (
             beliefs.mean[..., node],
             beliefs.expected_mean[..., node],
             beliefs.expected_precision[..., node],
         )
+        if mask is not None:
+            # A missing value (NaN, say) must reach neither the sum nor its gradient.
+            x = jnp.where(mask[..., column], x, mu)
         if structure.kinds[node] == BINARY:
             columns.append(binary_surprise(x, mu))
         else:
             columns.append(gaussian_surprise(x, mu, pi))
     surprise = jnp.stack(columns, axis=-1)
-    if observed is not None:
-        surprise = jnp.where(jnp.asarray(observed).astype(bool), surprise, 0.0)
+    if mask is not None:
+        surprise = jnp.where(mask, surprise, 0.0)
     return surprise
 
 

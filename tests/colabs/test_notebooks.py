@@ -1,5 +1,6 @@
 """Every notebook runs end to end with small parameters, and its .ipynb matches its .py."""
 
+import os
 import pathlib
 
 import pytest
@@ -64,8 +65,16 @@ def test_ipynb_in_sync_with_py(path):
     assert all(not c.get("outputs") for c in stored.cells if c.cell_type == "code")
 
 
+@pytest.mark.slow  # minutes each: the slow tier (`pytest -m slow`) runs them
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs(path, tmp_path):
+def test_notebook_runs(path, tmp_path, monkeypatch):
+    # Notebooks that rerun a benchmark import it from the checkout's experiments/ (benchmark
+    # code is not in the wheel): the kernel gets the repository root on its path, as a user's
+    # clone would.
+    root = str(COLABS.parent)
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    )
     notebook = jupytext.read(path)
     index = next(
         i for i, c in enumerate(notebook.cells) if "parameters" in c.metadata.get("tags", [])

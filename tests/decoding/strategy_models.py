@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from lookahead_jax import models
 
@@ -132,3 +134,63 @@ def sampling_reference(model, prompt, lengths, key):
         num_rollouts=4,
         eos_id=GREEDY_EOS,
     )
+
+
+# ----------------------------------------------------------------------------- contract checks
+
+
+@functools.cache
+def contract_model(seed: int = 0, scale: float = 2.0) -> TableModel:
+    """A random bigram ``TableModel`` shaped like ``TINY``: cheap to compile, for the
+    contract tests (step loop == run, no retrace, value checks)."""
+    rng = np.random.default_rng(seed)
+    return TableModel.create(
+        scale * rng.standard_normal((TINY.vocab_size, TINY.vocab_size)),
+        0.1 * rng.standard_normal((TINY.max_length, TINY.vocab_size)),
+    )
+
+
+def assert_step_loop_equals_run(
+    init, step, result, run, running, key, model, prompt, lengths, config
+):
+    """A Python loop of ``step`` (jitted, traced once) from ``init`` equals ``run`` (traced once).
+
+    ``running(state)`` says whether the loop goes on. Returns ``(the steps' infos, run's output)``.
+    """
+    chex.clear_trace_counter()
+    step_jit = jax.jit(chex.assert_max_traces(step, n=1), static_argnames=("config",))
+    run_jit = jax.jit(chex.assert_max_traces(run, n=1), static_argnames=("config",))
+    state = jax.jit(init, static_argnames=("config",))(model, prompt, lengths, config=config)
+    infos = []
+    while bool(running(state)):
+        state, info = step_jit(key, state, model, config=config)
+        infos.append(info)
+    steps = len(infos)
+    expected = run_jit(key, model, prompt, lengths, config=config)
+    # Same shapes, another key: no retrace of either entry point.
+    run_jit(jax.random.key(99), model, prompt, lengths, config=config)
+    if steps:
+        step_jit(jax.random.key(99), state, model, config=config)
+    chex.assert_trees_all_close(result(state, config), expected, rtol=1e-5, atol=1e-6)
+    return infos, expected
+
+
+def assert_prompt_value_checks(init, model, prompt, lengths, config):
+    """Token ids outside the vocabulary and prompt lengths outside [1, width] raise a
+    ``ValueError`` eagerly and under ``lookahead_jax.checked`` (where ``jit`` hides them)."""
+    import lookahead_jax
+
+    vocab, width = model.config.vocab_size, prompt.shape[1]
+    checked_init = lookahead_jax.checked(init, static_argnames=("config",))
+    checked_init(model, prompt, lengths, config=config)  # good inputs pass
+    cases = [
+        (prompt.at[0, 0].set(vocab), lengths, rf"`prompt` must lie in \[0, {vocab}\)"),
+        (prompt.at[0, 0].set(-1), lengths, r"`prompt` must lie in"),
+        (prompt, lengths.at[0].set(0), rf"`prompt_lengths` must lie in \[1, {width + 1}\)"),
+        (prompt, lengths.at[0].set(width + 1), r"`prompt_lengths` must lie in"),
+    ]
+    for bad_prompt, bad_lengths, match in cases:
+        with pytest.raises(ValueError, match=match):
+            init(model, bad_prompt, bad_lengths, config)
+        with pytest.raises(ValueError, match=match):
+            checked_init(model, bad_prompt, bad_lengths, config=config)

@@ -1,5 +1,6 @@
 """CNTP: plain sampling below H_lo, minimum-perplexity segments that end at their first stop."""
 
+import dataclasses
 import functools
 
 import chex
@@ -8,7 +9,6 @@ import numpy as np
 import pytest
 
 from lookahead_jax import decoding
-from lookahead_jax.decoding import _strategy_common as common
 from lookahead_jax.sampling import Sampling
 from tests.decoding.strategy_models import (
     GREEDY_BATCH,
@@ -16,6 +16,8 @@ from tests.decoding.strategy_models import (
     GREEDY_NEW,
     GREEDY_WIDTH,
     TINY,
+    assert_prompt_value_checks,
+    contract_model,
     log_softmax,
     next_logits,
     ragged_prompts,
@@ -29,9 +31,9 @@ EOS = GREEDY_EOS
 STOPS = (2, 7)
 SAMPLING = Sampling(temperature=1.0)
 # H_lo above every entropy of a 16-token vocabulary (log 16 = 2.77): always one trial.
-NEVER = decoding.CNTPParams(entropy_low=3.0, entropy_high=4.0, max_trials=4, stop_tokens=STOPS)
+NEVER = decoding.CNTPConfig(entropy_low=3.0, entropy_high=4.0, max_trials=4, stop_tokens=STOPS)
 # Every step with H > 1e-6 runs N_max trials.
-ALWAYS = decoding.CNTPParams(
+ALWAYS = decoding.CNTPConfig(
     entropy_low=0.0, entropy_high=1e-6, max_trials=4, max_segment_tokens=5, stop_tokens=STOPS
 )
 
@@ -41,22 +43,25 @@ def model():
     return tiny_transformer(seed=2, sharpness=2.0)
 
 
+def config(params):
+    return dataclasses.replace(params, max_new_tokens=MAX_NEW, sampling=SAMPLING, eos_id=EOS)
+
+
 @functools.partial(jax.jit, static_argnames=("params",))
+@chex.assert_max_traces(n=2)  # NEVER and ALWAYS
 def run(model, prompt, lengths, key, params):
-    return decoding.cntp(
-        model, prompt, lengths, key, max_new_tokens=MAX_NEW, params=params, eos_id=EOS
-    )
+    return decoding.cntp_run(key, model, prompt, lengths, config(params))
 
 
 @jax.jit
 def init(model, prompt, lengths):
-    return decoding.cntp_init(model, prompt, lengths, max_new_tokens=MAX_NEW)
+    return decoding.cntp_init(model, prompt, lengths, config(ALWAYS))
 
 
 @jax.jit
 @chex.assert_max_traces(n=1)
-def step(model, state, keys):
-    return decoding.cntp_step(model, state, keys, params=ALWAYS, sampling=SAMPLING, eos_id=EOS)
+def step(key, state, model):
+    return decoding.cntp_step(key, state, model, config(ALWAYS))
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -76,15 +81,16 @@ def test_below_low_entropy_bound_equals_plain_sampling(model, seed):
 
 
 def test_trials_commit_min_perplexity_segment_ending_at_first_stop(model):
-    batch = 3
+    """Also the contract: this Python loop of ``cntp_step`` equals ``cntp_run``."""
+    batch = 4
     prompt, lengths = ragged_prompts(TINY.vocab_size, batch, 6, seed=4)
-    keys = common.lane_keys(jax.random.key(3), batch, ALWAYS.max_trials)
+    key = jax.random.key(3)
     state = init(model, prompt, lengths)
     sequences = [np.asarray(prompt[b, : lengths[b]]).tolist() for b in range(batch)]
     checked_segments = 0
     while not bool(np.all(state.finished)):
         before = state
-        state, info = step(model, state, keys)
+        state, info = step(key, state, model)
         for b in range(batch):
             if bool(before.finished[b]):
                 assert int(info.num_trials[b]) == 0
@@ -130,6 +136,21 @@ def test_trials_commit_min_perplexity_segment_ending_at_first_stop(model):
     assert checked_segments >= batch
     for b in range(batch):
         assert len(sequences[b]) == int(lengths[b]) + int(state.num_generated[b])
+    expected = run(model, prompt, lengths, key, ALWAYS)
+    chex.assert_trees_all_close(
+        decoding.cntp_result(state, config(ALWAYS)), expected, rtol=1e-5, atol=1e-6
+    )
+
+
+def test_prompt_value_checks_eager_and_checked():
+    prompt, lengths = ragged_prompts(TINY.vocab_size, 2, 4, seed=0)
+    assert_prompt_value_checks(decoding.cntp_init, contract_model(), prompt, lengths, config(NEVER))
+
+
+def test_step_info_and_config():
+    assert decoding.CNTPParams is decoding.CNTPConfig
+    assert decoding.CNTPStepInfo is decoding.CNTPInfo
+    assert hash(config(ALWAYS)) == hash(config(ALWAYS))
 
 
 def test_full_run_counts_and_ragged_rows(model):
@@ -154,11 +175,11 @@ def test_errors(model):
     prompt, lengths = ragged_prompts(TINY.vocab_size, 2, 4, seed=0)
     key = jax.random.key(0)
     bad = [
-        (decoding.CNTPParams(entropy_low=1.0, entropy_high=1.0), "entropy_high"),
-        (decoding.CNTPParams(entropy_low=-1.0), "entropy_low"),
-        (decoding.CNTPParams(max_trials=0), "max_trials"),
-        (decoding.CNTPParams(max_segment_tokens=0), "max_segment_tokens"),
-        (decoding.CNTPParams(), "stop_tokens"),  # byte punctuation is outside a 16-token vocab
+        (decoding.CNTPConfig(entropy_low=1.0, entropy_high=1.0), "entropy_high"),
+        (decoding.CNTPConfig(entropy_low=-1.0), "entropy_low"),
+        (decoding.CNTPConfig(max_trials=0), "max_trials"),
+        (decoding.CNTPConfig(max_segment_tokens=0), "max_segment_tokens"),
+        (decoding.CNTPConfig(), "stop_tokens"),  # byte punctuation is outside a 16-token vocab
     ]
     for params, name in bad:
         with pytest.raises(ValueError, match=name):

@@ -1,5 +1,6 @@
 """Plain lockstep rollouts and First-Finish search."""
 
+import dataclasses
 import functools
 
 import chex
@@ -16,6 +17,9 @@ from tests.decoding.strategy_models import (
     GREEDY_NEW,
     GREEDY_WIDTH,
     TINY,
+    assert_prompt_value_checks,
+    assert_step_loop_equals_run,
+    contract_model,
     greedy_reference,
     next_logits,
     ragged_prompts,
@@ -144,3 +148,61 @@ def test_errors(model):
         decoding.sample_rollouts(
             model, prompt, lengths, key, max_new_tokens=4, stop_at_first_eos=True
         )
+
+
+ROLLOUT_CONFIG = decoding.RolloutConfig(
+    num_rollouts=3, max_new_tokens=MAX_NEW, sampling=SAMPLING, eos_id=EOS
+)
+FFS_CONFIG = decoding.FirstFinishConfig(num_samples=3, max_new_tokens=MAX_NEW, eos_id=EOS)
+
+
+def test_rollout_step_loop_equals_run():
+    prompt, lengths = ragged_prompts(TINY.vocab_size, 3, 5, seed=2)
+    infos, _ = assert_step_loop_equals_run(
+        decoding.rollout_init,
+        decoding.rollout_step,
+        decoding.rollout_result,
+        decoding.rollout_run,
+        lambda s: not np.all(s.done),
+        jax.random.key(5),
+        contract_model(),
+        prompt,
+        lengths,
+        ROLLOUT_CONFIG,
+    )
+    assert 1 <= len(infos) <= MAX_NEW
+    assert infos[0].tokens.shape == infos[0].active.shape == (3, ROLLOUT_CONFIG.num_rollouts)
+    assert bool(np.all(infos[0].active))
+
+
+def test_first_finish_step_loop_equals_run():
+    prompt, lengths = ragged_prompts(TINY.vocab_size, 3, 5, seed=3)
+    assert_step_loop_equals_run(
+        decoding.first_finish_init,
+        decoding.first_finish_step,
+        decoding.first_finish_result,
+        decoding.first_finish_run,
+        lambda s: not np.all(s.done),
+        jax.random.key(6),
+        contract_model(),
+        prompt,
+        lengths,
+        FFS_CONFIG,
+    )
+
+
+def test_prompt_value_checks_eager_and_checked():
+    prompt, lengths = ragged_prompts(TINY.vocab_size, 2, 4, seed=0)
+    assert_prompt_value_checks(
+        decoding.rollout_init, contract_model(), prompt, lengths, ROLLOUT_CONFIG
+    )
+    assert_prompt_value_checks(
+        decoding.first_finish_init, contract_model(), prompt, lengths, FFS_CONFIG
+    )
+
+
+def test_configs_are_hashable_static_args():
+    assert hash(ROLLOUT_CONFIG) == hash(dataclasses.replace(ROLLOUT_CONFIG))
+    assert FFS_CONFIG.rollouts().stop_at_first_eos
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        FFS_CONFIG.num_samples = 2  # type: ignore[misc]

@@ -1,14 +1,24 @@
-"""Autoregressive generation: equals a naive greedy loop, per-row EOS and budget, sharding."""
+"""Autoregressive generation: equals a naive greedy loop, per-row EOS and budget, sharding,
+the public round (init / step / result), bad values under jit, no retracing."""
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lookahead_jax import models, sharding
-from lookahead_jax.decoding import generate
+import lookahead_jax
+from lookahead_jax import drafting, models, sharding
+from lookahead_jax.decoding import (
+    GenerationConfig,
+    generate,
+    generation_init,
+    generation_result,
+    generation_run,
+    generation_step,
+)
 from lookahead_jax.sampling import Sampling
 
 CONFIG = models.TransformerConfig(
@@ -96,7 +106,13 @@ def test_sampling_is_reproducible_and_uses_key(target):
     np.testing.assert_array_equal(a.num_generated, MAX_NEW)
 
 
-@pytest.mark.parametrize("sampling", [Sampling(), Sampling(temperature=0.8, top_p=0.9)])
+@pytest.mark.parametrize(
+    "sampling",
+    [
+        pytest.param(Sampling(), marks=pytest.mark.slow),  # the sampled case covers greedy's path
+        Sampling(temperature=0.8, top_p=0.9),
+    ],
+)
 def test_sharded_batch_equals_single_device(target, sampling):
     prompt, lengths = ragged_prompts(8, 6, seed=4)
     key = jax.random.key(5)
@@ -129,3 +145,160 @@ def test_bad_prompt_raises(target):
             jax.random.key(0),
             max_new_tokens=5,
         )
+
+
+# ---- bad values: eager and under lookahead_jax.checked (issue 15) --------------------------
+
+
+def _generate_plain(target, prompt, prompt_lengths, key):
+    return generate(target, prompt, prompt_lengths, key, max_new_tokens=3)
+
+
+CHECKED_GENERATE = lookahead_jax.checked(_generate_plain)
+BAD_VALUES = [
+    ("prompt", [[1, 2, 16, 0], [3, 4, 5, 6]], [3, 4], r"`prompt` must lie in \[0, 16\)"),
+    ("prompt", [[1, 2, -1, 0], [3, 4, 5, 6]], [3, 4], r"`prompt` must lie in \[0, 16\)"),
+    ("lengths 0", [[1, 2, 3, 0], [3, 4, 5, 6]], [0, 4], r"`prompt_lengths` must lie in \[1, 5\)"),
+    ("lengths > width", [[1, 2, 3, 0], [3, 4, 5, 6]], [3, 5], r"`prompt_lengths` must lie"),
+]
+
+
+@pytest.mark.parametrize("what, prompt, lengths, match", BAD_VALUES, ids=[b[0] for b in BAD_VALUES])
+def test_bad_prompt_values_raise_eagerly_and_under_checked(target, what, prompt, lengths, match):
+    prompt = jnp.asarray(prompt, jnp.int32)
+    lengths = jnp.asarray(lengths, jnp.int32)
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match=match):
+        _generate_plain(target, prompt, lengths, key)
+    # Under jit the values are traced: before issue 15 ids were clamped and lengths gave garbage.
+    with pytest.raises(ValueError, match=match):
+        CHECKED_GENERATE(target, prompt, lengths, key)
+
+
+def test_checked_generate_passes_good_input_unchanged(target):
+    prompt, lengths = ragged_prompts(2, 4, seed=6)
+    key = jax.random.key(0)
+    out = CHECKED_GENERATE(target, prompt, lengths, key)
+    plain = jax.jit(_generate_plain)(target, prompt, lengths, key)
+    np.testing.assert_array_equal(out.tokens, plain.tokens)
+
+
+@pytest.mark.parametrize("eos_id", [16, -1])
+def test_eos_outside_vocabulary_raises_eagerly_and_under_checked(target, eos_id):
+    prompt, lengths = ragged_prompts(2, 4, seed=6)
+
+    def call(target, prompt, lengths, key):
+        return generate(target, prompt, lengths, key, max_new_tokens=3, eos_id=eos_id)
+
+    match = r"`eos_id` must lie in the target's vocabulary \[0, 16\)"
+    with pytest.raises(ValueError, match=match):
+        call(target, prompt, lengths, jax.random.key(0))
+    with pytest.raises(ValueError, match=match):
+        lookahead_jax.checked(call)(target, prompt, lengths, jax.random.key(0))
+    with pytest.raises(ValueError, match="eos_id"):
+        GenerationConfig(max_new_tokens=3, eos_id=3.0)
+
+
+# ---- the public round: a Python loop of steps equals generate ------------------------------
+
+
+def _drafter(kind, draft):
+    return None if kind == "ar" else drafting.draft_model(draft)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "kind"))
+def init_fn(key, target, draft, prompt, lengths, config, kind):
+    return generation_init(key, target, prompt, lengths, config, _drafter(kind, draft))
+
+
+@functools.partial(jax.jit, static_argnames=("config", "kind"))
+def step_fn(key, state, target, draft, config, kind):
+    return generation_step(key, state, target, config, _drafter(kind, draft))
+
+
+@functools.partial(jax.jit, static_argnames=("config", "kind"))
+def generate_fn(key, target, draft, prompt, lengths, config, kind):
+    return generate(
+        target,
+        prompt,
+        lengths,
+        key,
+        max_new_tokens=config.max_new_tokens,
+        sampling=config.sampling,
+        drafter=_drafter(kind, draft),
+        max_draft_tokens=config.max_draft_tokens,
+        eos_id=config.eos_id,
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("config", "kind"))
+def run_fn(key, target, draft, prompt, lengths, config, kind):
+    return generation_run(key, target, prompt, lengths, config, _drafter(kind, draft))
+
+
+@pytest.mark.parametrize(
+    ("kind", "sampling"),
+    [
+        ("ar", Sampling()),
+        pytest.param("ar", Sampling(temperature=1.0), marks=pytest.mark.slow),
+        pytest.param("model", Sampling(), marks=pytest.mark.slow),
+        ("model", Sampling(temperature=1.0)),  # speculative sampling: both sub-keys in use
+    ],
+    ids=["ar-greedy", "ar-t1", "model-greedy", "model-t1"],
+)
+def test_python_loop_of_steps_equals_generate(target, kind, sampling):
+    draft = models.Model(CONFIG, models.init_params(CONFIG, jax.random.key(9)))
+    config = GenerationConfig(
+        max_new_tokens=MAX_NEW, sampling=sampling, max_draft_tokens=3, eos_id=3
+    )
+    prompt, lengths = ragged_prompts(4, 6, seed=7)
+    key = jax.random.key(4)
+    expected = generate_fn(key, target, draft, prompt, lengths, config, kind)
+    # The contract's run (key first, one config) is generate.
+    run_out = run_fn(key, target, draft, prompt, lengths, config, kind)
+    np.testing.assert_array_equal(run_out.tokens, expected.tokens)
+
+    key, init_key = jax.random.split(key)
+    state = init_fn(init_key, target, draft, prompt, lengths, config, kind)
+    emitted = np.zeros(4, np.int64)
+    rounds = 0
+    while not bool(jnp.all(state.finished)):
+        state, info = step_fn(key, state, target, draft, config, kind)
+        key = jax.random.split(key, 3)[0]
+        emitted += np.asarray(info.num_emitted)
+        assert np.all(np.asarray(info.num_accepted) <= np.asarray(info.num_drafted))
+        rounds += 1
+        assert rounds <= MAX_NEW
+    out = generation_result(state)
+    np.testing.assert_array_equal(out.tokens, expected.tokens)
+    np.testing.assert_array_equal(out.lengths, expected.lengths)
+    for field in ("target_calls", "drafted", "accepted", "accept_histogram"):
+        np.testing.assert_array_equal(getattr(out.stats, field), getattr(expected.stats, field))
+    np.testing.assert_array_equal(emitted + 1, out.num_generated)  # + the prefill's token
+    # A finished state is a fixed point of the step.
+    again, info = step_fn(key, state, target, draft, config, kind)
+    np.testing.assert_array_equal(again.tokens, state.tokens)
+    np.testing.assert_array_equal(info.num_emitted, 0)
+
+
+def test_generate_and_step_compile_once(target):
+    chex.clear_trace_counter()
+    config = GenerationConfig(max_new_tokens=4)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def whole(target, prompt, lengths, key):
+        return generate(target, prompt, lengths, key, max_new_tokens=4)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def step(key, state, target):
+        return generation_step(key, state, target, config)
+
+    init = jax.jit(functools.partial(generation_init, config=config))
+    for seed in range(2):
+        prompt, lengths = ragged_prompts(2, 5, seed=seed)
+        whole(target, prompt, lengths, jax.random.key(seed))
+        state = init(jax.random.key(seed), target, prompt, lengths)
+        for _ in range(2):
+            state, _ = step(jax.random.key(seed), state, target)

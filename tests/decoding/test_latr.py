@@ -1,6 +1,7 @@
 """LATR: branching exactly on the predicate, capacity, shared prefixes, greedy at tau_abs = 1,
 pruning of identical continuations, and the group as a rollout generator."""
 
+import dataclasses
 import functools
 
 import chex
@@ -19,6 +20,8 @@ from tests.decoding.strategy_models import (
     GREEDY_NEW,
     GREEDY_WIDTH,
     TableModel,
+    assert_prompt_value_checks,
+    assert_step_loop_equals_run,
     greedy_reference,
     log_softmax,
     next_logits,
@@ -54,7 +57,7 @@ def near_tie_model(seed: int, ties: tuple[int, ...]) -> TableModel:
 
 
 @functools.partial(jax.jit, static_argnames=("params", "max_new", "eos_id"))
-@chex.assert_max_traces(n=6)  # one per LATRParams used below: compiled once per shape
+@chex.assert_max_traces(n=6)  # one per LATRConfig used below: compiled once per shape
 def run(model, prompt, lengths, key, params, max_new, eos_id=None):
     return decoding.latr(
         model, prompt, lengths, key, max_new_tokens=max_new, params=params, eos_id=eos_id
@@ -86,7 +89,7 @@ def test_normalized_edit_distance_matches_dynamic_programming(data):
 
 def test_branches_exactly_when_the_predicate_holds():
     model = near_tie_model(seed=0, ties=(0, 3))
-    params = decoding.LATRParams(num_rollouts=16, tau_abs=0.25, tau_rel=0.15, tau_ed=0.0)
+    params = decoding.LATRConfig(num_rollouts=16, tau_abs=0.25, tau_rel=0.15, tau_ed=0.0)
     prompt, lengths = ragged_prompts(VOCAB, 3, 5, seed=0)
     max_new = 10
     out = run(model, prompt, lengths, jax.random.key(0), params, max_new)
@@ -125,7 +128,7 @@ def test_group_never_exceeds_n_and_returns_log_probs():
     rollout comes with the model's log-probabilities of its tokens."""
     n, max_new = 3, 10
     # With a window of 2, a child is too similar iff its second token equals its parent's.
-    params = decoding.LATRParams(
+    params = decoding.LATRConfig(
         num_rollouts=n, tau_abs=0.1, tau_rel=1.0, tau_ed=0.8, prune_window=2
     )
     prompt, lengths = ragged_prompts(VOCAB, 2, 4, seed=1)
@@ -182,7 +185,7 @@ def test_identical_continuations_are_pruned():
     prompt, lengths = jnp.asarray([[1, 2, 3]], jnp.int32), jnp.asarray([3], jnp.int32)
     # Input positions 4 and 8 predict generated tokens 2 (diverging) and 6 (identical).
     model = two_tie_model(diverge_at=4, identical_at=8)
-    params = decoding.LATRParams(num_rollouts=4, tau_ed=0.4, prune_window=4)
+    params = decoding.LATRConfig(num_rollouts=4, tau_ed=0.4, prune_window=4)
     out = run(model, prompt, lengths, jax.random.key(0), params, 14)
     # The root branches at both coin flips; the diverging child also branches at the second.
     assert int(out.branches[0]) == 3
@@ -197,7 +200,7 @@ def test_identical_continuations_are_pruned():
 def test_tau_abs_one_is_greedy():
     model = near_tie_model(seed=1, ties=tuple(range(VOCAB)))  # the predicate would hold often
     prompt, lengths = ragged_prompts(VOCAB, GREEDY_BATCH, GREEDY_WIDTH, seed=2)
-    params = decoding.LATRParams(num_rollouts=3, tau_abs=1.0)
+    params = decoding.LATRConfig(num_rollouts=3, tau_abs=1.0)
     out = run(model, prompt, lengths, jax.random.key(0), params, GREEDY_NEW, eos_id=GREEDY_EOS)
     ref = greedy_reference(model, prompt, lengths)
     np.testing.assert_array_equal(out.tokens[:, 0], ref.tokens)
@@ -211,12 +214,12 @@ def test_sampled_growth():
     model = near_tie_model(seed=2, ties=(0, 3, 5))
     prompt, lengths = ragged_prompts(VOCAB, GREEDY_BATCH, GREEDY_WIDTH, seed=5)
     key = jax.random.key(3)
-    alone = decoding.LATRParams(num_rollouts=3, tau_abs=1.0, growth="sample")
+    alone = decoding.LATRConfig(num_rollouts=3, tau_abs=1.0, growth="sample")
     out = run(model, prompt, lengths, key, alone, GREEDY_NEW, eos_id=GREEDY_EOS)
     plain = sampling_reference(model, prompt, lengths, key)
     np.testing.assert_array_equal(out.tokens[:, 0], plain.tokens[:, 0])
     np.testing.assert_array_equal(out.num_rollouts, 1)
-    params = decoding.LATRParams(num_rollouts=6, tau_abs=0.05, tau_rel=1.0, growth="sample")
+    params = decoding.LATRConfig(num_rollouts=6, tau_abs=0.05, tau_rel=1.0, growth="sample")
     out = run(model, prompt, lengths, key, params, GREEDY_NEW, eos_id=GREEDY_EOS)
     assert int(np.sum(out.branches)) > 0
     for b in range(GREEDY_BATCH):
@@ -235,14 +238,45 @@ def test_errors():
     prompt, lengths = ragged_prompts(VOCAB, 2, 4, seed=0)
     key = jax.random.key(0)
     for params, name in [
-        (decoding.LATRParams(num_rollouts=0), "num_rollouts"),
-        (decoding.LATRParams(top_m=1), "top_m"),
-        (decoding.LATRParams(top_m=VOCAB + 1), "top_m"),
-        (decoding.LATRParams(tau_abs=1.5), "tau_abs"),
-        (decoding.LATRParams(tau_rel=-0.1), "tau_rel"),
-        (decoding.LATRParams(tau_ed=float("nan")), "tau_ed"),
-        (decoding.LATRParams(prune_window=0), "prune_window"),
-        (decoding.LATRParams(growth="beam"), "growth"),
+        (decoding.LATRConfig(num_rollouts=0), "num_rollouts"),
+        (decoding.LATRConfig(top_m=1), "top_m"),
+        (decoding.LATRConfig(top_m=VOCAB + 1), "top_m"),
+        (decoding.LATRConfig(tau_abs=1.5), "tau_abs"),
+        (decoding.LATRConfig(tau_rel=-0.1), "tau_rel"),
+        (decoding.LATRConfig(tau_ed=float("nan")), "tau_ed"),
+        (decoding.LATRConfig(prune_window=0), "prune_window"),
+        (decoding.LATRConfig(growth="beam"), "growth"),
     ]:
         with pytest.raises(ValueError, match=name):
             decoding.latr(model, prompt, lengths, key, max_new_tokens=4, params=params)
+
+
+def test_step_loop_equals_run_and_info_counts():
+    """The contract: a Python loop of ``latr_step`` equals ``latr_run``; the infos count the
+    births and prunings that the result reports."""
+    prompt, lengths = jnp.asarray([[1, 2, 3]], jnp.int32), jnp.asarray([3], jnp.int32)
+    model = two_tie_model(diverge_at=4, identical_at=8)
+    config = decoding.LATRConfig(num_rollouts=4, tau_ed=0.4, prune_window=4, max_new_tokens=14)
+    infos, out = assert_step_loop_equals_run(
+        decoding.latr_init,
+        decoding.latr_step,
+        decoding.latr_result,
+        decoding.latr_run,
+        lambda s: np.any(s.alive & ~s.done),
+        jax.random.key(0),
+        model,
+        prompt,
+        lengths,
+        config,
+    )
+    assert sum(int(np.sum(i.spawned)) for i in infos) == int(out.branches[0]) == 3
+    assert sum(int(np.sum(i.dropped)) for i in infos) == int(out.pruned[0]) == 2
+
+
+def test_prompt_value_checks_eager_and_checked():
+    model = bigram_model(seed=0, scale=1.0)
+    prompt, lengths = ragged_prompts(VOCAB, 2, 4, seed=0)
+    config = decoding.LATRConfig(num_rollouts=2, max_new_tokens=4)
+    assert_prompt_value_checks(decoding.latr_init, model, prompt, lengths, config)
+    assert decoding.LATRParams is decoding.LATRConfig
+    assert dataclasses.replace(config, tau_ed=0.5) != config

@@ -16,6 +16,9 @@ from tests.decoding.strategy_models import (
     GREEDY_EOS,
     GREEDY_NEW,
     TINY,
+    assert_prompt_value_checks,
+    assert_step_loop_equals_run,
+    contract_model,
     greedy_reference,
     next_logits,
     ragged_prompts,
@@ -137,3 +140,30 @@ def test_errors(model):
     ]:
         with pytest.raises(ValueError, match=name):
             decoding.momentum_decoding(model, prompt, lengths, max_new_tokens=4, **kwargs)
+
+
+CONFIG = decoding.MomentumConfig(alpha=0.2, top_k=4, max_new_tokens=MAX_NEW, eos_id=EOS)
+
+
+def test_step_loop_equals_run_and_infos():
+    prompt, lengths = ragged_prompts(TINY.vocab_size, 3, 5, seed=1)
+    infos, out = assert_step_loop_equals_run(
+        decoding.momentum_init,
+        decoding.momentum_step,
+        decoding.momentum_result,
+        decoding.momentum_run,
+        lambda s: not np.all(s.finished),
+        jax.random.key(0),
+        contract_model(),
+        prompt,
+        lengths,
+        CONFIG,
+    )
+    changed = sum(np.asarray(i.active & (i.token != i.greedy), np.int32) for i in infos)
+    np.testing.assert_array_equal(changed, out.changed)
+    assert int(np.sum(out.changed)) > 0  # the resistance changed some choices
+
+
+def test_prompt_value_checks_eager_and_checked():
+    prompt, lengths = ragged_prompts(TINY.vocab_size, 2, 4, seed=0)
+    assert_prompt_value_checks(decoding.momentum_init, contract_model(), prompt, lengths, CONFIG)

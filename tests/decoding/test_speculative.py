@@ -92,9 +92,25 @@ def assert_same_generation(a, b):
     np.testing.assert_array_equal(a.tokens, b.tokens)
 
 
-@pytest.mark.parametrize("draft_name", ["random", "noisy", "self"])
-@pytest.mark.parametrize("k", [1, 4])
-@pytest.mark.parametrize("eos_id", [None, 5])
+# One case per acceptance regime in the fast tier (each new draft structure, K or EOS id is a
+# new compilation); the full sweep runs with `pytest -m slow`.
+_FAST_GREEDY_CASES = {("random", 4, None), ("noisy", 1, 5), ("self", 4, None)}
+
+
+@pytest.mark.parametrize(
+    ("draft_name", "k", "eos_id"),
+    [
+        pytest.param(
+            name,
+            k,
+            eos,
+            marks=() if (name, k, eos) in _FAST_GREEDY_CASES else pytest.mark.slow,
+        )
+        for name in ("random", "noisy", "self")
+        for k in (1, 4)
+        for eos in (None, 5)
+    ],
+)
 def test_greedy_draft_model_equals_greedy(target, drafts, draft_name, k, eos_id):
     prompt, lengths = ragged_prompts(4, 7, seed=k)
     key = jax.random.key(0)
@@ -110,7 +126,7 @@ def test_greedy_draft_model_equals_greedy(target, drafts, draft_name, k, eos_id)
             assert np.all(stats_.target_calls < plain.stats.target_calls)
 
 
-@pytest.mark.parametrize("match", ["first", "last"])
+@pytest.mark.parametrize("match", [pytest.param("first", marks=pytest.mark.slow), "last"])
 def test_greedy_prompt_lookup_equals_greedy(target, match):
     prompt, lengths = ragged_prompts(4, 9, seed=3, repetitive=True)
     key = jax.random.key(0)
@@ -123,7 +139,7 @@ def test_greedy_prompt_lookup_equals_greedy(target, match):
 def test_each_row_equals_the_row_alone_and_permutation(target, drafts):
     prompt, lengths = ragged_prompts(4, 7, seed=11)
     key = jax.random.key(0)
-    batch = run(target, drafts["noisy"], prompt, lengths, key, "model", k=3)
+    batch = run(target, drafts["noisy"], prompt, lengths, key, "model", k=4)
     for row in range(4):
         alone = run(
             target,
@@ -132,11 +148,11 @@ def test_each_row_equals_the_row_alone_and_permutation(target, drafts):
             lengths[row : row + 1],
             key,
             "model",
-            k=3,
+            k=4,
         )
         np.testing.assert_array_equal(alone.tokens[0], batch.tokens[row])
     order = jnp.asarray([2, 0, 3, 1])
-    permuted = run(target, drafts["noisy"], prompt[order], lengths[order], key, "model", k=3)
+    permuted = run(target, drafts["noisy"], prompt[order], lengths[order], key, "model", k=4)
     np.testing.assert_array_equal(permuted.tokens, batch.tokens[order])
 
 
@@ -218,6 +234,9 @@ def test_no_retracing_across_calls(target, drafts):
         step(target, drafts["noisy"], prompt, lengths, jax.random.key(seed))
 
 
+@pytest.mark.slow  # two sampled compilations on 8 devices; the fast tier checks sharded
+# generation in test_generate.py and tensor-parallel speculative decoding in
+# tests/models/test_partitioning.py
 def test_sharded_speculative_equals_single_device(target, drafts):
     prompt, lengths = ragged_prompts(8, 7, seed=9)
     key = jax.random.key(3)
@@ -254,7 +273,7 @@ def test_bad_input_raises(target, drafts):
 
 
 def test_zero_draft_length_is_autoregressive(target, drafts):
-    prompt, lengths = ragged_prompts(3, 6, seed=12)
+    prompt, lengths = ragged_prompts(4, 7, seed=12)  # the shape of the other tests: no recompile
     key = jax.random.key(0)
     plain = run(target, None, prompt, lengths, key, "ar")
     spec = run(target, drafts["noisy"], prompt, lengths, key, "model", k=0)
@@ -263,7 +282,7 @@ def test_zero_draft_length_is_autoregressive(target, drafts):
 
 
 def test_eos_inside_an_accepted_block_stops_there(target, drafts):
-    prompt, lengths = ragged_prompts(2, 6, seed=13)
+    prompt, lengths = ragged_prompts(4, 7, seed=13)  # the greedy tests' shape: shares `free`
     key = jax.random.key(0)
     free = run(target, drafts["self"], prompt, lengths, key, "model", k=4)
     # The self-drafter accepts whole blocks of 4 (+1): pick a token emitted mid-block in row 0.

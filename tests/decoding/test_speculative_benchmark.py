@@ -5,10 +5,13 @@ import json
 import numpy as np
 import pytest
 
-from lookahead_jax.benchmarks import _pairs
-from lookahead_jax.benchmarks import speculative as bench
+from experiments.benchmarks import _pairs
+from experiments.benchmarks import speculative as bench
 from lookahead_jax.models import load_tokenizer
 from tests.benchmark_pairs import BYTE_PAIR, llama_pair
+
+# A benchmark smoke run (minutes on 2 cores): the slow tier (`pytest -m slow`).
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

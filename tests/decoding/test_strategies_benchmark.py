@@ -1,27 +1,9 @@
 """The decoding-strategies benchmark's metrics and its verdict on each published direction."""
 
-import hypothesis.strategies as st
 import numpy as np
 import pytest
-from hypothesis import given, settings
 
-from lookahead_jax.benchmarks import decoding_strategies as bench
-
-
-def levenshtein(a, b):
-    prev = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        cur = [i]
-        for j, y in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
-        prev = cur
-    return prev[-1]
-
-
-@settings(max_examples=50, deadline=None)
-@given(st.lists(st.integers(0, 3), max_size=9), st.lists(st.integers(0, 3), max_size=9))
-def test_edit_distance_matches_dynamic_programming(a, b):
-    assert bench.edit_distance(a, b) == levenshtein(a, b)
+from experiments.benchmarks import decoding_strategies as bench
 
 
 def test_repetition_distinct_and_prefix_match():
@@ -54,12 +36,13 @@ def test_verdicts():
     assert verdicts == ["reproduced", "reversed", "not significant", "no difference"]
 
 
+@pytest.mark.slow  # a benchmark smoke run: the slow tier
 def test_both_targets_side_by_side(tmp_path_factory):
     """A smoke run on the byte-level and the BPE Llama target: rows, comparisons and the
     unit of the text metrics for both."""
     import json
 
-    from lookahead_jax.benchmarks import _pairs
+    from experiments.benchmarks import _pairs
     from tests.benchmark_pairs import BYTE_PAIR, llama_pair
 
     targets = (BYTE_PAIR[0], llama_pair(tmp_path_factory.mktemp("pairs"))[0])

@@ -85,14 +85,16 @@ def ragged_prompts(batch, width, seed):
     return jnp.asarray(prompt, jnp.int32), jnp.asarray(lengths, jnp.int32)
 
 
+# One case per drafter in the fast tier (each drafter / EOS id is a new compilation); the
+# other variants run with `pytest -m slow`.
 @pytest.mark.parametrize(
     ("kind", "eos_id"),
     [
-        ("recycling", None),
+        pytest.param("recycling", None, marks=pytest.mark.slow),
         ("recycling", 3),
-        ("recycling_small", None),
+        pytest.param("recycling_small", None, marks=pytest.mark.slow),
         ("draft_tree", None),
-        ("draft_tree", 3),
+        pytest.param("draft_tree", 3, marks=pytest.mark.slow),
         ("self_tree", None),
         ("early_exit", 3),
     ],
@@ -112,31 +114,36 @@ def test_greedy_tree_drafters_equal_greedy(target, draft, kind, eos_id):
 
 
 def test_each_row_equals_the_row_alone(target, draft):
-    prompt, lengths = ragged_prompts(3, 9, seed=4)
+    prompt, lengths = ragged_prompts(4, 9, seed=4)  # the greedy tests' shape: no recompile
     key = jax.random.key(0)
     batch = run(target, draft, prompt, lengths, key, "draft_tree")
-    for row in range(3):
+    for row in range(4):
         alone = run(target, draft, prompt[row : row + 1], lengths[row : row + 1], key, "draft_tree")
         np.testing.assert_array_equal(alone.tokens[0], batch.tokens[row])
 
 
+@jax.jit
+@chex.assert_max_traces(n=1)
+def recycled(target, prompt, lengths, table):
+    """Token Recycling from a given table; one compilation shared by the tests below."""
+    return generate(
+        target,
+        prompt,
+        lengths,
+        jax.random.key(0),
+        max_new_tokens=MAX_NEW,
+        drafter=drafting.token_recycling(16, table=table),
+    )
+
+
 def test_token_recycling_table_learns_and_carries_across_requests(target, draft):
     prompt, lengths = ragged_prompts(2, 8, seed=2)
-    first = run(target, draft, prompt, lengths, jax.random.key(0), "recycling")
+    first = recycled(target, prompt, lengths, drafting.initial_table(16, 8))  # a cold start
     table = first.drafter_state.table
     assert table.shape == (16, 8)
     assert not np.array_equal(np.asarray(table), np.asarray(drafting.initial_table(16, 8)))
     # Warm start: the same request again with the learned table.
-    warm = jax.jit(
-        lambda t, p, n, tab: generate(
-            t,
-            p,
-            n,
-            jax.random.key(0),
-            max_new_tokens=MAX_NEW,
-            drafter=drafting.token_recycling(16, table=tab),
-        )
-    )(target, prompt, lengths, table)
+    warm = recycled(target, prompt, lengths, table)
     np.testing.assert_array_equal(warm.tokens, first.tokens)
     # The learned table drafts better: the same tokens in fewer target calls (accepted
     # counts are not comparable when the last round overshoots the budget).
@@ -173,20 +180,7 @@ def test_sampled_tree_generation_has_target_distribution():
 
 
 def test_no_retracing(target, draft):
-    prompt, lengths = ragged_prompts(2, 8, seed=5)
-
-    @jax.jit
-    @chex.assert_max_traces(n=1)
-    def recycled(target, prompt, lengths, table):
-        return generate(
-            target,
-            prompt,
-            lengths,
-            jax.random.key(0),
-            max_new_tokens=6,
-            drafter=drafting.token_recycling(16, table=table),
-        )
-
+    chex.clear_trace_counter()
     table = drafting.initial_table(16, 8)
     for seed in range(3):
         prompt, lengths = ragged_prompts(2, 8, seed=seed)
@@ -253,6 +247,8 @@ def test_choose_exit_maximises_the_modelled_speedup():
         drafting.choose_exit(np.array([0.5]), num_layers=4, max_draft=2)
 
 
+@pytest.mark.slow  # two compilations of sampled tree generation; the fast tier checks
+# sharding on the chain paths (tests/decoding/test_generate.py, test_speculative.py)
 def test_sharded_tree_generation_equals_single_device(target, draft):
     """Sampled draft-tree generation over 8 devices (batch sharded) equals 1 device."""
     prompt, lengths = ragged_prompts(8, 9, seed=9)

@@ -2,7 +2,9 @@
 
 import json
 
-from lookahead_jax.benchmarks import real_models
+import pytest
+
+from experiments.benchmarks import real_models
 from tests.benchmark_pairs import llama_pair
 
 
@@ -13,6 +15,7 @@ def test_break_even():
     assert abs(real_models.tokens_per_round(a, 4) - 2.0) < 1e-9
 
 
+@pytest.mark.slow  # a benchmark smoke run: the slow tier
 def test_small_run_reports_both_sections(tmp_path):
     config = real_models.default_config()
     config.update(

@@ -65,6 +65,7 @@ def runs(tmp_path_factory):
     return config, straight, metrics, resumed, resumed_metrics
 
 
+@pytest.mark.slow  # trains tiny models end to end (~1.5 min): the slow tier
 def test_resumed_run_equals_uninterrupted_run_bitwise(runs):
     config, straight, metrics, resumed, resumed_metrics = runs
     a, b = _final_state(config, straight), _final_state(config, resumed)
@@ -78,6 +79,7 @@ def test_resumed_run_equals_uninterrupted_run_bitwise(runs):
     assert metrics["heldout_bpb_curve"] == resumed_metrics["heldout_bpb_curve"]
 
 
+@pytest.mark.slow  # trains tiny models end to end (~1.5 min): the slow tier
 def test_outputs_are_written(runs):
     config, straight, _, _, _ = runs
     on_disk = json.loads((straight / "metrics.json").read_text())
@@ -132,6 +134,7 @@ def llama_run(tmp_path_factory):
     return config, workdir, metrics
 
 
+@pytest.mark.slow  # trains tiny models end to end (~1.5 min): the slow tier
 def test_llama_bpe_run_trains_and_exports_a_hf_folder(llama_run):
     config, workdir, metrics = llama_run
     model = train_lm.model_config(config)
@@ -160,6 +163,7 @@ def test_llama_bpe_run_trains_and_exports_a_hf_folder(llama_run):
     assert (hf_json["bos_token_id"], hf_json["eos_token_id"]) == (shipped.bos_id, shipped.eos_id)
 
 
+@pytest.mark.slow  # trains tiny models end to end (~1.5 min): the slow tier
 def test_llama_bpe_bits_per_byte_counts_utf8_bytes(llama_run):
     config, workdir, _ = llama_run
     data = train_lm.load_data(config)

@@ -2,7 +2,9 @@
 
 import math
 
-from lookahead_jax.benchmarks import leap_verify as lv
+import pytest
+
+from experiments.benchmarks import leap_verify as lv
 
 
 def _record(regime, predictor, k, pred, cur, actual, confirmed=False):
@@ -75,6 +77,7 @@ def _tiny(tokenizer, model, output_dir):
     return c
 
 
+@pytest.mark.slow  # a benchmark smoke run: the slow tier
 def test_language_model_study_runs_on_both_architectures_and_tokenizers(tmp_path):
     """The study trains GPT-2 on bytes and a Llama on the shipped BPE tokenizer alike."""
     byte_model = dict(vocab_size=256, num_layers=1, num_heads=2, d_model=16, max_length=32)

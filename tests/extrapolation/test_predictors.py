@@ -167,3 +167,54 @@ def test_mismatched_pytrees_are_rejected():
         predict("momentum", [params], 5, 10, moments=(params, {"x": jnp.zeros(3)}), learning_rate=1)
     with pytest.raises(ValueError, match="ScaleByAdamState"):
         adam_moments(optax.sgd(0.1).init(params))
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_float64_parameters_are_extrapolated_in_float64(jit):
+    """Exact polynomials in float64: the predictors are exact to ~1e-12 (float32 arithmetic,
+    the old behaviour, misses by ~1e-5 here and by 6e-3..5e-2 on larger weights)."""
+    rng = np.random.default_rng(3)
+    with jax.enable_x64(True):
+        c = [rng.normal(size=(4, 3)) * scale for scale in (300.0, 30.0, 3.0)]
+        line = lambda t: {"w": jnp.asarray(c[0] + c[1] * t), "b": (jnp.asarray(c[1][0] * t),)}
+        parabola = lambda t: {"w": jnp.asarray(c[0] + c[1] * t + c[2] * t**2)}
+        fn = jax.jit(predict, static_argnums=0) if jit else predict
+        k, delta = jnp.asarray(7, jnp.int64), 10  # t = step / 100
+        for method, at, times in (
+            ("linear", line, (1.2, 1.3)),
+            ("quadratic", parabola, (1.1, 1.2, 1.3)),
+        ):
+            got = fn(method, [at(t) for t in times], k, delta)
+            for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(at(1.37)), strict=True):
+                assert x.dtype == jnp.float64
+                np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-12, atol=1e-10)
+        m, v = {"w": jnp.asarray(c[1])}, {"w": jnp.asarray(c[2] ** 2)}
+        got = predict("momentum", [parabola(1.3)], 7, 10, moments=(m, v), learning_rate=1e-3)
+        want = np.asarray(parabola(1.3)["w"]) - 7e-3 * c[1] / (np.abs(c[2]) + 1e-8)
+        assert got["w"].dtype == jnp.float64
+        np.testing.assert_allclose(np.asarray(got["w"]), want, rtol=1e-12)
+
+
+def test_bfloat16_is_computed_in_float32_and_cast_back():
+    # The documented policy: narrow floats are extrapolated in float32, returned in their dtype.
+    cur = jnp.array([256.0], jnp.bfloat16)
+    prev = jnp.array([254.0], jnp.bfloat16)
+    got = predict("linear", [{"x": prev}, {"x": cur}], 3, 4)["x"]
+    assert got.dtype == jnp.bfloat16
+    want = jnp.asarray(256.0 + 0.75 * 2.0, jnp.float32).astype(jnp.bfloat16)
+    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
+
+
+def test_traced_k_and_delta_are_checked_under_checked():
+    import lookahead_jax
+
+    history = [{"x": jnp.zeros(2)}, {"x": jnp.ones(2)}]
+    fn = lookahead_jax.checked(lambda k, d: predict("linear", history, k, d))
+    np.testing.assert_allclose(fn(jnp.int32(2), jnp.int32(4))["x"], [1.5, 1.5])
+    with pytest.raises(ValueError, match="`k` must be > 0; got 0"):
+        fn(jnp.int32(0), jnp.int32(4))
+    with pytest.raises(ValueError, match="`delta` must be > 0; got -1"):
+        fn(jnp.int32(2), jnp.int32(-1))
+    # Eager: at once.
+    with pytest.raises(ValueError, match="`k` must be > 0; got 0"):
+        predict("linear", history, jnp.int32(0), 4)

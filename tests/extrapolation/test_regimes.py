@@ -1,5 +1,6 @@
 """Regimes, calibration, fingerprints and acceptance tests."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,11 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import lookahead_jax
 from lookahead_jax.extrapolation import (
     CHAOTIC,
     STABLE,
     TRANSITION,
     UNKNOWN,
+    RegimeConfig,
     accept,
     calibrate_thresholds,
     classify_regime,
@@ -21,6 +24,9 @@ from lookahead_jax.extrapolation import (
     model_fingerprint,
     recent_sigma,
     regime_fractions,
+    regime_init,
+    regime_run,
+    regime_step,
 )
 from lookahead_jax.models import TransformerConfig, init_params
 from tests.helpers import count_compilations
@@ -147,3 +153,82 @@ def test_acceptance_errors():
         accept("adaptive", 1.0, 1.0, sigma=-0.1)
     with pytest.raises(ValueError, match="`eps` must be >= 0"):
         accept("proximity", 1.0, 1.0, eps=-0.1)
+
+
+CALIBRATED = RegimeConfig(calibration_checks=4, max_checks=8)
+REGIME_STEP = jax.jit(chex.assert_max_traces(regime_step, n=1), static_argnames="config")
+REGIME_RUN = jax.jit(regime_run, static_argnames="config")
+
+
+def _drifting_fingerprints(n=8, seed=0):
+    """[n, 3, 4] fingerprints drifting by steps of varying size (several regimes)."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(3, 4))
+    sizes = np.array([0.0, 0.5, 0.2, 0.05, 0.01, 0.01, 0.3, 0.01])[:n]
+    walk = np.cumsum(sizes[:, None, None] * rng.normal(size=(n, 3, 4)), axis=0)
+    return jnp.asarray(base + walk, jnp.float32)
+
+
+def test_regime_tracker_matches_the_offline_pipeline():
+    fps = _drifting_fingerprints()
+    state = regime_init(fps[0], CALIBRATED)
+    final, infos = REGIME_RUN(jax.random.key(0), state, fps, config=CALIBRATED)
+    sims = np.array(
+        [np.nan] + [float(cosine_similarity(a, b)) for a, b in zip(fps[1:], fps[:-1], strict=True)]
+    )
+    np.testing.assert_allclose(infos.similarity, sims, rtol=1e-6)
+    tau = calibrate_thresholds(sims[:4])
+    np.testing.assert_allclose(final.thresholds, tau, rtol=1e-6)
+    offline = np.asarray(classify_regime(sims, tau.tau_low, tau.tau_high))
+    want = np.where(np.arange(8) < 3, UNKNOWN, offline)  # no thresholds before the 4th check
+    np.testing.assert_array_equal(infos.regime, want)
+    np.testing.assert_array_equal(infos.confirmed, confirmed_stable(jnp.asarray(want)))
+    assert int(final.num_checks) == 8 and bool(np.all(infos.finite))
+    # The same steps one at a time, compiled once.
+    chex.clear_trace_counter()
+    state = regime_init(fps[0], CALIBRATED)
+    for t in range(8):
+        state, info = REGIME_STEP(jax.random.key(t), state, fps[t], config=CALIBRATED)
+        assert int(info.regime) == want[t]
+    chex.assert_trees_all_close(state, final)
+
+
+def test_regime_tracker_reports_and_skips_a_nonfinite_fingerprint():
+    config = RegimeConfig(tau_low=0.5, tau_high=0.9, max_checks=4)
+    fps = _drifting_fingerprints(4).at[2].set(jnp.nan)
+    _, infos = REGIME_RUN(None, regime_init(fps[0], config), fps, config=config)
+    np.testing.assert_array_equal(infos.finite, [True, True, False, True])
+    assert int(infos.regime[2]) == UNKNOWN and np.isnan(infos.similarity[2])
+    # The next reading compares with the last finite fingerprint.
+    np.testing.assert_allclose(infos.similarity[3], cosine_similarity(fps[3], fps[1]), rtol=1e-6)
+
+
+def test_regime_config_and_input_errors():
+    with pytest.raises(ValueError, match="both be given or both be None"):
+        RegimeConfig(tau_high=0.5)
+    with pytest.raises(ValueError, match="`tau_low` must be <= `tau_high`"):
+        RegimeConfig(tau_low=0.9, tau_high=0.1)
+    with pytest.raises(ValueError, match="calibration_checks"):
+        RegimeConfig(calibration_checks=9, max_checks=8)
+    with pytest.raises(ValueError, match="`similarity_mode` must be one of"):
+        RegimeConfig(similarity_mode="mean")
+    state = regime_init(jnp.zeros((3, 4)), CALIBRATED)
+    with pytest.raises(ValueError, match=r"`fingerprint` must have shape \(3, 4\)"):
+        regime_step(None, state, jnp.zeros((3, 5)), CALIBRATED)
+    with pytest.raises(ValueError, match=r"`fingerprints` must have shape \[N >= 1, 3, 4\]"):
+        regime_run(None, state, jnp.zeros((0, 3, 4)), CALIBRATED)
+    with pytest.raises(ValueError, match="must be a RegimeConfig"):
+        regime_init(jnp.zeros((3, 4)), {"max_checks": 8})
+
+
+def test_traced_bad_thresholds_and_sigma_raise_under_checked():
+    classify = lookahead_jax.checked(classify_regime)
+    np.testing.assert_array_equal(classify(jnp.array([0.2, 0.95]), 0.5, 0.9), [CHAOTIC, STABLE])
+    with pytest.raises(
+        ValueError, match=r"`tau_low` must be <= `tau_high`; got tau_low=0\.(9|8999)"
+    ):
+        classify(jnp.array([0.2]), jnp.float32(0.9), jnp.float32(0.1))
+    adaptive = lookahead_jax.checked(lambda p, c, sigma: accept("adaptive", p, c, sigma=sigma))
+    assert bool(adaptive(1.0, 1.0, jnp.float32(0.1)))
+    with pytest.raises(ValueError, match=r"`sigma` must be >= 0; got -0\.1"):
+        adaptive(1.0, 1.0, jnp.float32(-0.1))

@@ -1,9 +1,9 @@
 """The Leap+Verify training wrapper: no-side-effect rejection, jumps, calibration,
 kill-and-resume through orbax, 8 devices = 1 device, one trace.
 
-The mechanics run on a tiny MLP (fast to compile); kill-and-resume runs on the
-reference transformer. Runs that must agree bit for bit use one compiled program and
-differ only in data: the regime thresholds held in the state (``NEVER``: nothing is
+Everything runs on a tiny MLP (fast to compile); the reference transformer's fingerprint
+is checked to plug in by shapes only. Runs that must agree bit for bit use one compiled
+program and differ only in data: the regime thresholds held in the state (``NEVER``: nothing is
 stable, so no leap is ever attempted; ``ALWAYS``: everything after the first check is)."""
 
 import chex
@@ -14,7 +14,6 @@ import optax
 import pytest
 
 from lookahead_jax import checkpoint, sharding
-from lookahead_jax.data import batch_for_step, load_corpus
 from lookahead_jax.extrapolation import (
     ACCEPTED,
     NOT_ATTEMPTED,
@@ -25,12 +24,15 @@ from lookahead_jax.extrapolation import (
     adam_moments,
     advance_counts,
     init_train_state,
+    leap_init,
+    leap_run,
+    leap_step,
     leap_verify,
     make_train_step,
     model_fingerprint,
     predict,
 )
-from lookahead_jax.models import TransformerConfig, apply, init_params
+from lookahead_jax.models import TransformerConfig, init_params
 
 STEPS = 7
 NEVER = Thresholds(jnp.float32(2.0), jnp.float32(2.0))  # cosine <= 2: always chaotic
@@ -194,35 +196,46 @@ def test_eight_devices_equal_one_device_and_one_trace():
 
 
 def test_kill_and_resume_through_orbax_equals_uninterrupted(tmp_path):
-    model = TransformerConfig(vocab_size=256, num_layers=1, num_heads=2, d_model=16, max_length=8)
-
-    def loss(params, batch):
-        logits, _ = apply(model, params, batch[:, :-1])
-        log_probs = jax.nn.log_softmax(logits, axis=-1)
-        return -jnp.mean(jnp.take_along_axis(log_probs, batch[:, 1:, None], axis=-1))
-
-    train = load_corpus("train")
-    batches = jnp.asarray(np.stack([batch_for_step(train, 0, t, 4, 8) for t in range(11)]))
-    heldout = jnp.asarray(batch_for_step(load_corpus("heldout"), 1, 0, 4, 8))
+    # Calibrated thresholds, quadratic adaptive leaps, the whole state through orbax; a run
+    # of 2 x 5 steps (one compiled `leap_run`) is cut after 5 steps and resumed from disk.
     config = LeapConfig(delta=2, k=2, method="quadratic", criterion="adaptive",
                         leap_in="not_chaotic", calibration_checks=2, max_checks=8)  # fmt: skip
     optimizer = leap_verify(
         _inner(),
         config,
-        heldout_loss=lambda p: loss(p, heldout),
-        fingerprint=lambda p: model_fingerprint(model, p, heldout[:, :8]),
+        heldout_loss=lambda p: _mlp_loss(p, HELDOUT),
+        fingerprint=lambda p: _hidden(p, PROBES),
     )
-    step = jax.jit(make_train_step(loss, optimizer))
-    params = jax.jit(init_params, static_argnums=0)(model, jax.random.key(0))  # eager: slow
-    straight, _ = _run(step, init_train_state(params, optimizer), batches, 0, 11)
-    first, _ = _run(step, init_train_state(params, optimizer), batches, 0, 5)
+    run = jax.jit(leap_run, static_argnames=("loss_fn", "optimizer"))
+    batches = _mlp_batches(10)
+    halves = [jax.tree.map(lambda b, i=i: b[5 * i : 5 * (i + 1)], batches) for i in range(2)]
+    keys = jax.random.split(jax.random.key(1))
+    kw = dict(loss_fn=_mlp_loss, optimizer=optimizer)
+    first, _ = run(keys[0], leap_init(_mlp_params(), optimizer), halves[0], **kw)
+    straight, infos = run(keys[1], first, halves[1], **kw)
     checkpoint.save(tmp_path, 5, first)
     del first  # "killed": only the checkpoint survives
-    restored = checkpoint.restore(tmp_path, init_train_state(params, optimizer))
-    resumed, _ = _run(step, restored, batches, 5, 11)
+    restored = checkpoint.restore(tmp_path, leap_init(_mlp_params(), optimizer))
+    resumed, _ = run(keys[1], restored, halves[1], **kw)
     assert int(straight.opt_state.num_checks) == 5
     assert not np.isnan(float(straight.opt_state.thresholds.tau_low))  # calibrated on the way
+    assert int(straight.opt_state.attempts) >= 1 and infos.leap.regime.shape == (5,)
     _assert_trees_equal(resumed, straight)
+
+
+def test_fingerprint_of_the_reference_transformer_plugs_in():
+    """The wrapper with the reference transformer's fingerprint (shapes only: cheap)."""
+    model = TransformerConfig(vocab_size=256, num_layers=1, num_heads=2, d_model=16, max_length=8)
+    params = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
+    probes = jnp.zeros((3, 8), jnp.int32)
+    optimizer = leap_verify(
+        _inner(),
+        LeapConfig(delta=2, k=2, max_checks=4, calibration_checks=2),
+        heldout_loss=lambda p: jnp.float32(0.0),
+        fingerprint=lambda p: model_fingerprint(model, p, probes),
+    )
+    state = jax.eval_shape(optimizer.init, params)
+    assert state.fingerprint.shape == (3, 16) and state.snapshots is not None
 
 
 def test_config_and_update_errors():
@@ -269,3 +282,80 @@ def test_momentum_leap_uses_the_inner_adam_moments_and_schedule():
         "momentum", [never.params], 3, 2, moments=adam_moments(inner), learning_rate=schedule(4)
     )
     chex.assert_trees_all_close(leap.params, want, rtol=1e-6, atol=1e-7)
+
+
+ACCEPT_ALL = _mlp_leap(criterion="proximity", eps=1e9)  # every attempted leap is accepted
+# The public entry points, compiled once per shape for the whole file (guarded: a retrace
+# at the same shapes fails the test that causes it).
+STEP = jax.jit(chex.assert_max_traces(leap_step, n=1), static_argnames=("loss_fn", "optimizer"))
+RUN = jax.jit(chex.assert_max_traces(leap_run, n=1), static_argnames=("loss_fn", "optimizer"))
+
+
+def test_run_scans_step_and_the_old_names_agree():
+    """leap_init / leap_step / leap_run (key first) = the old init_train_state / make_train_step."""
+    batches = _mlp_batches(4)
+    kw = dict(loss_fn=_mlp_loss, optimizer=ACCEPT_ALL)
+    start = _start(ACCEPT_ALL, _mlp_params(), ALWAYS)
+    assert jax.tree.structure(leap_init(_mlp_params(), ACCEPT_ALL)) == jax.tree.structure(start)
+    ran, infos = RUN(jax.random.key(0), start, batches, **kw)
+    # Infos are stacked: [N] per field, with the leap's regime, decision and losses.
+    assert infos.loss.shape == (4,) and infos.finite.shape == (4,)
+    np.testing.assert_array_equal(infos.leap.checked, [False, True, False, True])
+    np.testing.assert_array_equal(infos.leap.accepted, [False, False, False, True])
+    assert np.isfinite(infos.leap.predicted_loss[3]) and np.isfinite(infos.leap.current_loss[3])
+    assert np.isnan(infos.leap.predicted_loss[1])  # checked, not attempted (no history yet)
+    assert bool(np.all(infos.finite)) and bool(np.all(infos.leap.finite))
+    stepped, key = start, jax.random.key(0)
+    for t in range(4):
+        stepped, _ = STEP(key, stepped, jax.tree.map(lambda b, t=t: b[t], batches), **kw)
+    chex.assert_trees_all_close(ran, stepped, rtol=1e-6, atol=1e-7)
+    legacy, legacy_infos = _run(
+        jax.jit(make_train_step(_mlp_loss, ACCEPT_ALL)), start, batches, 0, 4
+    )
+    chex.assert_trees_all_close(ran, legacy, rtol=1e-6, atol=1e-7)
+    assert bool(legacy_infos[3].leap.accepted) and int(ran.opt_state.accepts) == 1
+
+
+def test_public_steps_compile_once():
+    kw = dict(loss_fn=_mlp_loss, optimizer=ACCEPT_ALL)
+    batches = _mlp_batches(4)
+    state = _start(ACCEPT_ALL, _mlp_params(), ALWAYS)
+    STEP(jax.random.key(0), state, jax.tree.map(lambda b: b[0], batches), **kw)
+    RUN(jax.random.key(0), state, batches, **kw)
+    chex.clear_trace_counter()  # traced at most once above (or by an earlier test)
+    for seed in range(1, 3):  # new keys, states and data: no retrace
+        first = jax.tree.map(lambda b, seed=seed: b[seed], batches)
+        state, _ = STEP(jax.random.key(seed), state, first, **kw)
+        moved = jax.tree.map(lambda b, seed=seed: b + seed, batches)
+        state, _ = RUN(jax.random.key(seed), state, moved, **kw)
+    assert int(state.step) == 10
+
+
+def test_nonfinite_losses_are_reported_in_info_and_never_accepted():
+    batches = _mlp_batches(4)
+    x, y = batches
+    poisoned = (x, y.at[1].set(jnp.nan))  # the 2nd training batch has NaN targets
+    _, infos = RUN(jax.random.key(0), _start(ACCEPT_ALL, _mlp_params(), ALWAYS), poisoned,
+                   loss_fn=_mlp_loss, optimizer=ACCEPT_ALL)  # fmt: skip
+    np.testing.assert_array_equal(infos.finite, [True, False, False, False])
+    assert np.isnan(infos.loss[2])
+    # The checks after it see non-finite parameters: reported, regime unknown, no leap.
+    np.testing.assert_array_equal(infos.leap.finite, [True, False, True, False])
+    assert int(infos.leap.regime[3]) == UNKNOWN and not bool(np.any(infos.leap.accepted))
+
+
+def test_contract_input_errors():
+    kw = dict(loss_fn=_mlp_loss, optimizer=ACCEPT_ALL)
+    start = _start(ACCEPT_ALL, _mlp_params(), ALWAYS)
+    with pytest.raises(ValueError, match=r"`batches` must .* leading axis N >= 1.*\[0\]"):
+        leap_run(None, start, jax.tree.map(lambda b: b[:0], _mlp_batches(2)), **kw)
+    with pytest.raises(ValueError, match=r"leading sizes \[2, 3\]"):
+        leap_run(None, start, (jnp.zeros((2, 8, 4)), jnp.zeros((3, 8, 3))), **kw)
+    bad = leap_verify(
+        _inner(),
+        LeapConfig(delta=2, k=3, tau_low=0.0, tau_high=0.0, max_checks=8),
+        heldout_loss=lambda p: jnp.zeros(3),
+        fingerprint=lambda p: _hidden(p, PROBES),
+    )
+    with pytest.raises(ValueError, match=r"`heldout_loss\(params\)` must return a scalar"):
+        bad.init(_mlp_params())

@@ -278,6 +278,49 @@ def test_untied_head(broken):
 
 
 @pytest.mark.parametrize(
+    "key, value",
+    [
+        ("transformer.h.1.attn.c_proj.weight", np.nan),
+        ("transformer.wte.weight", np.inf),
+        ("transformer.ln_f.bias", -np.inf),
+    ],
+)
+def test_non_finite_tensor(broken, key, value):
+    directory, edit_tensors, _ = broken
+
+    def poison(t):
+        t[key] = t[key].copy()
+        t[key].flat[3] = value
+
+    edit_tensors(poison)
+    with pytest.raises(ValueError, match=rf"{key.replace('.', r'[.]')}.*must hold finite values"):
+        load_hf_gpt2(directory)
+
+
+def test_float64_beyond_float32_range(broken):
+    directory, edit_tensors, _ = broken
+
+    def widen(t):
+        t["transformer.h.0.mlp.c_fc.bias"] = np.full(
+            t["transformer.h.0.mlp.c_fc.bias"].shape, 1e300
+        )
+
+    edit_tensors(widen)
+    with pytest.raises(ValueError, match=r"c_fc[.]bias.*within float32's range"):
+        load_hf_gpt2(directory)
+
+
+@pytest.mark.parametrize("name", ["config.json", "model.safetensors.index.json"])
+def test_bad_utf8_json(broken, name):
+    directory, _, _ = broken
+    if name == "model.safetensors.index.json":
+        (directory / "model.safetensors").unlink()
+    (directory / name).write_bytes(b'{"model_type": "gpt2\xff"}')
+    with pytest.raises(ValueError, match=rf"{name.replace('.', r'[.]')}: expected a UTF-8"):
+        load_hf_gpt2(directory)
+
+
+@pytest.mark.parametrize(
     "fields, match",
     [
         ({"activation_function": "relu"}, "activation_function"),

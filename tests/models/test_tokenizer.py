@@ -249,6 +249,14 @@ def test_bad_folder_files(tmp_path, files, match):
         load_tokenizer(folder)
 
 
+@pytest.mark.parametrize("name", ["tokenizer.json", "tokenizer_config.json", "config.json"])
+def test_bad_utf8_files(tmp_path, name):
+    folder = _folder(tmp_path, "bad")
+    (folder / name).write_bytes(b'{"eos_token": "\xff"}')
+    with pytest.raises(ValueError, match=rf"{name.replace('.', r'[.]')}.*(UTF-8|not a valid)"):
+        load_tokenizer(folder)
+
+
 def test_bad_names_and_paths(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="shipped tokenizer name"):
         load_tokenizer("gpt-17")

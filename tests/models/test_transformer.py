@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import lookahead_jax
 from lookahead_jax import models
 from tests.helpers import naive_ancestor_mask, root_path
 
@@ -32,6 +33,14 @@ def params():
 @functools.partial(jax.jit, static_argnames=("return_hidden",))
 def full_forward(params, tokens, return_hidden=False):
     return models.apply(CONFIG, params, tokens, return_hidden=return_hidden)
+
+
+def last_logits(params, sequence):
+    """Logits after ``sequence [1, S]``, computed at one fixed width (one compiled program
+    for every path length: right padding cannot reach earlier positions of a causal model)."""
+    length = sequence.shape[1]
+    padded = jnp.zeros((1, CAPACITY), jnp.int32).at[:, :length].set(sequence)
+    return full_forward(params, padded)[0][0, length - 1]
 
 
 @jax.jit
@@ -114,8 +123,8 @@ def test_tree_mask_logits_equal_path_logits(params, seed, num_nodes):
             sequence = jnp.concatenate(
                 [prefix[row, : prefix_lengths[row]], nodes[row, jnp.asarray(path)]]
             )[None]
-            path_logits, _ = full_forward(params, sequence)
-            np.testing.assert_allclose(tree_logits[row, node], path_logits[0, -1], atol=2e-5)
+            path_logits = last_logits(params, sequence)
+            np.testing.assert_allclose(tree_logits[row, node], path_logits, atol=2e-5)
 
     # Keeping one root-to-leaf path leaves a cache equal to decoding that path as a chain.
     leaf = [num_nodes - 1, int(rng.integers(0, num_nodes))]
@@ -134,8 +143,8 @@ def test_tree_mask_logits_equal_path_logits(params, seed, num_nodes):
         sequence = jnp.concatenate(
             [prefix[row, : prefix_lengths[row]], nodes[row, jnp.asarray(paths[row])], probe[row]]
         )[None]
-        chain_logits, _ = full_forward(params, sequence)
-        np.testing.assert_allclose(probe_logits[row, 0], chain_logits[0, -1], atol=2e-5)
+        chain_logits = last_logits(params, sequence)
+        np.testing.assert_allclose(probe_logits[row, 0], chain_logits, atol=2e-5)
 
 
 def test_chain_tree_mask_equals_causal(params):
@@ -148,6 +157,8 @@ def test_chain_tree_mask_equals_causal(params):
 
 
 def test_cached_step_compiles_once_per_shape(params):
+    chex.clear_trace_counter()
+
     @jax.jit
     @chex.assert_max_traces(n=1)
     def step(params, tokens, cache):
@@ -157,6 +168,35 @@ def test_cached_step_compiles_once_per_shape(params):
     for seed in range(4):
         _, cache = step(params, random_tokens(seed, (2, 1)), cache)
     np.testing.assert_array_equal(cache.lengths, [4, 4])
+
+
+def test_forward_prefill_and_model_call_compile_once_per_shape(params):
+    """Forward pass, prefill and ``Model.__call__``: new values at fixed shapes never retrace."""
+    chex.clear_trace_counter()
+
+    @functools.partial(jax.jit, static_argnames="return_hidden")
+    @chex.assert_max_traces(n=1)
+    def forward(params, tokens, return_hidden=False):
+        return models.apply(CONFIG, params, tokens, return_hidden=return_hidden)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def prefill(model, tokens, cache):
+        return model(tokens, cache)
+
+    model = models.Model(CONFIG, params)
+    other = models.Model(CONFIG, jax.tree.map(lambda x: 2 * x, params))
+    for seed, m in [(0, model), (1, other)]:
+        forward(m.params, random_tokens(seed, (2, 3)))
+        _, cache = prefill(m, random_tokens(seed, (2, 3)), models.init_cache(CONFIG, 2, CAPACITY))
+        # A second prefill on the filled cache: same shapes, new lengths.
+        _, cache = prefill(m, random_tokens(seed + 2, (2, 3)), cache)
+    np.testing.assert_array_equal(cache.lengths, [6, 6])
+    # The library's own module-level jits (scoring) compile once per shape too.
+    before = models.next_token_nll._cache_size()
+    for seed in range(2):
+        models.next_token_nll(model, random_tokens(seed, (2, 5)))
+    assert models.next_token_nll._cache_size() - before <= 1
 
 
 def test_overflow_inside_jit_is_dropped_and_reported(params):
@@ -208,6 +248,19 @@ def test_bad_input_raises_at_trace_time_under_jit(params):
     cache = models.init_cache(CONFIG, 2, CAPACITY)
     with pytest.raises(ValueError, match="integers"):
         cached_step(params, jnp.zeros((2, 3), jnp.float32), cache)
+
+
+def test_out_of_range_tokens_raise_eagerly_and_under_checked(params):
+    bad = jnp.array([[1, 48], [-1, 2]], jnp.int32)
+    with pytest.raises(
+        ValueError, match=r"`tokens` must lie in \[0, 48\); got values in \[-1, 48\]"
+    ):
+        models.apply(CONFIG, params, bad)
+    checked_apply = lookahead_jax.checked(models.apply, static_argnums=0)
+    with pytest.raises(ValueError, match=r"`tokens` must lie in \[0, 48\)"):
+        checked_apply(CONFIG, params, bad)
+    logits, _ = checked_apply(CONFIG, params, jnp.array([[1, 47], [0, 2]], jnp.int32))
+    assert logits.shape == (2, 2, CONFIG.vocab_size)
 
 
 def test_num_params_matches_pytree():

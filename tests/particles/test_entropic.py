@@ -69,6 +69,19 @@ def test_tempering_spreads_the_resampled_set():
     )
 
 
+def test_bfloat16_entropy_and_temperature_accumulate_in_float32():
+    lw = (0.5 * jax.random.normal(jax.random.key(0), (512,))).astype(jnp.bfloat16)
+    wide = lw.astype(jnp.float32)
+    entropy = particles.normalized_entropy(lw)
+    assert entropy.dtype == jnp.float32
+    np.testing.assert_allclose(entropy, particles.normalized_entropy(wide), rtol=1e-6)
+    collapsed = jnp.asarray([4.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    t = particles.entropic_temperature(collapsed.astype(jnp.bfloat16), 0.1, schedule="entropy")
+    assert t.dtype == jnp.bfloat16  # the caller's dtype comes back
+    want = particles.entropic_temperature(collapsed, 0.1, schedule="entropy")
+    np.testing.assert_allclose(float(t), float(want), rtol=1e-2)
+
+
 def test_errors():
     with pytest.raises(ValueError, match="`schedule` must be one of"):
         particles.entropic_temperature(jnp.zeros(4), 0.1, schedule="linear")

@@ -2,6 +2,7 @@
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -229,9 +230,61 @@ def test_degenerate_observation_model_stays_defined():
     assert np.isfinite(np.asarray(result.means)[-1]).all()
 
 
+RESUME_MODEL = _lgssm(jnp.float32)
+RESUME_CONFIG = particles.BootstrapConfig(256, method="systematic", keep_ancestors=True)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "config"))
+@chex.assert_max_traces(n=2)  # one per observation length (8 and 4)
+def _run_from(key, model, observations, config, state):
+    return particles.bootstrap_run(key, model, observations, config, state)
+
+
+def test_bootstrap_resumes_from_its_state_and_compiles_once():
+    """Two runs of T / 2 continued from the final state equal one run of T, bit for bit."""
+    chex.clear_trace_counter()
+    _, observations = RESUME_MODEL.sample(jax.random.key(3), 8)
+    model = RESUME_MODEL.to_state_space_model()
+    key = jax.random.key(4)
+    init_key, _ = jax.random.split(key)
+    start = particles.bootstrap_init(init_key, model, RESUME_CONFIG)
+    assert int(start.time) == 0
+    whole = _run_from(key, model, observations, RESUME_CONFIG, start)
+    first = _run_from(key, model, observations[:4], RESUME_CONFIG, start)
+    second = _run_from(key, model, observations[4:], RESUME_CONFIG, first.final_state)
+    assert int(second.final_state.time) == 8
+    assert np.asarray(whole.resampled).any()  # resampling is part of what continues
+    np.testing.assert_array_equal(second.log_likelihood, whole.log_likelihood)
+    np.testing.assert_array_equal(second.final_state.particles, whole.final_state.particles)
+    np.testing.assert_array_equal(second.final_state.log_weights, whole.final_state.log_weights)
+    np.testing.assert_array_equal(
+        np.concatenate([first.ancestors, second.ancestors]), whole.ancestors
+    )
+    np.testing.assert_array_equal(
+        np.concatenate([first.means, second.means]), np.asarray(whole.means)
+    )
+    # One step by hand equals the run's first step.
+    step = jax.jit(particles.bootstrap_step, static_argnames=("model", "config"))
+    state, info = step(
+        jax.random.fold_in(jax.random.split(key)[1], 0), start, observations[0], model,
+        RESUME_CONFIG,
+    )  # fmt: skip
+    np.testing.assert_allclose(info.log_likelihood_increment, whole.log_likelihood_increments[0])
+    assert int(state.time) == 1 and not bool(info.resampled)
+
+
 def test_errors(x64_problem):
     lgssm = _lgssm(jnp.float32)
     model = lgssm.to_state_space_model()
+    # T = 0 observations: a ValueError naming the argument, not a traceback.
+    with pytest.raises(ValueError, match=r"`observations` must hold at least one time step"):
+        particles.kalman_filter(lgssm, jnp.zeros((0, 2)))
+    with pytest.raises(ValueError, match=r"`observations` must share a leading time axis T >= 1"):
+        particles.bootstrap_filter(jax.random.key(0), model, jnp.zeros((0, 2)), 8)
+    with pytest.raises(ValueError, match="`num_particles` must be a positive int; got 0"):
+        particles.bootstrap_filter(jax.random.key(0), model, jnp.zeros((5, 2)), 0)
+    with pytest.raises(ValueError, match="`num_particles` must be a positive int; got 0"):
+        particles.BootstrapConfig(0)
     with pytest.raises(ValueError, match=r"`observations` must have shape \[\?, 2\]"):
         particles.kalman_filter(lgssm, jnp.zeros((5, 3)))
     with pytest.raises(ValueError, match="`observation_cov` must have shape"):

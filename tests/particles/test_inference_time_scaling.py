@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments.benchmarks import inference_time_scaling as its
 from lookahead_jax import models
-from lookahead_jax.benchmarks import inference_time_scaling as its
 
 ENV = its.Environment()  # the defaults: K = 4 actions, D = 8 steps, reveal after 3
 D, START = ENV.depth, ENV.start_id
@@ -100,6 +100,7 @@ def _instances(config):
     )
 
 
+@pytest.mark.slow  # a benchmark smoke run: the slow tier
 def test_the_trap_exists(tiny_results):
     config, results = tiny_results
     traps = np.asarray(_instances(config).trap)
@@ -112,6 +113,7 @@ def test_the_trap_exists(tiny_results):
     assert greedy["success_rate"] == pytest.approx(1.0 - traps.mean(), abs=1e-12)
 
 
+@pytest.mark.slow  # a benchmark smoke run: the slow tier
 def test_best_of_n_matches_the_proposal(tiny_results):
     # Best-of-N succeeds iff one of N independent proposals is the answer key, which
     # has probability p = (first-step prob) * step_prob^(D - 1): exact expectation.
@@ -125,6 +127,7 @@ def test_best_of_n_matches_the_proposal(tiny_results):
     assert abs(row["success_rate"] - expected.mean()) < 4 * se
 
 
+@pytest.mark.slow  # a benchmark smoke run: the slow tier
 def test_structural_invariants(tiny_results):
     config, results = tiny_results
     assert [r["method"] for r in results["rows"]] == list(config.methods)

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import lookahead_jax
 from lookahead_jax import models, particles
 
 VOCAB, DELIM, END, MARK = 8, 1, 2, 5
@@ -229,3 +230,72 @@ def test_errors(model):
         particles.lm_particle_filter(
             jax.random.key(0), model, MARK_PROMPT.at[0].set(99), 3, reward, **kwargs
         )
+
+
+# The contract: config + init/step/run. The "base" schedule with the gate open whenever the
+# weights are not uniform gives T = 2 - progress, so the resumed rounds must carry the
+# round index to get the same temperature as one run.
+RUN_CONFIG = particles.LMParticleFilterConfig(
+    num_particles=N,
+    max_steps=STEPS,
+    max_step_tokens=STEP_TOKENS,
+    delimiter_id=DELIM,
+    end_id=END,
+    schedule="base",
+    ess_threshold=1.0,
+    early_phase=1.0,
+)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "num_rounds"))
+@chex.assert_max_traces(n=2)  # one per num_rounds used below (3 and 1)
+def run_rounds(key, model, state, config, num_rounds):
+    return particles.lm_run(
+        key, model, None, None, reward, config, state=state, num_rounds=num_rounds
+    )
+
+
+def test_lm_run_resumes_from_its_state_and_compiles_once(model):
+    """Three one-round runs, each continuing the last, equal three rounds at once (ePF)."""
+    chex.clear_trace_counter()
+    key = jax.random.key(1)
+    start = particles.lm_init(key, model, SOFT_PROMPT, 3, RUN_CONFIG)
+    assert int(start.round_index) == 0
+    whole = run_rounds(key, model, start, RUN_CONFIG, STEPS)
+    parts, state = [], start
+    for _ in range(STEPS):  # three runs of one round, each continuing the last
+        part = run_rounds(key, model, state, RUN_CONFIG, 1)
+        parts.append(part.history)
+        state = part.particles
+    run_rounds(jax.random.key(2), model, start, RUN_CONFIG, STEPS)  # no retrace
+    assert int(state.round_index) == STEPS
+    np.testing.assert_allclose(parts[1].temperature[0], 2.0 - 2.0 / STEPS, rtol=1e-6)
+    for got, want in zip(jax.tree.leaves(state), jax.tree.leaves(whole.particles), strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert int(particles.best_particle(state)) == int(whole.best)
+    for name in ("ancestors", "temperature", "resampled", "ess"):
+        joined = np.concatenate([np.asarray(getattr(h, name)) for h in parts])
+        np.testing.assert_array_equal(joined, getattr(whole.history, name))
+
+
+def out_of_range_reward(tokens, lengths):
+    return reward(tokens, lengths) + 1.0  # 1.2 or 1.8 for the soft prompt: not in [0, 1]
+
+
+def test_rewards_outside_unit_interval_are_an_error(model):
+    """Rewards outside [0, 1] used to be clipped silently; now a ValueError naming them."""
+    match = r"`reward_fn` must return rewards in \[0, 1\].*got values in \[1\.2"
+    start = particles.lm_init(jax.random.key(0), model, SOFT_PROMPT, 3, RUN_CONFIG)
+    with pytest.raises(ValueError, match=match):  # eager run: checked for the caller
+        particles.lm_particle_filter(
+            jax.random.key(0), model, SOFT_PROMPT, 3, out_of_range_reward,
+            num_particles=N, max_steps=1, max_step_tokens=STEP_TOKENS, delimiter_id=DELIM,
+            end_id=END,
+        )  # fmt: skip
+    checked_run = lookahead_jax.checked(
+        lambda key, model, state: particles.lm_run(
+            key, model, None, None, out_of_range_reward, RUN_CONFIG, state=state, num_rounds=1
+        )
+    )
+    with pytest.raises(ValueError, match=match):  # under jit, with the checks on
+        checked_run(jax.random.key(0), model, start)

@@ -194,6 +194,34 @@ def test_undefined_weights_fall_back_to_uniform_and_flag():
     np.testing.assert_array_equal(offspring[METHOD_ROW["systematic"]], [0, 0, 5, 0, 5])
 
 
+BF16_N = 512  # a bfloat16 cumsum of weights ~1 stops growing at 256: the hazard is real
+BF16_REPLICATES = 400
+
+
+def test_bfloat16_log_weights_give_unbiased_counts_and_ess():
+    """bfloat16 log-weights: weights and cdf accumulate in float32, so the counts are unbiased.
+
+    The expectation is exact: M w_i with w the softmax of the bfloat16 values computed in
+    float64. Each mean count over R keys has standard error at most sqrt(M w (1 - w) / R)
+    (multinomial; the other methods have less variance here); 6 standard errors over
+    512 particles has a false-alarm rate < 1e-6. Accumulating in bfloat16 (the old
+    code) missed by 46 to 113 standard errors, and its ESS by 0.7%.
+    """
+    lw = (0.5 * jax.random.normal(jax.random.key(0), (BF16_N,))).astype(jnp.bfloat16)
+    w = np.exp(np.asarray(lw, np.float64))
+    w /= w.sum()
+    keys = jax.random.split(jax.random.key(1), BF16_REPLICATES)
+    counts = np.asarray(replicated_counts(keys, lw, BF16_N), np.float64)  # [4, R, N]
+    stderr = np.sqrt(BF16_N * w * (1 - w) / BF16_REPLICATES)
+    for method, row in METHOD_ROW.items():
+        assert (counts[row].sum(axis=1) == BF16_N).all()
+        z = np.abs(counts[row].mean(axis=0) - BF16_N * w) / stderr
+        assert z.max() < 6.0, (method, z.max())
+    ess = particles.ess(lw)
+    assert ess.dtype == jnp.float32
+    np.testing.assert_allclose(float(ess), 1.0 / np.sum(w**2), rtol=1e-4)
+
+
 def test_errors():
     lw = jnp.zeros((4,))
     with pytest.raises(ValueError, match="`method` must be one of"):
@@ -204,3 +232,9 @@ def test_errors():
         particles.resample(jax.random.key(0), jnp.zeros((4,), jnp.int32), 4)
     with pytest.raises(ValueError, match="`num_samples` must be a positive int; got 0"):
         particles.resample(jax.random.key(0), lw, 0)
+    with pytest.raises(ValueError, match="`num_samples` must be a positive int; got 0"):
+        particles.offspring_counts(jax.random.key(0), lw, 0, "residual")
+    # N = 0 particles: a clear error naming the argument, not an XLA traceback.
+    for method in particles.METHODS:
+        with pytest.raises(ValueError, match=r"`log_weights` must hold at least one particle"):
+            particles.resample(jax.random.key(0), jnp.zeros((0,)), 4, method)

@@ -111,3 +111,38 @@ def test_errors():
         particles.adaptive_resample(
             jax.random.key(0), jnp.zeros(4), selection_log_weights=jnp.zeros(5)
         )
+
+
+def _observed_walk(key, t, x):
+    """A Gaussian random walk observed at 0.1 * t: propagate and weight."""
+    moved = x + jax.random.normal(key, x.shape)
+    return moved, -0.5 * (moved - 0.1 * t.astype(x.dtype)) ** 2
+
+
+_RUN = jax.jit(
+    chex.assert_max_traces(particles.run, n=1),
+    static_argnames=("propagate_and_weight", "num_steps", "config"),
+)
+
+
+def test_run_scans_step_and_config_matches_keywords():
+    chex.clear_trace_counter()
+    config = particles.SMCConfig(resample_threshold=0.7, method="stratified")
+    state = particles.init(jnp.zeros((16,)))
+    key = jax.random.key(3)
+    final, infos = _RUN(key, state, _observed_walk, 5, config)
+    _RUN(jax.random.key(4), state, _observed_walk, 5, config)  # same shapes: no retrace
+    looped = state
+    for t in range(5):
+        move = functools.partial(lambda k, p, t: _observed_walk(k, jnp.int32(t), p), t=t)
+        looped, info = particles.step(
+            jax.random.fold_in(key, t), looped, move, resample_threshold=0.7, method="stratified"
+        )
+        np.testing.assert_array_equal(info.ancestors, infos.ancestors[t])
+    np.testing.assert_allclose(final.particles, looped.particles, rtol=1e-6)
+    np.testing.assert_allclose(final.log_likelihood, looped.log_likelihood, rtol=1e-6)
+    assert infos.ess.shape == (5,)
+    with pytest.raises(ValueError, match="num_steps"):
+        particles.run(key, state, _observed_walk, 0)
+    with pytest.raises(ValueError, match="method"):
+        particles.SMCConfig(method="bogus")

@@ -4,6 +4,7 @@ import importlib.util
 import pathlib
 
 import numpy as np
+import pytest
 
 _ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -17,6 +18,10 @@ def _load(name: str, path: pathlib.Path):
 
 smc_kalman = _load("experiments_smc_kalman", _ROOT / "experiments" / "smc_kalman.py")
 config_module = _load("configs_smc_kalman", _ROOT / "configs" / "smc_kalman.py")
+
+
+# A benchmark smoke run (minutes on 2 cores): the slow tier (`pytest -m slow`).
+pytestmark = pytest.mark.slow
 
 
 def test_tiny_run(tmp_path):

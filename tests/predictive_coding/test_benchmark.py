@@ -1,4 +1,4 @@
-"""Smoke test of `lookahead-jax bench hgf` (lookahead_jax/benchmarks/hgf.py) at tiny sizes.
+"""Smoke test of experiments/compare_pyhgf.py (experiments/benchmarks/hgf.py) at tiny sizes.
 
 pyhgf is skipped (it lives in its own environment); parity is measured against the
 stored pyhgf runs. Tests never assert on wall time, only on structure and accuracy.
@@ -10,8 +10,7 @@ import pathlib
 
 import pytest
 
-from lookahead_jax import cli
-from lookahead_jax.benchmarks import hgf
+from experiments.benchmarks import hgf
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +29,7 @@ def results(tmp_path_factory):
     return config, hgf.run(config)
 
 
+@pytest.mark.slow  # a benchmark smoke run: the slow tier
 def test_json_structure(results):
     config, figures = results
     stored = json.loads((pathlib.Path(config.output_dir) / "results.json").read_text())
@@ -48,6 +48,7 @@ def test_json_structure(results):
     assert "parity float64" in hgf.format_table(figures)
 
 
+@pytest.mark.slow  # a benchmark smoke run: the slow tier
 def test_parity_in_float64(results):
     _, figures = results
     for key, fields in figures["parity"].items():
@@ -58,10 +59,6 @@ def test_parity_in_float64(results):
             else:  # float32: normwise, within test_parity.py's factor of pyhgf's own error
                 assert math.isfinite(errors["ours"]), (key, name)
                 assert errors["ratio"] <= 4.0, (key, name, errors)
-
-
-def test_registered_in_cli():
-    assert cli.BENCHMARKS["hgf"] == "hgf"
 
 
 def test_pyhgf_environment_that_cannot_be_made_is_skipped_with_a_reason(tmp_path):

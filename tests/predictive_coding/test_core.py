@@ -2,6 +2,7 @@
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,7 +31,7 @@ def _value_and_grad(structure: pc.Structure):
     (params, beliefs); finite differences reuse it (one compile per structure)."""
 
     def loss(params, beliefs, inputs):
-        _, trajectories = pc.filter(structure, params, beliefs, inputs)
+        _, trajectories = pc.filter_series(structure, params, beliefs, inputs)
         return pc.total_surprise(structure, trajectories)
 
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
@@ -96,8 +97,8 @@ def test_vmap_over_subjects_equals_a_loop():
     with jax.enable_x64(True):
         structure, params, beliefs = three_level("unbounded").compile()
         batch_params, batch_beliefs, inputs = _subjects(structure, params, beliefs, 4)
-        run = jax.jit(pc.filter, static_argnums=0)
-        batched = jax.jit(jax.vmap(pc.filter, in_axes=(None, 0, 0, 0)), static_argnums=0)
+        run = jax.jit(pc.filter_series, static_argnums=0)
+        batched = jax.jit(jax.vmap(pc.filter_series, in_axes=(None, 0, 0, 0)), static_argnums=0)
         final, trajectories = batched(structure, batch_params, batch_beliefs, inputs)
         for i in range(4):
             one = jax.tree.map(lambda x, i=i: x[i], (batch_params, batch_beliefs, inputs))
@@ -115,7 +116,7 @@ def test_eight_devices_equal_one():
     with jax.enable_x64(True):
         structure, params, beliefs = three_level("standard", True).compile()
         batch_params, batch_beliefs, inputs = _subjects(structure, params, beliefs, 8)
-        batched = jax.jit(jax.vmap(pc.filter, in_axes=(None, 0, 0, 0)), static_argnums=0)
+        batched = jax.jit(jax.vmap(pc.filter_series, in_axes=(None, 0, 0, 0)), static_argnums=0)
         single = batched(structure, batch_params, batch_beliefs, inputs)
         mesh = sharding.make_mesh(8)
         placed = sharding.shard((batch_params, batch_beliefs, inputs), mesh, axes=0)
@@ -144,31 +145,54 @@ def test_lambert_w_solves_its_equation():
         np.testing.assert_allclose(grad, numeric, rtol=1e-7, atol=1e-12)
 
 
-def test_missing_inputs_nan_safe_only_in_robust_mode():
-    """observed = 0 with a NaN value: pyhgf's arithmetic (parity) lets it poison later
-    steps; robust mode masks with `where`, so the NaN changes nothing."""
+@pytest.mark.parametrize("updates", ["standard", "unbounded"])
+def test_missing_nan_input_is_skipped_in_both_modes(updates):
+    """observed = 0 with a NaN value changes nothing, in parity mode too (pyhgf's `0 * x`
+    let it poison every later step): the beliefs equal those of the run where the masked
+    entries hold finite values, except the input's own recorded value (parity mode keeps
+    what it was given, as pyhgf). The unbounded case has an input under a volatility
+    parent, whose update pyhgf also fed from masked values."""
     with jax.enable_x64(True):
-        structure, params, beliefs = three_level("standard", True).compile()
-        inputs = np.asarray(SERIES[:80, None]).copy()
+        net = pc.Network(volatility_updates=updates).add_nodes(precision=1e4)
+        net.add_nodes(value_children=0, mean=1.04, precision=1e4, tonic_volatility=-8.0)
+        net.add_nodes(volatility_children=[0, 1], mean=1.0, tonic_volatility=-4.0)
+        structure, params, beliefs = net.compile()
+        inputs = np.asarray(SERIES[:40, None]).copy()
         observed = np.ones_like(inputs, dtype=bool)
-        observed[30:35] = False
-        with_nan = inputs.copy()
-        with_nan[30:35] = np.nan
-        run = jax.jit(pc.filter, static_argnums=0, static_argnames="robust")
-        _, parity = run(structure, params, beliefs, with_nan, observed)
-        assert np.isnan(np.asarray(parity.beliefs.mean[40:, 1])).all()
-        _, robust_nan = run(structure, params, beliefs, with_nan, observed, robust=True)
-        _, robust_finite = run(structure, params, beliefs, inputs, observed, robust=True)
-        for got, want in zip(
-            jax.tree.leaves(robust_nan), jax.tree.leaves(robust_finite), strict=True
-        ):
-            np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
-        assert np.isfinite(np.asarray(robust_nan.beliefs.mean)).all()
-        # While nothing is observed, x1 keeps its prediction and loses precision.
-        mean1 = np.asarray(robust_nan.beliefs.mean[:, 1])
-        precision1 = np.asarray(robust_nan.beliefs.precision[:, 1])
-        np.testing.assert_array_equal(mean1[30:35], mean1[29])
-        assert (np.diff(precision1[29:35]) < 0).all()
+        observed[20:25] = False
+        with_nan, moved = inputs.copy(), inputs.copy()
+        with_nan[20:25] = np.nan
+        moved[20:25] = 5.0
+        run = jax.jit(pc.filter_series, static_argnums=0, static_argnames="robust")
+        for robust in (False, True):
+            finals, beliefs_runs = [], []
+            for series in (with_nan, inputs, moved):
+                final, trajectories = run(
+                    structure, params, beliefs, series, observed, robust=robust
+                )
+                finals.append(final)
+                beliefs_runs.append(trajectories.beliefs)
+            for other, other_final in zip(beliefs_runs[1:], finals[1:], strict=True):
+                chex.assert_trees_all_equal(finals[0], other_final)
+                for name in pc.Beliefs._fields:
+                    got = np.asarray(getattr(beliefs_runs[0], name))
+                    want = np.asarray(getattr(other, name))
+                    if name == "mean" and not robust:
+                        got, want = got[:, 1:], want[:, 1:]  # the input records its value
+                    np.testing.assert_array_equal(got, want, err_msg=f"{name} robust={robust}")
+            assert np.isfinite(np.asarray(beliefs_runs[0].mean[:, 1:])).all()
+            # While nothing is observed, x1 keeps its prediction and loses precision.
+            mean1 = np.asarray(beliefs_runs[0].mean[:, 1])
+            precision1 = np.asarray(beliefs_runs[0].precision[:, 1])
+            np.testing.assert_array_equal(mean1[20:25], mean1[19])
+            assert (np.diff(precision1[19:25]) < 0).all()
+        # Gradients stay finite too (the masked NaN reaches no arithmetic).
+        grad = jax.grad(
+            lambda p: pc.total_surprise(
+                structure, pc.filter_series(structure, p, beliefs, with_nan, observed)[1], observed
+            )
+        )(params)
+        assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(grad))
 
 
 def test_builder_edge_forms_are_equivalent():
@@ -254,9 +278,9 @@ def test_ragged_subjects_under_vmap():
     structure, params, beliefs = three_level("standard", True).compile()
     inputs = jnp.stack([jnp.asarray(SERIES[:90, None]), jnp.asarray(SERIES[100:190, None])])
     lengths = jnp.asarray([90, 60])
-    run = jax.vmap(lambda x, n: pc.filter(structure, params, beliefs, x, length=n))
+    run = jax.vmap(lambda x, n: pc.filter_series(structure, params, beliefs, x, length=n))
     final, trajectories = jax.jit(run)(inputs, lengths)
-    alone_final, alone = jax.jit(pc.filter, static_argnums=0)(
+    alone_final, alone = jax.jit(pc.filter_series, static_argnums=0)(
         structure, params, beliefs, inputs[1, :60]
     )
     np.testing.assert_array_equal(trajectories.beliefs.mean[1, :60], alone.beliefs.mean)

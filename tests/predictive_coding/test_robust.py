@@ -42,7 +42,7 @@ def all_finite_fn(structure: pc.Structure, robust: bool):
     """jit: does the run from (params, beliefs) stay finite everywhere? (one compile)"""
 
     def all_finite(params, beliefs, inputs):
-        final, trajectories = pc.filter(structure, params, beliefs, inputs, robust=robust)
+        final, trajectories = pc.filter_series(structure, params, beliefs, inputs, robust=robust)
         leaves = jax.tree.leaves((final, trajectories))
         return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in leaves if x.dtype != bool]))
 
@@ -119,7 +119,7 @@ def test_parity_mode_does_fail_where_robust_mode_does_not():
     # Fitting relies on robust mode: its gradient stays finite on the failing draws.
 
     def loss(tree):
-        _, trajectories = pc.filter(structure, tree, beliefs, TILED, robust=True)
+        _, trajectories = pc.filter_series(structure, tree, beliefs, TILED, robust=True)
         return pc.total_surprise(structure, trajectories)
 
     grad = jax.jit(jax.grad(loss))

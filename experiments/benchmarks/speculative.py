@@ -35,7 +35,6 @@ forward passes are counted with a hook.
 
 from __future__ import annotations
 
-import json
 import pathlib
 import statistics
 import time
@@ -45,8 +44,8 @@ import jax
 import ml_collections
 import numpy as np
 
+from experiments.benchmarks import _common, _pairs
 from lookahead_jax import drafting, models, trees
-from lookahead_jax.benchmarks import _pairs
 from lookahead_jax.decoding import generate
 from lookahead_jax.sampling import Sampling
 
@@ -573,9 +572,7 @@ def _trees_vs_chains(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _write(results: dict[str, Any], out_dir: pathlib.Path) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "results.json", "w") as f:
-        json.dump(results, f, indent=2)
+    _common.write_json(results, out_dir / "results.json")
     import matplotlib
 
     matplotlib.use("Agg")

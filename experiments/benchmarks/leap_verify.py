@@ -1,7 +1,7 @@
 """Leap+Verify on the reference transformer and the shipped corpus: the paper's tables at small
 scale, then Leap+Verify run online against plain training, LAWA and ``optax.lookahead``.
 
-Behind ``lookahead-jax bench leap`` and ``experiments/leap_verify.py``. For every seed:
+Behind ``experiments/leap_verify.py``. For every seed:
 
 1. **Baseline + offline analysis** (the paper's protocol, on a 2-core-CPU-sized model):
    plain AdamW (warmup + cosine) for ``num_steps`` steps; at every checkpoint
@@ -33,7 +33,6 @@ primary figure. Writes ``results.json``, ``regimes.png``, ``acceptance.png`` and
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
 import time
@@ -45,6 +44,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from experiments.benchmarks import _common
 from lookahead_jax import extrapolation as ex
 from lookahead_jax.data import batch_for_step, eval_windows, token_prompts, token_stream
 from lookahead_jax.models import FAMILIES, TransformerConfig, apply, init_params, load_tokenizer
@@ -565,17 +565,9 @@ def run(config: ml_collections.ConfigDict, progress=None) -> dict[str, Any]:
         per_seed=per_seed,
         wall_seconds=time.perf_counter() - started,
     )
-    os.makedirs(c.output_dir, exist_ok=True)
-    with open(os.path.join(c.output_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1, default=_jsonable)
+    _common.write_json(results, os.path.join(c.output_dir, "results.json"), indent=1)
     _plots(results, c.output_dir)
     return results
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, np.generic | np.ndarray):
-        return x.tolist()
-    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
 
 
 # --------------------------------------------------------------------------- output

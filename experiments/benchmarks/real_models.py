@@ -48,7 +48,6 @@ tokens, one repeat). Writes ``results.json`` and ``results.png`` to
 from __future__ import annotations
 
 import functools
-import json
 import pathlib
 import statistics
 import time
@@ -60,8 +59,8 @@ import ml_collections
 import numpy as np
 from jax import lax
 
+from experiments.benchmarks import _common, _pairs
 from lookahead_jax import drafting, models
-from lookahead_jax.benchmarks import _pairs
 from lookahead_jax.decoding import generate
 
 SECTIONS = ("precision", "qwen_shape")
@@ -560,9 +559,7 @@ def run(config: ml_collections.ConfigDict, progress=None) -> dict[str, Any]:
 
 
 def _write(results: dict[str, Any], out_dir: pathlib.Path) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "results.json", "w") as f:
-        json.dump(results, f, indent=2)
+    _common.write_json(results, out_dir / "results.json")
     import matplotlib
 
     matplotlib.use("Agg")

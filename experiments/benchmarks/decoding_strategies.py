@@ -60,7 +60,6 @@ Writes ``results.json`` and ``results.png`` to ``config.output_dir``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 import statistics
 import time
@@ -73,8 +72,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from experiments.benchmarks import _common, _pairs
+from experiments.benchmarks._common import edit_distance
 from lookahead_jax import data, decoding, models
-from lookahead_jax.benchmarks import _pairs
 from lookahead_jax.decoding.cntp import PUNCTUATION_BYTES
 from lookahead_jax.sampling import Sampling
 
@@ -163,21 +163,6 @@ def distinct_n(group, n: int) -> float:
     return len(set(grams)) / len(grams) if grams else 1.0
 
 
-def edit_distance(a, b) -> int:
-    """Levenshtein distance (a row-vectorised dynamic programme)."""
-    a, b = np.asarray(a), np.asarray(b)
-    if a.size == 0 or b.size == 0:
-        return int(max(a.size, b.size))
-    cols = np.arange(b.size + 1)
-    prev = cols.copy()
-    for i, x in enumerate(a, 1):
-        tmp = np.empty_like(prev)
-        tmp[0] = i
-        tmp[1:] = np.minimum(prev[1:] + 1, prev[:-1] + (b != x))
-        prev = np.minimum.accumulate(tmp - cols) + cols
-    return int(prev[-1])
-
-
 def pairwise_edit_distance(group) -> float:
     """Mean normalised Levenshtein distance over the pairs of a group (0 for one sequence)."""
     pairs = [(a, b) for i, a in enumerate(group) for b in group[i + 1 :]]
@@ -195,42 +180,22 @@ def prefix_match(sequence, reference) -> int:
     return count
 
 
-@jax.jit
-def _token_log_probs(model, tokens):
-    logits, _ = model(tokens[:, :-1])
-    lp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    return jnp.take_along_axis(lp, tokens[:, 1:, None], axis=-1)[..., 0]
-
-
 def score_outputs(
     model, prompts, outputs, batch_size: int = 64, table: list[bytes] | None = None
 ) -> list[float]:
     """Target log-likelihood of each output (generated part only), per token, or per byte
     spelled when ``table`` (``_pairs.token_bytes``) is given (nan for an empty output)."""
-    width = max(len(p) + len(o) for p, o in zip(prompts, outputs, strict=True))
-    # Widths in multiples of 32 (and full batches below): few shapes, few compilations.
-    width = min(model.config.max_length, max(-(-width // 32) * 32, 2))
-    rows = np.zeros((len(outputs), width), np.int32)
-    for i, (p, o) in enumerate(zip(prompts, outputs, strict=True)):
-        seq = list(p) + list(o)
-        rows[i, : len(seq)] = seq
     values = []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        real = len(chunk)
-        chunk = np.pad(chunk, ((0, batch_size - real), (0, 0)))
-        lp = np.asarray(_token_log_probs(model, jnp.asarray(chunk)))[:real]
-        for j in range(real):
-            p, o = prompts[start + j], outputs[start + j]
-            if len(o) == 0:
-                values.append(float("nan"))
-                continue
-            scores = lp[j, len(p) - 1 : len(p) - 1 + len(o)]
-            if table is None:
-                values.append(float(np.mean(scores)))
-            else:
-                spelled = len(_pairs.spell(table, o))
-                values.append(float(np.sum(scores)) / spelled if spelled else float("nan"))
+    for o, scores in zip(
+        outputs, _common.continuation_log_probs(model, prompts, outputs, batch_size), strict=True
+    ):
+        if len(o) == 0:
+            values.append(float("nan"))
+        elif table is None:
+            values.append(float(np.mean(scores)))
+        else:
+            spelled = len(_pairs.spell(table, o))
+            values.append(float(np.sum(scores)) / spelled if spelled else float("nan"))
     return values
 
 
@@ -744,9 +709,7 @@ def run(config: ml_collections.ConfigDict, progress=None) -> dict[str, Any]:
 
 
 def _write(results: dict[str, Any], out_dir: pathlib.Path) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "results.json", "w") as f:
-        json.dump(results, f, indent=2)
+    _common.write_json(results, out_dir / "results.json")
     import matplotlib
 
     matplotlib.use("Agg")

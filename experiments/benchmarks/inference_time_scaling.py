@@ -64,6 +64,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from experiments.benchmarks import _common
 from lookahead_jax import data, models, particles
 from lookahead_jax.sampling import Sampling
 
@@ -582,9 +583,7 @@ def run(config: ml_collections.ConfigDict, progress=None) -> dict[str, Any]:
 
 
 def _write(results: dict[str, Any], out_dir: pathlib.Path) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "results.json", "w") as f:
-        json.dump(results, f, indent=2)
+    _common.write_json(results, out_dir / "results.json")
     import matplotlib
 
     matplotlib.use("Agg")

@@ -1,7 +1,7 @@
 """lookahead_jax's HGF side by side with pyhgf 0.3.2: parity, speed, batching, gradients, NaNs.
 
-Behind ``lookahead-jax bench hgf`` and ``experiments/compare_pyhgf.py``. pyhgf needs
-Python >= 3.12 and jax < 0.7, so it runs in its own virtual environment
+Behind ``experiments/compare_pyhgf.py``. pyhgf needs Python >= 3.12 and jax < 0.7,
+so it runs in its own virtual environment
 (``config.pyhgf_venv``; created with ``config.python312`` and pip if missing, and
 skipped with a message if that is impossible). This file is also the worker that
 runs there: ``python -P hgf.py --pyhgf-worker REQUEST.json RESULT.json``, which is why
@@ -44,7 +44,7 @@ from typing import Any
 
 _HERE = pathlib.Path(__file__).resolve()
 REPO = _HERE.parents[2]
-DATA = _HERE.parents[1] / "predictive_coding" / "data"
+DATA = REPO / "lookahead_jax" / "predictive_coding" / "data"
 # In a source checkout: the script that records pyhgf's runs and the stored runs.
 REFERENCE_SCRIPT = REPO / "experiments" / "pyhgf_reference.py"
 STORED_REFERENCE = REPO / "tests" / "predictive_coding" / "data"
@@ -585,10 +585,10 @@ def _write(results: dict[str, Any], out_dir: pathlib.Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
+    from experiments.benchmarks import _common
     from lookahead_jax import predictive_coding as pc
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    _common.write_json(results, out_dir / "results.json")
     fig, ax = plt.subplots(figsize=(7, 4))
     libraries = [name for name in ("lookahead_jax", "pyhgf") if name in results]
     keys = list(results["lookahead_jax"]["speed"])
@@ -679,5 +679,6 @@ if __name__ == "__main__":
         pyhgf_worker(sys.argv[2], sys.argv[3])
     else:
         sys.exit(
-            "usage: hgf.py --pyhgf-worker REQUEST.json RESULT.json (else: lookahead-jax bench hgf)"
+            "usage: hgf.py --pyhgf-worker REQUEST.json RESULT.json "
+            "(else: python experiments/compare_pyhgf.py)"
         )

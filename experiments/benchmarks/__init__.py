@@ -1,0 +1,1 @@
+"""Benchmarks behind the experiment scripts (a source checkout only, not the wheel)."""

@@ -1,0 +1,121 @@
+"""What every benchmark and experiment script shares: config flags, JSON output, edit
+distance, padded rows from ragged token lists, and scoring continuations.
+
+Scoring uses the library's one next-token NLL (``lookahead_jax.models.next_token_nll``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import pathlib
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+
+def config_override_errors(argv: Sequence[str], config) -> list[str]:
+    """One message per ``--config.FIELD=VALUE`` in ``argv`` whose FIELD ``config`` lacks."""
+    errors = []
+    for arg in argv:
+        if not arg.startswith("--config."):
+            continue
+        field = arg[len("--config.") :].partition("=")[0].split(".")[0]
+        if field not in config:
+            close = difflib.get_close_matches(field, list(config), n=1)
+            hint = f' (did you mean "{close[0]}"?)' if close else ""
+            errors.append(f"--config.{field}: no such config field{hint}")
+    return errors
+
+
+def define_config(path: pathlib.Path | str, default_config: Callable[[], Any]):
+    """``config_flags.DEFINE_config_file("config", path)``, with a message, not a traceback,
+    when a ``--config.FIELD=VALUE`` override names a field the config does not have
+    (ml_collections applies the overrides while the flag is defined, and raises there)."""
+    from ml_collections import config_flags
+
+    try:
+        return config_flags.DEFINE_config_file("config", default=str(path))
+    except (KeyError, AttributeError) as error:
+        config = default_config()
+        errors = config_override_errors(sys.argv[1:], config) or [str(error)]
+        raise SystemExit(
+            "error: "
+            + "; ".join(errors)
+            + "\nvalid fields (--config.FIELD=VALUE): "
+            + ", ".join(sorted(config))
+        ) from None
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, np.generic | np.ndarray):
+        return x.tolist()
+    if isinstance(x, tuple | set | frozenset):
+        return list(x)
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def write_json(results: Any, path: pathlib.Path | str, indent: int = 2) -> pathlib.Path:
+    """Writes ``results`` (NumPy scalars and arrays as lists) to ``path``; makes its folder."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(results, f, indent=indent, default=_jsonable)
+    return path
+
+
+def edit_distance(a: Sequence[int], b: Sequence[int]) -> int:
+    """Levenshtein distance (a row-vectorised dynamic programme)."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.size == 0 or b.size == 0:
+        return int(max(a.size, b.size))
+    cols = np.arange(b.size + 1)
+    prev = cols.copy()
+    for i, x in enumerate(a, 1):
+        tmp = np.empty_like(prev)
+        tmp[0] = i
+        tmp[1:] = np.minimum(prev[1:] + 1, prev[:-1] + (b != x))
+        prev = np.minimum.accumulate(tmp - cols) + cols
+    return int(prev[-1])
+
+
+def padded_rows(
+    sequences: Sequence[Sequence[int]], width: int, pad_id: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Ragged token lists -> ``(tokens [N, width] int32, lengths [N] int32)``, right-padded."""
+    lengths = np.asarray([len(s) for s in sequences], np.int32)
+    if len(lengths) and int(lengths.max()) > width:
+        raise ValueError(f"a sequence of {int(lengths.max())} tokens does not fit {width=}")
+    rows = np.full((len(sequences), width), pad_id, np.int32)
+    for i, seq in enumerate(sequences):
+        rows[i, : len(seq)] = seq
+    return rows, lengths
+
+
+def continuation_log_probs(
+    model, prompts: Sequence[Sequence[int]], outputs: Sequence[Sequence[int]], batch_size: int = 64
+) -> list[np.ndarray]:
+    """Per-token log-probabilities of each ``outputs[i]`` after ``prompts[i]`` under ``model``.
+
+    Rows are padded to a multiple of 32 and batches to ``batch_size`` (few shapes, few
+    compilations); the NLL is the library's ``models.next_token_nll`` (float32 softmax).
+    """
+    import jax.numpy as jnp
+
+    from lookahead_jax import models
+
+    width = max(len(p) + len(o) for p, o in zip(prompts, outputs, strict=True))
+    width = min(model.config.max_length, max(-(-width // 32) * 32, 2))
+    rows, _ = padded_rows([list(p) + list(o) for p, o in zip(prompts, outputs, strict=True)], width)
+    values = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        real = len(chunk)
+        chunk = np.pad(chunk, ((0, batch_size - real), (0, 0)))
+        lp = -np.asarray(models.next_token_nll(model, jnp.asarray(chunk)))[:real]
+        for j in range(real):
+            p, o = prompts[start + j], outputs[start + j]
+            values.append(lp[j, len(p) - 1 : len(p) - 1 + len(o)])
+    return values

@@ -1,1 +1,0 @@
-"""Benchmarks behind `lookahead-jax bench NAME` and the experiment scripts."""

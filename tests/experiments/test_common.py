@@ -1,0 +1,78 @@
+"""experiments/benchmarks/_common.py: the one home of what the benchmarks share (fast tests)."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import hypothesis.strategies as st
+import ml_collections
+import numpy as np
+import pytest
+from hypothesis import given, settings
+
+from experiments.benchmarks import _common
+
+_ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def levenshtein(a, b):
+    prev = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        cur = [i]
+        for j, y in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
+        prev = cur
+    return prev[-1]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(0, 3), max_size=9), st.lists(st.integers(0, 3), max_size=9))
+def test_edit_distance_matches_dynamic_programming(a, b):
+    assert _common.edit_distance(a, b) == levenshtein(a, b)
+
+
+def test_padded_rows_right_pads_and_refuses_what_does_not_fit():
+    rows, lengths = _common.padded_rows([[1, 2, 3], [], [4]], width=4, pad_id=9)
+    np.testing.assert_array_equal(rows, [[1, 2, 3, 9], [9, 9, 9, 9], [4, 9, 9, 9]])
+    np.testing.assert_array_equal(lengths, [3, 0, 1])
+    assert rows.dtype == np.int32 and lengths.dtype == np.int32
+    with pytest.raises(ValueError, match="5 tokens does not fit width=4"):
+        _common.padded_rows([[1, 2, 3, 4, 5]], width=4)
+
+
+def test_write_json_makes_the_folder_and_writes_numpy_values(tmp_path):
+    path = _common.write_json(
+        {"a": np.float32(1.5), "b": np.arange(3), "c": (1, 2)}, tmp_path / "new" / "r.json"
+    )
+    assert json.loads(path.read_text()) == {"a": 1.5, "b": [0, 1, 2], "c": [1, 2]}
+
+
+def test_config_override_errors_name_the_field_and_suggest_the_close_one():
+    config = ml_collections.ConfigDict({"num_prompts": 4, "seed": 0})
+    argv = ["--config.num_promts=3", "--config.seed=1", "--other", "--config.zzz.x=1"]
+    errors = _common.config_override_errors(argv, config)
+    assert errors == [
+        '--config.num_promts: no such config field (did you mean "num_prompts"?)',
+        "--config.zzz: no such config field",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("script", "typo", "field"),
+    [("decoding_strategies", "seeed", "seed")],  # one script: each run imports jax (~5 s)
+)
+def test_a_config_override_typo_gives_a_message_not_a_traceback(script, typo, field):
+    # Before, ml_collections raised a KeyError/AttributeError traceback from
+    # DEFINE_config_file; now the script exits with the field and the valid ones.
+    done = subprocess.run(
+        [sys.executable, str(_ROOT / "experiments" / f"{script}.py"), f"--config.{typo}=1"],
+        capture_output=True,
+        text=True,
+        cwd="/",  # the script finds its config and the `experiments` package from anywhere
+        timeout=120,
+    )
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    assert f"--config.{typo}: no such config field" in done.stderr
+    assert f'did you mean "{field}"' in done.stderr and "valid fields" in done.stderr

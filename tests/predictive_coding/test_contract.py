@@ -1,0 +1,110 @@
+"""The library's contract for the HGF: init / step(key, ...) / run(key, ...), no retracing."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lookahead_jax import predictive_coding as pc
+from lookahead_jax.predictive_coding import core
+from tests.predictive_coding import reference
+
+T = 20
+
+
+def features_problem(variant):
+    """Two inputs with missing observations and irregular time steps, 6 nodes, float64."""
+    run = reference.load("features_returns", "float64")
+    structure, params, beliefs = reference.network(run, variant).compile()
+    return structure, params, beliefs, run["inputs"][:T], run["observed"][:T], run["time_steps"][:T]
+
+
+@pytest.mark.parametrize(
+    ("variant", "robust"), [("unbounded-relaxed", False), ("standard-meanfield", True)]
+)
+def test_step_applied_t_times_equals_run(variant, robust):
+    with jax.enable_x64(True):
+        structure, params, beliefs, inputs, observed, time_steps = features_problem(variant)
+        assert (~observed).any() and (time_steps != 1).all()
+        state = pc.init(structure, beliefs)
+        step = jax.jit(pc.step, static_argnames=("structure", "robust"))
+        infos = []
+        for t in range(T):
+            state, info = step(
+                None, state, params, inputs[t], observed[t], time_steps[t],
+                structure=structure, robust=robust,
+            )  # fmt: skip
+            infos.append(info)
+        run = jax.jit(pc.run, static_argnames=("structure", "robust"))
+        final, trajectories = run(
+            jax.random.key(0), pc.init(structure, beliefs), params, inputs, observed, time_steps,
+            structure=structure, robust=robust,
+        )  # fmt: skip
+        stepped = jax.tree.map(lambda *xs: jnp.stack(xs), *infos)
+        for got, want in zip(jax.tree.leaves(state), jax.tree.leaves(final), strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-300)
+        for got, want in zip(
+            jax.tree.leaves(stepped), jax.tree.leaves(trajectories.info), strict=True
+        ):
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+        # The key is unused: any key (or None) gives the same run.
+        _, again = run(
+            None, pc.init(structure, beliefs), params, inputs, observed, time_steps,
+            structure=structure, robust=robust,
+        )  # fmt: skip
+        chex.assert_trees_all_equal(again, trajectories)
+
+
+def test_filter_series_is_run_and_filter_is_its_alias():
+    assert pc.filter is pc.filter_series
+    assert pc.StepInfo is pc.HGFInfo
+    structure, params, beliefs = (
+        pc.Network().add_nodes(precision=1e4).add_nodes(value_children=0).compile()
+    )
+    inputs = jnp.asarray(pc.load_data("continuous")[:8, None], jnp.float32)
+    chex.assert_trees_all_equal(
+        pc.filter_series(structure, params, beliefs, inputs),
+        pc.run(None, pc.init(structure, beliefs), params, inputs, structure=structure),
+    )
+    state = pc.init(structure, dtype=jnp.float32)
+    chex.assert_trees_all_equal(state, pc.default_beliefs(structure, jnp.float32))
+    with pytest.raises(ValueError, match=r"`beliefs.mean` must have shape \[2\]"):
+        pc.init(structure, beliefs._replace(mean=jnp.zeros(3)))
+
+
+def test_compiled_entry_points_do_not_retrace():
+    """jit(step), jit(run) and jit(filter_series) trace once for new values, same shapes."""
+    chex.clear_trace_counter()
+    structure, params, beliefs = (
+        pc.Network(volatility_updates="standard")
+        .add_nodes(precision=1e4)
+        .add_nodes(value_children=0, mean=1.0)
+        .add_nodes(volatility_children=1)
+        .compile(jnp.float32)
+    )
+    series = jnp.asarray(pc.load_data("continuous")[:16, None], jnp.float32)
+    step = jax.jit(chex.assert_max_traces(pc.step, n=1), static_argnames=("structure",))
+    run = jax.jit(chex.assert_max_traces(pc.run, n=1), static_argnames=("structure",))
+    filter_series = jax.jit(chex.assert_max_traces(pc.filter_series, n=1), static_argnums=0)
+    for shift in (0.0, 0.5):
+        moved = params._replace(tonic_volatility=params.tonic_volatility + shift)
+        step(None, beliefs, moved, series[0] + shift, structure=structure)
+        run(None, beliefs, moved, series + shift, structure=structure)
+        filter_series(structure, moved, beliefs, series + shift)
+
+
+def test_eager_run_traces_its_step_once(monkeypatch):
+    """Without jit, repeated runs reuse the traced scan body (one function object per
+    structure, not a fresh closure over arrays): no re-trace, so no recompilation."""
+    structure, params, beliefs = (
+        pc.Network().add_nodes(precision=1e4).add_nodes(value_children=0).compile(jnp.float32)
+    )
+    assert core._scan_body(structure, False, False) is core._scan_body(structure, False, False)
+    traces = []
+    update = core._update_beliefs
+    monkeypatch.setattr(core, "_update_beliefs", lambda *a: traces.append(1) or update(*a))
+    series = jnp.asarray(pc.load_data("continuous")[:6, None], jnp.float32)
+    for shift in (0.0, 1.0, 2.0):
+        pc.run(None, beliefs, params, series + shift, structure=structure)
+    assert len(traces) <= 1

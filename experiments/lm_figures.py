@@ -22,20 +22,25 @@ import json
 import os
 import pathlib
 import statistics
+import sys
 import time
 
 import jax
 import numpy as np
 from absl import app
-from ml_collections import config_flags
 from tqdm import tqdm
 
 from lookahead_jax import data, models
 from lookahead_jax.decoding import generate
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", default=str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "lm_figures.py")
-)
+# Run as `python experiments/NAME.py` from anywhere: the repository root goes on
+# sys.path so that `experiments` resolves.
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(_ROOT))
+
+from experiments.benchmarks import _common  # noqa: E402
+
+_CONFIG = _common.define_config(_ROOT / "configs" / "lm_figures.py")
 
 
 def ours_call(model, prompts, lengths, max_new_tokens):
@@ -144,8 +149,7 @@ def main(argv):
         speed.append(row)
         tqdm.write(json.dumps(row))
 
-    with open(out_dir / "figures.json", "w") as f:
-        json.dump(figures, f, indent=2)
+    _common.write_json(figures, out_dir / "figures.json")
     import matplotlib
 
     matplotlib.use("Agg")

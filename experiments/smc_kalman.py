@@ -27,20 +27,25 @@ import functools
 import json
 import pathlib
 import statistics
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app
-from ml_collections import config_flags
 from tqdm import tqdm
 
 from lookahead_jax import particles
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", default=str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "smc_kalman.py")
-)
+# Run as `python experiments/NAME.py` from anywhere: the repository root goes on
+# sys.path so that `experiments` resolves.
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(_ROOT))
+
+from experiments.benchmarks import _common  # noqa: E402
+
+_CONFIG = _common.define_config(_ROOT / "configs" / "smc_kalman.py")
 
 
 def make_model(dtype) -> particles.LinearGaussianSSM:
@@ -210,8 +215,7 @@ def main(argv):
     with jax.enable_x64(bool(config.x64)):
         figures["accuracy"] = accuracy(config)
     figures["throughput"] = throughput(config)
-    with open(out_dir / "figures.json", "w") as f:
-        json.dump(figures, f, indent=2, default=list)
+    _common.write_json(figures, out_dir / "figures.json")
     plot(figures, out_dir / "figures.png")
     print(f"wrote {out_dir / 'figures.json'} and {out_dir / 'figures.png'}")
 

@@ -54,7 +54,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from lookahead_jax import checkpoint
+from lookahead_jax import checkpoint, metrics
 from lookahead_jax.data import (
     batch_for_step,
     eval_windows,
@@ -259,8 +259,7 @@ def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
 
     ``logits [B, S, V]`` and ``targets [B, S]`` int -> ``[B, S]`` float32.
     """
-    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    return -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+    return metrics.token_nll(logits, targets)
 
 
 def make_train_step(model: TransformerConfig, optimizer: optax.GradientTransformation):
@@ -474,10 +473,13 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     from absl import app, flags
-    from ml_collections import config_flags
 
-    # The default resolves from the repository root whatever the working directory.
-    _default = os.path.join(os.path.dirname(__file__), os.pardir, "configs", "train_lm.py")
-    config_flags.DEFINE_config_file("config", default=os.path.normpath(_default))
+    # The default resolves from the repository root whatever the working directory; the
+    # root goes on sys.path so that `experiments` resolves.
+    _root = os.path.normpath(os.path.join(os.path.dirname(__file__), os.pardir))
+    sys.path.insert(0, _root)
+    from experiments.benchmarks import _common
+
+    _common.define_config(os.path.join(_root, "configs", "train_lm.py"))
     flags.DEFINE_string("workdir", None, "Output directory (checkpoints, metrics, export).")
     app.run(main)

@@ -180,10 +180,13 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     from absl import app, flags
-    from ml_collections import config_flags
 
-    # The default resolves from the repository root whatever the working directory.
-    _default = os.path.join(os.path.dirname(__file__), os.pardir, "configs", "train_tokenizer.py")
-    config_flags.DEFINE_config_file("config", default=os.path.normpath(_default))
+    # The default resolves from the repository root whatever the working directory; the
+    # root goes on sys.path so that `experiments` resolves.
+    _root = os.path.normpath(os.path.join(os.path.dirname(__file__), os.pardir))
+    sys.path.insert(0, _root)
+    from experiments.benchmarks import _common
+
+    _common.define_config(os.path.join(_root, "configs", "train_tokenizer.py"))
     flags.DEFINE_string("workdir", None, "Output folder (tokenizer.json and friends).")
     app.run(main)

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lookahead_jax import data, drafting, models, particles, sharding, trees
+from lookahead_jax import data, drafting, metrics, models, particles, sharding, trees
 from lookahead_jax.decoding import generate
 
 
@@ -369,8 +369,7 @@ def leap_verify_section(args: argparse.Namespace) -> dict[str, Any]:
 
     def loss(p, batch):
         logits = features(p, batch) @ p["out"]["w"] + p["out"]["b"]
-        log_probs = jax.nn.log_softmax(logits, axis=-1)
-        return -jnp.mean(jnp.take_along_axis(log_probs, batch[:, context:], axis=-1))
+        return jnp.mean(metrics.token_nll(logits, batch[:, context]))
 
     train, held = data.load_corpus("train"), data.load_corpus("heldout")
     acceptance = jnp.asarray(data.batch_for_step(held, args.seed, 0, 256, context))

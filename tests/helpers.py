@@ -80,3 +80,21 @@ def count_compilations():
         yield lambda: len(events)
     finally:
         jax.monitoring.unregister_event_duration_listener(listen)
+
+
+def ragged_prompts(vocab, batch, width, seed, *, min_length=1, period=None):
+    """A ragged prompt batch: ``(prompt [batch, width] int32, lengths [batch] int32)``.
+
+    Lengths are drawn in ``[min_length, width]`` with row 0 at full width; with ``period``
+    each row repeats a random block of that many tokens (something for prompt lookup and
+    n-gram drafters to find), else every token is uniform over ``vocab``.
+    """
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(min_length, width + 1, batch)
+    lengths[0] = width
+    if period:
+        base = rng.integers(0, vocab, (batch, period))
+        prompt = np.tile(base, (1, width // period + 1))[:, :width]
+    else:
+        prompt = rng.integers(0, vocab, (batch, width))
+    return jnp.asarray(prompt, jnp.int32), jnp.asarray(lengths, jnp.int32)

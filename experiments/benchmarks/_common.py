@@ -30,11 +30,25 @@ def config_override_errors(argv: Sequence[str], config) -> list[str]:
     return errors
 
 
-def define_config(path: pathlib.Path | str, default_config: Callable[[], Any]):
+def _config_from_file(path: pathlib.Path | str) -> Any:
+    """``get_config()`` of the config file at ``path``."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_experiment_config", str(path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def define_config(path: pathlib.Path | str, default_config: Callable[[], Any] | None = None):
     """``config_flags.DEFINE_config_file("config", path)``, with a message, not a traceback,
     when a ``--config.FIELD=VALUE`` override names a field the config does not have
-    (ml_collections applies the overrides while the flag is defined, and raises there)."""
+    (ml_collections applies the overrides while the flag is defined, and raises there).
+    ``default_config`` lists the valid fields (default: the file's ``get_config()``)."""
     from ml_collections import config_flags
+
+    if default_config is None:
+        default_config = lambda: _config_from_file(path)
 
     try:
         return config_flags.DEFINE_config_file("config", default=str(path))

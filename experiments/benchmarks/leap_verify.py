@@ -46,6 +46,7 @@ import optax
 
 from experiments.benchmarks import _common
 from lookahead_jax import extrapolation as ex
+from lookahead_jax import metrics
 from lookahead_jax.data import batch_for_step, eval_windows, token_prompts, token_stream
 from lookahead_jax.models import FAMILIES, TransformerConfig, apply, init_params, load_tokenizer
 
@@ -165,8 +166,7 @@ class _Setup:
 
         def loss(params, batch):
             logits, _ = apply(model, params, batch[:, :-1])
-            log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-            return -jnp.mean(jnp.take_along_axis(log_probs, batch[:, 1:, None], axis=-1))
+            return jnp.mean(metrics.token_nll(logits, batch[:, 1:]))
 
         self.loss = loss
         self.acceptance_loss = lambda p: loss(p, self.acceptance)

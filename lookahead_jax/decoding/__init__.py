@@ -65,7 +65,6 @@ from lookahead_jax.decoding.latr import (
     latr_run,
     latr_step,
 )
-from lookahead_jax.decoding.metrics import normalized_edit_distance
 from lookahead_jax.decoding.momentum import (
     MomentumConfig,
     MomentumInfo,
@@ -89,6 +88,7 @@ from lookahead_jax.decoding.rollouts import (
     rollout_step,
     sample_rollouts,
 )
+from lookahead_jax.metrics import normalized_edit_distance
 
 __all__ = [
     "AdaDecConfig",

@@ -46,9 +46,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lookahead_jax import _checks
+from lookahead_jax import _checks, metrics
 from lookahead_jax import models as _models
-from lookahead_jax.decoding import metrics
 from lookahead_jax.sampling import Sampling, log_probs
 
 # Bytes that end a CNTP segment: . , \n ? ! : ; ) ] }

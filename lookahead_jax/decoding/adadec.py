@@ -34,10 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from lookahead_jax import _checks
+from lookahead_jax import _checks, metrics
 from lookahead_jax import models as _models
 from lookahead_jax.decoding import _strategy_common as common
-from lookahead_jax.decoding import metrics
 
 
 @dataclasses.dataclass(frozen=True)

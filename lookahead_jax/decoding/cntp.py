@@ -30,9 +30,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from lookahead_jax import metrics
 from lookahead_jax import models as _models
 from lookahead_jax.decoding import _strategy_common as common
-from lookahead_jax.decoding import metrics
 from lookahead_jax.sampling import Sampling
 
 PUNCTUATION_BYTES = common.PUNCTUATION_BYTES

@@ -44,10 +44,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from lookahead_jax import metrics
 from lookahead_jax import models as _models
 from lookahead_jax.decoding import _strategy_common as common
-from lookahead_jax.decoding import metrics
-from lookahead_jax.decoding.metrics import normalized_edit_distance
+from lookahead_jax.metrics import normalized_edit_distance
 from lookahead_jax.sampling import Sampling
 
 

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lookahead_jax import _checks
+from lookahead_jax import _checks, metrics
 from lookahead_jax.models.model import Model
 
 
@@ -16,8 +16,7 @@ from lookahead_jax.models.model import Model
 def next_token_nll(model: Model, tokens: jax.Array) -> jax.Array:
     """NLL in nats of ``tokens[:, 1:]`` given their prefixes: [B, S] -> [B, S - 1]."""
     logits, _ = model(tokens[:, :-1])  # the last token is only a target
-    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    return -jnp.take_along_axis(log_probs, tokens[:, 1:, None], axis=-1)[..., 0]
+    return metrics.token_nll(logits, tokens[:, 1:])
 
 
 @jax.jit

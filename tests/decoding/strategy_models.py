@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from lookahead_jax import models
+from tests import helpers
 
 
 @jax.tree_util.register_dataclass
@@ -59,11 +60,7 @@ def tiny_transformer(seed: int = 0, sharpness: float = 1.0) -> models.Model:
 
 
 def ragged_prompts(vocab: int, batch: int, width: int, seed: int):
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(1, width + 1, batch)
-    lengths[0] = width
-    prompt = rng.integers(0, vocab, (batch, width))
-    return jnp.asarray(prompt, jnp.int32), jnp.asarray(lengths, jnp.int32)
+    return helpers.ragged_prompts(vocab, batch, width, seed)
 
 
 @functools.partial(jax.jit, static_argnames=("width",))

@@ -20,6 +20,7 @@ from lookahead_jax.decoding import (
     generation_step,
 )
 from lookahead_jax.sampling import Sampling
+from tests import helpers
 
 CONFIG = models.TransformerConfig(
     vocab_size=16, num_layers=2, num_heads=2, d_model=16, max_length=32
@@ -64,11 +65,7 @@ def naive_greedy(target, prompt_row, max_new, eos_id):
 
 
 def ragged_prompts(batch, width, seed):
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(1, width + 1, batch)
-    lengths[0] = width
-    prompt = rng.integers(0, CONFIG.vocab_size, (batch, width))
-    return jnp.asarray(prompt, jnp.int32), jnp.asarray(lengths, jnp.int32)
+    return helpers.ragged_prompts(CONFIG.vocab_size, batch, width, seed)
 
 
 @pytest.mark.parametrize("eos_id", [None, 3])

@@ -12,6 +12,7 @@ from scipy import stats
 from lookahead_jax import drafting, models, sharding
 from lookahead_jax.decoding import generate
 from lookahead_jax.sampling import Sampling
+from tests import helpers
 from tests.helpers import continuation_codes, exact_continuation_law, perturbed
 
 CONFIG = models.TransformerConfig(
@@ -76,15 +77,10 @@ def run(
 
 
 def ragged_prompts(batch, width, seed, repetitive=False):
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(2, width + 1, batch)
-    lengths[0] = width
-    if repetitive:  # periodic prompts give prompt lookup something to find
-        base = rng.integers(0, CONFIG.vocab_size, (batch, 3))
-        prompt = np.tile(base, (1, width // 3 + 1))[:, :width]
-    else:
-        prompt = rng.integers(0, CONFIG.vocab_size, (batch, width))
-    return jnp.asarray(prompt, jnp.int32), jnp.asarray(lengths, jnp.int32)
+    period = 3 if repetitive else None  # periodic prompts give prompt lookup something to find
+    return helpers.ragged_prompts(
+        CONFIG.vocab_size, batch, width, seed, min_length=2, period=period
+    )
 
 
 def assert_same_generation(a, b):

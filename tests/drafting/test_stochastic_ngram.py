@@ -20,6 +20,7 @@ from lookahead_jax.drafting.stochastic_ngram import (
 from lookahead_jax.drafting.stochastic_ngram import lookup as sng_lookup
 from lookahead_jax.drafting.stochastic_ngram import write as sng_write
 from lookahead_jax.sampling import Sampling, log_probs
+from tests import helpers
 from tests.helpers import continuation_codes, exact_continuation_law, perturbed
 
 CONFIG = models.TransformerConfig(
@@ -56,15 +57,10 @@ def run(target, prompt, lengths, key, memory=None, *, options, sampling=Sampling
 
 
 def ragged_prompts(batch, width, seed, repetitive=False):
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(2, width + 1, batch)
-    lengths[0] = width
-    if repetitive:
-        base = rng.integers(0, CONFIG.vocab_size, (batch, 3))
-        prompt = np.tile(base, (1, width // 3 + 1))[:, :width]
-    else:
-        prompt = rng.integers(0, CONFIG.vocab_size, (batch, width))
-    return jnp.asarray(prompt, jnp.int32), jnp.asarray(lengths, jnp.int32)
+    period = 3 if repetitive else None
+    return helpers.ragged_prompts(
+        CONFIG.vocab_size, batch, width, seed, min_length=2, period=period
+    )
 
 
 # The library leaves compilation to the caller; eager op-by-op dispatch is slow on CPU.

@@ -12,6 +12,7 @@ from scipy import stats
 from lookahead_jax import drafting, models, sharding, trees
 from lookahead_jax.decoding import generate
 from lookahead_jax.sampling import Sampling
+from tests import helpers
 from tests.helpers import continuation_codes, exact_continuation_law, perturbed
 
 CONFIG = models.TransformerConfig(
@@ -77,12 +78,8 @@ def run(
 
 
 def ragged_prompts(batch, width, seed):
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(2, width + 1, batch)
-    lengths[0] = width
-    base = rng.integers(0, CONFIG.vocab_size, (batch, 4))  # some repetition to recycle
-    prompt = np.tile(base, (1, width // 4 + 1))[:, :width]
-    return jnp.asarray(prompt, jnp.int32), jnp.asarray(lengths, jnp.int32)
+    # Some repetition for the drafters to recycle.
+    return helpers.ragged_prompts(CONFIG.vocab_size, batch, width, seed, min_length=2, period=4)
 
 
 # One case per drafter in the fast tier (each drafter / EOS id is a new compilation); the

@@ -76,3 +76,20 @@ def test_a_config_override_typo_gives_a_message_not_a_traceback(script, typo, fi
     assert "Traceback" not in done.stderr
     assert f"--config.{typo}: no such config field" in done.stderr
     assert f'did you mean "{field}"' in done.stderr and "valid fields" in done.stderr
+
+
+@pytest.mark.slow  # starts every experiment script (each imports jax)
+@pytest.mark.parametrize(
+    "script", sorted(p.stem for p in (_ROOT / "configs").glob("*.py") if p.stem != "__init__")
+)
+def test_every_experiment_script_reports_override_typos(script):
+    done = subprocess.run(
+        [sys.executable, str(_ROOT / "experiments" / f"{script}.py"), "--config.no_such_fieldx=1"],
+        capture_output=True,
+        text=True,
+        cwd="/",
+        timeout=120,
+    )
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "--config.no_such_fieldx: no such config field" in done.stderr

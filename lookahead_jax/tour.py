@@ -420,21 +420,6 @@ def leap_verify_section(args: argparse.Namespace) -> dict[str, Any]:
     return figures
 
 
-def _continuation_log_lik(model: models.Model, prompts, outputs) -> list[float]:
-    """Mean log-likelihood per token of each ``outputs[i]`` after ``prompts[i]`` (nan when
-    empty), with the library's ``models.next_token_nll``; one padded batch, one compile."""
-    width = max(len(p) + len(o) for p, o in zip(prompts, outputs, strict=True))
-    width = min(model.config.max_length, -(-max(width, 2) // 32) * 32)  # few shapes
-    rows = np.zeros((len(prompts), width), np.int32)
-    for i, (p, o) in enumerate(zip(prompts, outputs, strict=True)):
-        rows[i, : len(p) + len(o)] = list(p) + list(o)
-    lp = -np.asarray(models.next_token_nll(model, jnp.asarray(rows)))
-    return [
-        float(np.mean(lp[i, len(p) - 1 : len(p) - 1 + len(o)])) if len(o) else float("nan")
-        for i, (p, o) in enumerate(zip(prompts, outputs, strict=True))
-    ]
-
-
 def _repetition_rate(sequence, n: int) -> float:
     """``1 - distinct / total`` n-grams of one sequence (0 when it has none)."""
     grams = [tuple(sequence[i : i + n]) for i in range(len(sequence) - n + 1)]
@@ -463,7 +448,16 @@ def decoding_strategies_section(args: argparse.Namespace) -> dict[str, Any]:
         tokens = np.asarray(out.tokens).reshape(len(prompt_lists), -1)
         ends = np.asarray(out.lengths).reshape(-1)
         outputs = [tokens[i, len(p) : ends[i]].tolist() for i, p in enumerate(prompt_lists)]
-        ll = float(np.mean(_continuation_log_lik(target, prompt_lists, outputs)))
+        ll = float(
+            np.mean(
+                [
+                    np.mean(lp) if lp.size else np.nan
+                    for lp in models.continuation_log_probs(
+                        target, prompt_lists, outputs, len(outputs)
+                    )
+                ]
+            )
+        )
         rep = float(np.mean([_repetition_rate(o, 8) for o in outputs]))
         figures[name] = {"ll_per_byte": ll, "repetition": rep}
         print(

@@ -1,7 +1,7 @@
 """What every benchmark and experiment script shares: config flags, JSON output, edit
-distance, padded rows from ragged token lists, and scoring continuations.
+distance.
 
-Scoring uses the library's one next-token NLL (``lookahead_jax.models.next_token_nll``).
+Scoring continuations is the library's ``lookahead_jax.models.continuation_log_probs``.
 """
 
 from __future__ import annotations
@@ -93,43 +93,3 @@ def edit_distance(a: Sequence[int], b: Sequence[int]) -> int:
         tmp[1:] = np.minimum(prev[1:] + 1, prev[:-1] + (b != x))
         prev = np.minimum.accumulate(tmp - cols) + cols
     return int(prev[-1])
-
-
-def padded_rows(
-    sequences: Sequence[Sequence[int]], width: int, pad_id: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """Ragged token lists -> ``(tokens [N, width] int32, lengths [N] int32)``, right-padded."""
-    lengths = np.asarray([len(s) for s in sequences], np.int32)
-    if len(lengths) and int(lengths.max()) > width:
-        raise ValueError(f"a sequence of {int(lengths.max())} tokens does not fit {width=}")
-    rows = np.full((len(sequences), width), pad_id, np.int32)
-    for i, seq in enumerate(sequences):
-        rows[i, : len(seq)] = seq
-    return rows, lengths
-
-
-def continuation_log_probs(
-    model, prompts: Sequence[Sequence[int]], outputs: Sequence[Sequence[int]], batch_size: int = 64
-) -> list[np.ndarray]:
-    """Per-token log-probabilities of each ``outputs[i]`` after ``prompts[i]`` under ``model``.
-
-    Rows are padded to a multiple of 32 and batches to ``batch_size`` (few shapes, few
-    compilations); the NLL is the library's ``models.next_token_nll`` (float32 softmax).
-    """
-    import jax.numpy as jnp
-
-    from lookahead_jax import models
-
-    width = max(len(p) + len(o) for p, o in zip(prompts, outputs, strict=True))
-    width = min(model.config.max_length, max(-(-width // 32) * 32, 2))
-    rows, _ = padded_rows([list(p) + list(o) for p, o in zip(prompts, outputs, strict=True)], width)
-    values = []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        real = len(chunk)
-        chunk = np.pad(chunk, ((0, batch_size - real), (0, 0)))
-        lp = -np.asarray(models.next_token_nll(model, jnp.asarray(chunk)))[:real]
-        for j in range(real):
-            p, o = prompts[start + j], outputs[start + j]
-            values.append(lp[j, len(p) - 1 : len(p) - 1 + len(o)])
-    return values

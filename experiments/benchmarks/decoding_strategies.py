@@ -187,7 +187,7 @@ def score_outputs(
     spelled when ``table`` (``_pairs.token_bytes``) is given (nan for an empty output)."""
     values = []
     for o, scores in zip(
-        outputs, _common.continuation_log_probs(model, prompts, outputs, batch_size), strict=True
+        outputs, models.continuation_log_probs(model, prompts, outputs, batch_size), strict=True
     ):
         if len(o) == 0:
             values.append(float("nan"))

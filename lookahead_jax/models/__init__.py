@@ -25,7 +25,12 @@ from lookahead_jax.models.partitioning import (
     shard_params,
 )
 from lookahead_jax.models.pretrained import available_pretrained, load_pretrained
-from lookahead_jax.models.scoring import bits_per_byte, greedy_agreement, next_token_nll
+from lookahead_jax.models.scoring import (
+    bits_per_byte,
+    continuation_log_probs,
+    greedy_agreement,
+    next_token_nll,
+)
 from lookahead_jax.models.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
 from lookahead_jax.models.transformer import (
     Params,
@@ -53,6 +58,7 @@ __all__ = [
     "bits_per_byte",
     "cache_shardings",
     "config_from_hf",
+    "continuation_log_probs",
     "final_norm",
     "gemma2",
     "gpt2",

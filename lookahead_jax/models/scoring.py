@@ -1,4 +1,5 @@
-"""Scoring text with a model: next-token log-likelihood, bits per byte, greedy agreement."""
+"""Scoring text with a model: next-token log-likelihood, continuations' log-probabilities,
+bits per byte, greedy agreement."""
 
 from __future__ import annotations
 
@@ -17,6 +18,30 @@ def next_token_nll(model: Model, tokens: jax.Array) -> jax.Array:
     """NLL in nats of ``tokens[:, 1:]`` given their prefixes: [B, S] -> [B, S - 1]."""
     logits, _ = model(tokens[:, :-1])  # the last token is only a target
     return metrics.token_nll(logits, tokens[:, 1:])
+
+
+def continuation_log_probs(
+    model: Model, prompts, outputs, batch_size: int = 64
+) -> list[np.ndarray]:
+    """Per-token log-probabilities of each ``outputs[i]`` after ``prompts[i]`` under ``model``.
+
+    ``prompts`` and ``outputs`` are sequences of token-id sequences; returns one float32
+    array of ``len(outputs[i])`` values per row. Rows are padded to a multiple of 32 and
+    batches to ``batch_size`` (few shapes, few compilations); the scores are
+    :func:`next_token_nll` (float32 softmax).
+    """
+    pairs = list(zip(prompts, outputs, strict=True))
+    width = max((len(p) + len(o) for p, o in pairs), default=2)
+    width = min(model.config.max_length, max(-(-width // 32) * 32, 2))
+    values = []
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        rows = np.zeros((batch_size, width), np.int32)
+        for j, (p, o) in enumerate(chunk):
+            rows[j, : len(p) + len(o)] = list(p) + list(o)
+        lp = -np.asarray(next_token_nll(model, jnp.asarray(rows)))
+        values += [lp[j, len(p) - 1 : len(p) - 1 + len(o)] for j, (p, o) in enumerate(chunk)]
+    return values
 
 
 @jax.jit

@@ -32,15 +32,6 @@ def test_edit_distance_matches_dynamic_programming(a, b):
     assert _common.edit_distance(a, b) == levenshtein(a, b)
 
 
-def test_padded_rows_right_pads_and_refuses_what_does_not_fit():
-    rows, lengths = _common.padded_rows([[1, 2, 3], [], [4]], width=4, pad_id=9)
-    np.testing.assert_array_equal(rows, [[1, 2, 3, 9], [9, 9, 9, 9], [4, 9, 9, 9]])
-    np.testing.assert_array_equal(lengths, [3, 0, 1])
-    assert rows.dtype == np.int32 and lengths.dtype == np.int32
-    with pytest.raises(ValueError, match="5 tokens does not fit width=4"):
-        _common.padded_rows([[1, 2, 3, 4, 5]], width=4)
-
-
 def test_write_json_makes_the_folder_and_writes_numpy_values(tmp_path):
     path = _common.write_json(
         {"a": np.float32(1.5), "b": np.arange(3), "c": (1, 2)}, tmp_path / "new" / "r.json"

@@ -88,3 +88,15 @@ def test_training_records_are_shipped():
 def test_unknown_name_lists_available():
     with pytest.raises(ValueError, match="tiny-target"):
         load_pretrained("gpt2-xl")
+
+
+def test_continuation_log_probs_are_the_next_token_scores_of_each_row():
+    from lookahead_jax import models
+
+    model = models.Model(*load_pretrained("tiny-target"))
+    prompts, outputs = [list(b"The assert"), list(b"x")], [list(b" statement"), []]
+    scores = models.continuation_log_probs(model, prompts, outputs, batch_size=1)
+    row = jnp.asarray([prompts[0] + outputs[0]], jnp.int32)
+    expected = -np.asarray(models.next_token_nll(model, row))[0, len(prompts[0]) - 1 :]
+    np.testing.assert_allclose(scores[0], expected, rtol=1e-5, atol=1e-5)
+    assert scores[1].shape == (0,)

@@ -106,6 +106,8 @@ def speculative_section(args: argparse.Namespace) -> dict[str, Any]:
             0,
         ),
         ("draft tree 16", lambda: drafting.draft_model_tree(draft, num_nodes=16), 0),
+        # The lookahead family: the target drafts for itself (Jacobi), or memories do.
+        ("jacobi lookahead", lambda: drafting.lookahead(256, window=3, ngram=3, guesses=3), 0),
     ]:
 
         def run(t, p, n, drafter_fn=drafter_fn, k=k):

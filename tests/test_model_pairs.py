@@ -61,6 +61,7 @@ def _drafter(name, target, draft):
         "token_recycling": lambda: drafting.token_recycling(vocab),
         "stochastic_ngram": lambda: drafting.stochastic_ngram(vocab),
         "draft_model_tree": lambda: drafting.draft_model_tree(draft),
+        "lookahead": lambda: drafting.lookahead(vocab),
     }[name]()
 
 
@@ -71,6 +72,7 @@ DRAFTERS = (
     "token_recycling",
     "stochastic_ngram",
     "draft_model_tree",
+    "lookahead",
 )
 
 

@@ -404,12 +404,10 @@ def _tree_round(draft_key, verify_key, state, target, config, drafter, plan):
     last = state.tokens[rows, state.lengths - 1]
     block = jnp.concatenate([last[:, None], tree.token], axis=1)  # [B, N + 1]
     start = state.target_cache.lengths
-    logits, cache = target(
-        block,
-        state.target_cache,
-        tree_mask=trees.block_mask(tree, drafter.max_depth),
-        exact=config.exact,
-    )
+    mask = tree_draft.mask
+    if mask is None:
+        mask = trees.block_mask(tree, drafter.max_depth)
+    logits, cache = target(block, state.target_cache, tree_mask=mask, exact=config.exact)
     if plan.verify == "greedy":
         verified = tree_greedy(tree, logits)
     else:
@@ -461,7 +459,9 @@ def _commit(state: GenerationState, round_: _Round, config: GenerationConfig, ac
     return tokens, lengths + count, count, stop
 
 
-def _update_drafter(state, round_: _Round, drafter, plan: _Plan, committed_drafts):
+def _update_drafter(
+    state, round_: _Round, drafter, plan: _Plan, committed_drafts, tokens, new_lengths
+):
     """Tells the drafter which drafts were committed (EOS / budget may cut the path)."""
     if plan.is_tree:
         committed = TreeVerified(
@@ -470,9 +470,12 @@ def _update_drafter(state, round_: _Round, drafter, plan: _Plan, committed_draft
             path=round_.tree_path,
             path_length=committed_drafts + 1,
         )
-        return drafter.update(
+        drafter_state = drafter.update(
             round_.drafter_state, state.lengths, round_.tree_draft, committed, round_.logits
         )
+        if drafter.observe is not None:
+            drafter_state = drafter.observe(drafter_state, tokens, new_lengths)
+        return drafter_state
     if drafter is not None:
         return drafter.update(round_.drafter_state, state.lengths, committed_drafts)
     return round_.drafter_state
@@ -547,7 +550,9 @@ def generation_step(
         lengths=new_lengths,
         prompt_lengths=state.prompt_lengths,
         target_cache=cache,
-        drafter_state=_update_drafter(state, round_, drafter, plan, committed_drafts),
+        drafter_state=_update_drafter(
+            state, round_, drafter, plan, committed_drafts, tokens, new_lengths
+        ),
         controller_state=_update_controller(state, round_, plan, active),
         finished=state.finished | stop | budget_spent,
         stats=_accumulate(state.stats, round_, active, plan.histogram_bins),

@@ -17,15 +17,29 @@ from lookahead_jax.drafting.early_exit import (
     early_exit_model,
     layer_acceptance,
 )
+from lookahead_jax.drafting.jacobi_lookahead import (
+    LookaheadState,
+    NgramPool,
+    insert_ngrams,
+    lookahead,
+    lookahead_pool,
+)
 from lookahead_jax.drafting.prompt_lookup import (
     PromptLookupState,
     find_continuation,
     prompt_lookup,
 )
-from lookahead_jax.drafting.stochastic_ngram import StochasticNgramState, stochastic_ngram
+from lookahead_jax.drafting.stochastic_ngram import (
+    Memory,
+    StochasticNgramState,
+    empty_memory,
+    seed_memory,
+    stochastic_ngram,
+)
 from lookahead_jax.drafting.token_recycling import (
     TokenRecyclingState,
     initial_table,
+    seed_table,
     token_recycling,
 )
 
@@ -36,6 +50,9 @@ __all__ = [
     "DraftTreeState",
     "Drafter",
     "ExitChoice",
+    "LookaheadState",
+    "Memory",
+    "NgramPool",
     "PromptLookupState",
     "StochasticNgramState",
     "TokenRecyclingState",
@@ -48,12 +65,18 @@ __all__ = [
     "early_exit",
     "early_exit_model",
     "ema",
+    "empty_memory",
     "expected_speedup",
     "find_continuation",
     "heuristic",
     "initial_table",
+    "insert_ngrams",
     "layer_acceptance",
+    "lookahead",
+    "lookahead_pool",
     "prompt_lookup",
+    "seed_memory",
+    "seed_table",
     "stochastic_ngram",
     "token_recycling",
 ]

@@ -55,11 +55,19 @@ class Drafter(NamedTuple):
 
 
 class TreeDraft(NamedTuple):
-    """One token tree per row (see ``lookahead_jax.trees``)."""
+    """One token tree per row (see ``lookahead_jax.trees``).
+
+    ``mask`` lets a drafter score nodes that are not verified: nodes marked invalid in
+    ``tree`` are never accepted, but with a mask of its own the drafter decides what each
+    block token attends to (its position is the number of tokens it sees, root
+    included, minus one), and reads the target's outputs there in ``update``. Jacobi
+    lookahead decoding's window is such a branch. ``None``: ``trees.block_mask(tree)``.
+    """
 
     tree: Any  # trees.TokenTree [B, N]
     probs: jax.Array  # [B, N, V] float32, distribution node i was drawn from (one-hot if fixed)
     root: jax.Array  # [B] int32, the last committed token, which the tree hangs below
+    mask: jax.Array | None = None  # [B, N + 1, N + 1] bool, the block's attention (root first)
 
 
 class TreeDrafter(NamedTuple):
@@ -79,6 +87,11 @@ class TreeDrafter(NamedTuple):
         its own ``probs`` row, one-hot for fixed candidates; ``False``: without
         replacement from the first sibling's row), which selects the lossless
         verification rule under sampling.
+      observe: optional ``(state, tokens [B, W], lengths [B]) -> state``, called after
+        every round's commit with the committed buffer and the new lengths (rows that
+        did not advance keep theirs): how a memory learns the text as it is committed
+        (drafters keep their own count of what they have seen). Not called at ``init``,
+        which gets the prompt.
     """
 
     init: Callable[..., DrafterState]
@@ -88,3 +101,4 @@ class TreeDrafter(NamedTuple):
     num_nodes: int
     max_depth: int
     replacement: bool = True
+    observe: Callable[..., DrafterState] | None = None

@@ -52,7 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from lookahead_jax import trees
+from lookahead_jax import _checks, trees
 from lookahead_jax.drafting.base import TreeDraft, TreeDrafter
 from lookahead_jax.sampling import Sampling, log_probs
 
@@ -174,13 +174,19 @@ def write(
     Returns:
       The updated ``Memory`` (top-k tokens and temperature-1 log-probs).
     """
+    num_candidates = memory.tokens.shape[-1]
+    values, top = lax.top_k(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), num_candidates)
+    return _write_ranked(memory, contexts, top.astype(jnp.int32), values, mask, priority)
+
+
+def _write_ranked(memory, contexts, top, values, mask=None, priority=None) -> Memory:
+    """``write`` with each row's ``k`` ranked tokens [M, k] and log-probs [M, k] given."""
     order, table_size, _ = memory.keys.shape
     num_candidates = memory.tokens.shape[-1]
     contexts = jnp.asarray(contexts, jnp.int32)
     num = contexts.shape[0]
     mask = jnp.ones((num,), bool) if mask is None else mask
     priority = jnp.arange(num, dtype=jnp.int32) if priority is None else priority
-    values, top = lax.top_k(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), num_candidates)
     level_keys = _level_keys(contexts)  # [O, M, O]
     slot, complete = _slots(level_keys, table_size)  # [O, M]
     ok = complete & mask[None, :]
@@ -191,12 +197,70 @@ def write(
     target_slot = jnp.where(wins, slot, table_size)  # losers are dropped
     keys = memory.keys.at[levels, target_slot].set(level_keys, mode="drop")
     tokens = memory.tokens.at[levels, target_slot].set(
-        jnp.broadcast_to(top.astype(jnp.int32), (order, num, num_candidates)), mode="drop"
+        jnp.broadcast_to(top, (order, num, num_candidates)), mode="drop"
     )
     log_p = memory.log_probs.at[levels, target_slot].set(
         jnp.broadcast_to(values, (order, num, num_candidates)), mode="drop"
     )
     return Memory(keys, tokens, log_p)
+
+
+def _observed_successors(memory, sequences, lengths) -> Memory:
+    """Writes each context of the sequences with its observed next token (probability 1)."""
+    order = memory.keys.shape[0]
+    num_candidates = memory.tokens.shape[-1]
+    num, width = sequences.shape
+    end = jnp.arange(width - 1)  # the context ends at position i, its successor is i + 1
+    back = end[:, None] - order + 1 + jnp.arange(order)[None, :]  # [T - 1, O]
+    contexts = jnp.where(back[None] >= 0, sequences[:, jnp.maximum(back, 0)], EMPTY)
+    successor = sequences[:, 1:]
+    keep = end[None, :] + 1 < lengths[:, None]
+    top = jnp.zeros((num, width - 1, num_candidates), jnp.int32).at[..., 0].set(successor)
+    values = jnp.full((num, width - 1, num_candidates), -jnp.inf, jnp.float32).at[..., 0].set(0.0)
+    # Row-major priority: a later occurrence of a context wins over an earlier one.
+    return _write_ranked(
+        memory,
+        contexts.reshape(-1, order),
+        top.reshape(-1, num_candidates),
+        values.reshape(-1, num_candidates),
+        keep.reshape(-1),
+    )
+
+
+def seed_memory(
+    memory: Memory | StochasticNgramState,
+    sequences: jax.Array,
+    lengths: jax.Array,
+    vocab_size: int,
+) -> Memory:
+    """Writes every context of a document set with the token that followed it.
+
+    Each stored context gets its observed successor with probability 1 (the latest
+    occurrence wins), until the target's own distribution is written there.
+
+    Args:
+      memory: the n-gram memory (e.g. ``empty_memory(order, table_size, k)``).
+      sequences: [S, T] int token sequences, left-aligned; ids in [0, V).
+      lengths: [S] int in [0, T], real tokens per sequence.
+      vocab_size: V, the vocabulary the ids must lie in.
+    Returns:
+      The updated ``Memory`` (pass it as ``stochastic_ngram(..., memory=...)``).
+    """
+    _checks.check_integer("sequences", sequences)
+    _checks.check_rank("sequences", sequences, 2, "[num_sequences, length]")
+    num, width = jnp.shape(sequences)
+    _checks.check_integer("lengths", lengths)
+    _checks.check_shape("lengths", lengths, (num,), "one length per sequence")
+    _checks.check_range("lengths", lengths, 0, width + 1)
+    sequences = jnp.asarray(sequences, jnp.int32)
+    lengths = jnp.asarray(lengths, jnp.int32)
+    _checks.check_range(
+        "sequences",
+        jnp.where(jnp.arange(width)[None, :] < lengths[:, None], sequences, 0),
+        0,
+        vocab_size,
+    )
+    return _observed_successors(memory, sequences, lengths)
 
 
 def _template_from_widths(widths: Sequence[int]) -> trees.Template:
@@ -229,6 +293,7 @@ def stochastic_ngram(
     template: trees.Template | None = None,
     table_size: int | None = None,
     memory: Memory | StochasticNgramState | None = None,
+    seed_from_prompt: bool = True,
 ) -> TreeDrafter:
     """A ``TreeDrafter`` sampling Gumbel-top-k token trees from an n-gram memory.
 
@@ -243,7 +308,11 @@ def stochastic_ngram(
       table_size: S, slots per context length (default ``max(4 V, 4096)``;
         contexts of one token are stored exactly when S >= V).
       memory: a ``Memory`` / ``StochasticNgramState`` to start from (e.g. the
-        ``drafter_state`` of a previous ``Generation``); default empty.
+        ``drafter_state`` of a previous ``Generation``, or ``seed_memory`` over
+        documents); default empty.
+      seed_from_prompt: at ``init``, write every context of the prompts with the token
+        that followed it (probability 1), so the first rounds already draft the
+        prompt's phrases; the target's distributions overwrite them as it scores.
     Returns:
       A ``TreeDrafter`` with ``replacement=False`` (siblings are drawn without
       replacement from their parent's distribution), whose state is a
@@ -301,8 +370,12 @@ def stochastic_ngram(
     slot_depth = jnp.concatenate([jnp.zeros((1,), jnp.int32), depth])  # [N + 1], root first
 
     def init(prompt: jax.Array, prompt_lengths: jax.Array, capacity: int) -> StochasticNgramState:
-        del prompt_lengths, capacity
+        del capacity
         start = empty_memory(order, table_size, num_candidates) if memory is None else memory
+        if seed_from_prompt:
+            start = _observed_successors(
+                start, jnp.asarray(prompt, jnp.int32), jnp.asarray(prompt_lengths, jnp.int32)
+            )
         batch = prompt.shape[0]
         return StochasticNgramState(
             keys=jnp.asarray(start.keys, jnp.int32),

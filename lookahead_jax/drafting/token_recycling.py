@@ -7,6 +7,11 @@ level by level (a node's token is ``A[parent token, rank]``), verified in one
 target pass; then ``A[token]`` is overwritten with the target's top-k at every
 tree node (the root included). The table is shared by all rows and carried
 across steps; ``Generation.drafter_state.table`` carries it across requests.
+
+Seeding. At ``init`` the prompts' own bigrams are written first (each token's
+observed successor moves to the front of its list, the latest occurrence
+first), so a cold table already drafts the prompt's phrases; ``seed_table``
+does the same for any document set (pass the result as ``table=``).
 Drafts are deterministic (one-hot probabilities), so greedy output equals
 greedy decoding and sampled output follows the target exactly.
 """
@@ -19,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from lookahead_jax import trees
+from lookahead_jax import _checks, trees
 from lookahead_jax.drafting.base import TreeDraft, TreeDrafter
 from lookahead_jax.sampling import Sampling
 
@@ -35,12 +40,57 @@ def initial_table(vocab_size: int, num_candidates: int = 8) -> jax.Array:
     )
 
 
+def seed_table(table: jax.Array, sequences: jax.Array, lengths: jax.Array) -> jax.Array:
+    """Moves every observed successor to the front of its token's candidate list.
+
+    Args:
+      table: [V, k] int32 adjacency table (e.g. ``initial_table``).
+      sequences: [S, T] int token sequences, left-aligned; ids in [0, V).
+      lengths: [S] int in [0, T], real tokens per sequence.
+    Returns:
+      The table after every bigram ``(t, u)`` of every sequence, in order, put ``u``
+      first in ``table[t]`` (the others keep their order; the last one drops out
+      unless ``u`` was already listed).
+    """
+    vocab, _num_candidates = jnp.shape(table)
+    _checks.check_integer("sequences", sequences)
+    _checks.check_rank("sequences", sequences, 2, "[num_sequences, length]")
+    num, width = jnp.shape(sequences)
+    _checks.check_integer("lengths", lengths)
+    _checks.check_shape("lengths", lengths, (num,), "one length per sequence")
+    _checks.check_range("lengths", lengths, 0, width + 1)
+    sequences = jnp.asarray(sequences, jnp.int32)
+    lengths = jnp.asarray(lengths, jnp.int32)
+    real = jnp.arange(width)[None, :] < lengths[:, None]
+    _checks.check_range("sequences", jnp.where(real, sequences, 0), 0, vocab)
+    first = sequences[:, :-1].reshape(-1)
+    second = sequences[:, 1:].reshape(-1)
+    keep = (jnp.arange(1, width)[None, :] < lengths[:, None]).reshape(-1)
+    return _move_to_front(jnp.asarray(table, jnp.int32), first, second, keep)
+
+
+def _move_to_front(table, first, second, keep):
+    """Sequential over the bigrams, so repeated first tokens in one call all count."""
+
+    def body(i, table):
+        row = table[first[i]]
+        listed = row == second[i]
+        # Shift right up to the successor's old place (or the end), then put it first.
+        until = jnp.where(jnp.any(listed), jnp.argmax(listed), row.shape[0] - 1)
+        shifted = jnp.where(jnp.arange(row.shape[0]) <= until, jnp.roll(row, 1), row)
+        new = shifted.at[0].set(second[i])
+        return table.at[first[i]].set(jnp.where(keep[i], new, row))
+
+    return lax.fori_loop(0, first.shape[0], body, table)
+
+
 def token_recycling(
     vocab_size: int,
     *,
     num_candidates: int = 8,
     template: trees.Template | None = None,
     table: jax.Array | None = None,
+    seed_from_prompt: bool = True,
 ) -> TreeDrafter:
     """A ``TreeDrafter`` drafting from the recycled adjacency table.
 
@@ -49,7 +99,9 @@ def token_recycling(
       num_candidates: k, candidates kept per token (the template's ranks must be < k).
       template: the tree shape (default: the paper's 80-node "2.2.2" template).
       table: [V, k] int32 table to start from (e.g. the ``drafter_state.table`` of a
-        previous ``Generation``); default ``initial_table`` (cold start).
+        previous ``Generation``, or ``seed_table`` over documents); default
+        ``initial_table`` (cold start).
+      seed_from_prompt: write the prompts' bigrams into the table at ``init``.
     """
     template = trees.token_recycling_template() if template is None else template
     if not isinstance(num_candidates, int) or num_candidates < 1:
@@ -66,9 +118,20 @@ def token_recycling(
         )
 
     def init(prompt: jax.Array, prompt_lengths: jax.Array, capacity: int) -> TokenRecyclingState:
-        del prompt, prompt_lengths, capacity
+        del capacity
         start = initial_table(vocab_size, num_candidates) if table is None else table
-        return TokenRecyclingState(jnp.asarray(start, jnp.int32))
+        start = jnp.asarray(start, jnp.int32)
+        if seed_from_prompt:
+            prompt = jnp.asarray(prompt, jnp.int32)
+            prompt_lengths = jnp.asarray(prompt_lengths, jnp.int32)
+            keep = jnp.arange(1, prompt.shape[1])[None, :] < prompt_lengths[:, None]
+            start = _move_to_front(
+                start,
+                prompt[:, :-1].reshape(-1),
+                prompt[:, 1:].reshape(-1),
+                keep.reshape(-1),
+            )
+        return TokenRecyclingState(start)
 
     def propose(
         state: TokenRecyclingState,

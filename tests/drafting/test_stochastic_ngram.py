@@ -189,7 +189,10 @@ def test_propose_draws_gumbel_top_k_without_replacement():
 
 def test_unknown_context_drafts_nothing_and_greedy_takes_top_k():
     vocab = 6
-    drafter = stochastic_ngram(vocab, order=2, num_candidates=3, widths=(3, 1))
+    # Unseeded: the prompt's own n-grams would otherwise be known (tested below).
+    drafter = stochastic_ngram(
+        vocab, order=2, num_candidates=3, widths=(3, 1), seed_from_prompt=False
+    )
     tokens = jnp.asarray([[1, 2, 3]], jnp.int32)
     lengths = jnp.asarray([3], jnp.int32)
     state = drafter.init(tokens, lengths, 8)

@@ -24,6 +24,7 @@ from lookahead_jax.drafting.jacobi_lookahead import (
     lookahead,
     lookahead_pool,
 )
+from lookahead_jax.drafting.memory import memory_of
 from lookahead_jax.drafting.prompt_lookup import (
     PromptLookupState,
     find_continuation,
@@ -74,6 +75,7 @@ __all__ = [
     "layer_acceptance",
     "lookahead",
     "lookahead_pool",
+    "memory_of",
     "prompt_lookup",
     "seed_memory",
     "seed_table",

@@ -89,8 +89,9 @@ def token_recycling(
     *,
     num_candidates: int = 8,
     template: trees.Template | None = None,
-    table: jax.Array | None = None,
+    memory: jax.Array | TokenRecyclingState | None = None,
     seed_from_prompt: bool = True,
+    table: jax.Array | None = None,
 ) -> TreeDrafter:
     """A ``TreeDrafter`` drafting from the recycled adjacency table.
 
@@ -98,11 +99,16 @@ def token_recycling(
       vocab_size: V, the target's vocabulary.
       num_candidates: k, candidates kept per token (the template's ranks must be < k).
       template: the tree shape (default: the paper's 80-node "2.2.2" template).
-      table: [V, k] int32 table to start from (e.g. the ``drafter_state.table`` of a
-        previous ``Generation``, or ``seed_table`` over documents); default
-        ``initial_table`` (cold start).
+      memory: the [V, k] int32 table to start from, or a ``TokenRecyclingState``
+        (e.g. ``drafting.memory_of(previous_generation.drafter_state)``, or
+        ``seed_table`` over documents); default ``initial_table`` (cold start).
       seed_from_prompt: write the prompts' bigrams into the table at ``init``.
+      table: the old name of ``memory`` (kept for existing code).
     """
+    if table is not None and memory is not None:
+        raise ValueError("pass the starting table as `memory` or as `table`, not both.")
+    memory = table if memory is None else memory
+    table = memory.table if isinstance(memory, TokenRecyclingState) else memory
     template = trees.token_recycling_template() if template is None else template
     if not isinstance(num_candidates, int) or num_candidates < 1:
         raise ValueError(f"`num_candidates` must be a positive int; got {num_candidates!r}.")
@@ -113,7 +119,7 @@ def token_recycling(
         )
     if table is not None and tuple(jnp.shape(table)) != (vocab_size, num_candidates):
         raise ValueError(
-            f"`table` must have shape (vocab_size, num_candidates) = "
+            f"`memory` (the table) must have shape (vocab_size, num_candidates) = "
             f"{(vocab_size, num_candidates)}; got {tuple(jnp.shape(table))}."
         )
 

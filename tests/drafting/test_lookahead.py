@@ -211,10 +211,6 @@ def serve(target, prompt, lengths, pool):
     return generate(target, prompt, lengths, jax.random.key(0), max_new_tokens=40, drafter=drafter)
 
 
-def pool_of(generation):
-    return drafting.NgramPool(generation.drafter_state.ngrams, generation.drafter_state.num_stored)
-
-
 def test_memory_across_requests_accepts_a_repeated_request(target):
     chex.clear_trace_counter()
     prompt, lengths = prompts(1, 6, seed=7)
@@ -222,8 +218,8 @@ def test_memory_across_requests_accepts_a_repeated_request(target):
     first = serve(target, prompt, lengths, pool)
     other_prompt, other_lengths = prompts(1, 6, seed=8)
     # The pool is the request-independent part of the state (same pytree every call).
-    between = serve(target, other_prompt, other_lengths, pool_of(first))
-    again = serve(target, prompt, lengths, pool_of(between))
+    between = serve(target, other_prompt, other_lengths, drafting.memory_of(first.drafter_state))
+    again = serve(target, prompt, lengths, drafting.memory_of(between.drafter_state))
     np.testing.assert_array_equal(again.tokens, first.tokens)
     # The loop showed the drafter every committed token (its observe hook).
     np.testing.assert_array_equal(first.drafter_state.num_seen, first.lengths)
@@ -294,3 +290,19 @@ def test_out_of_vocabulary_documents_raise_eagerly_and_under_checked():
         checked(bad, length)
     # Past each sequence's length, ids are ignored.
     drafting.lookahead_pool(16, bad, jnp.asarray([2], jnp.int32))
+
+
+def test_memory_of_returns_what_each_drafter_takes_as_memory():
+    prompt = jnp.asarray([[3, 7, 1, 9, 3]], jnp.int32)
+    lengths = jnp.asarray([5], jnp.int32)
+    for build in (
+        lambda memory: drafting.token_recycling(16, memory=memory),
+        lambda memory: drafting.stochastic_ngram(16, memory=memory),
+        lambda memory: drafting.lookahead(16, memory=memory),
+    ):
+        state = build(None).init(prompt, lengths, 16)
+        memory = drafting.memory_of(state)
+        again = build(memory).init(prompt, lengths, 16)  # accepted, and seeded once more
+        assert jax.tree.structure(drafting.memory_of(again)) == jax.tree.structure(memory)
+    with pytest.raises(ValueError, match="`drafter_state`"):
+        drafting.memory_of(drafting.PromptLookupState())

@@ -318,6 +318,8 @@ class SyntheticPolicy:
             in_axes=1,
             out_axes=1,
         )(columns)
+        if kwargs.get("logits_at") is not None:  # the model protocol: logits only there
+            logits = jnp.take_along_axis(logits, kwargs["logits_at"][..., None], axis=1)
         return logits, cache._replace(keys=keys, lengths=cache.lengths + tokens.shape[1])
 
 

@@ -191,9 +191,10 @@ def prefill(model: Any, prompt: jax.Array, prompt_lengths: jax.Array, capacity: 
     """Runs the padded prompts once: ``(next_logits [B, V], cache holding the prompts)``."""
     batch = prompt.shape[0]
     cache = _models.init_cache(model.config, batch, capacity, dtype=getattr(model, "dtype", None))
-    logits, cache = model(prompt, cache)
+    # Logits at each prompt's last token only ([B, 1, V], not [B, P, V]).
+    logits, cache = model(prompt, cache, logits_at=(prompt_lengths - 1)[:, None])
     cache = _models.rewind(cache, prompt_lengths)
-    return logits[jnp.arange(batch), prompt_lengths - 1], cache
+    return logits[:, 0], cache
 
 
 def prompt_buffer(prompt: jax.Array, prompt_lengths: jax.Array, width: int, pad_id: int):

@@ -282,10 +282,13 @@ def _prefill(key, target, prompt, prompt_lengths, config: GenerationConfig, capa
         extra_slots=max(0, capacity - target.config.max_length),
         dtype=getattr(target, "dtype", None),
     )
-    logits, cache = target(prompt, cache, exact=config.exact)
+    # Logits at each prompt's last token only: [B, 1, V] instead of [B, P, V].
+    logits, cache = target(
+        prompt, cache, exact=config.exact, logits_at=(prompt_lengths - 1)[:, None]
+    )
     cache = _models.rewind(cache, prompt_lengths)  # forget each row's padding
     first = jax.vmap(lambda k, x: sample(k, x, config.sampling))(
-        jax.random.split(key, batch), logits[rows, prompt_lengths - 1]
+        jax.random.split(key, batch), logits[:, 0]
     )
     positions = jnp.arange(width + config.max_new_tokens)[None, :]
     padded = jnp.pad(prompt, ((0, 0), (0, config.max_new_tokens)))

@@ -456,6 +456,7 @@ def apply(
     positions: jax.Array | None = None,
     return_hidden: bool = False,
     exact: bool = False,
+    logits_at: jax.Array | None = None,
 ) -> tuple[jax.Array, KVCache | None] | tuple[jax.Array, KVCache | None, jax.Array]:
     """Runs the transformer on ``S`` new tokens per row, appending them to the cache.
 
@@ -480,14 +481,24 @@ def apply(
         share the call (per-element reductions in a fixed order; needs a cache).
         Slower; it is what makes greedy speculative decoding provably equal to
         greedy decoding, since verification scores K + 1 tokens at once.
+      logits_at: optional [B, K] int indices into the ``S`` new tokens: compute the
+        logits only there (``[B, K, V]``), e.g. at each prompt's last token in a
+        prefill, instead of ``[B, S, V]`` (at a 50k vocabulary most of a prefill's
+        memory). Every token still goes through every block and into the cache.
 
     Returns:
-      ``(logits [B, S, V] float32, cache)``, the cache holding the new tokens with
+      ``(logits [B, S, V] float32, cache)`` (``[B, K, V]`` with ``logits_at``), the
+      cache holding the new tokens with
       ``lengths + S``; with ``return_hidden`` also ``hidden [L + 1, B, S, D]``
       (``hidden[0]`` embeddings, ``hidden[l]`` after block ``l``, before the final
       norm; ``logits_from_hidden`` turns any of them into logits).
     """
     _check_inputs(config, tokens, cache, tree_mask, positions)
+    if logits_at is not None:
+        _checks.check_integer("logits_at", logits_at)
+        _checks.check_rank("logits_at", logits_at, 2, "[batch, num_positions]")
+        _checks.check_shape("logits_at", logits_at, (jnp.shape(tokens)[0], None), "[B, K]")
+        _checks.check_range("logits_at", logits_at, 0, jnp.shape(tokens)[1])
     if exact and cache is None:
         raise ValueError("`exact=True` needs a `cache` (it attends over the cache's fixed width).")
     batch, num_new = tokens.shape
@@ -593,13 +604,16 @@ def apply(
         if config.sandwich_norms:
             out = norm(config, p["ln_post_mlp"], out, exact)
         x = x + out
-        return (x, keys, values), x
+        # Per-layer outputs only when asked for: a [L, B, S, D] stack otherwise unused.
+        return (x, keys, values), (x if return_hidden else None)
 
     # The cache rides in the scan carry so that XLA updates it in place; as a
     # scanned input/output it would be copied whole at every call.
     init = (x, None, None) if cache is None else (x, cache.keys, cache.values)
     layers = (params["layers"], jnp.arange(config.num_layers), jnp.asarray(sliding))
     (x_final, new_keys, new_values), per_layer = lax.scan(block, init, layers)
+    if logits_at is not None:
+        x_final = jnp.take_along_axis(x_final, jnp.asarray(logits_at)[..., None], axis=1)
     if exact:
         normed = norm(config, params["ln_f"], x_final, exact=True)
         logits = _dense(normed.astype(_F32), _head(config, params).astype(_F32), exact=True)

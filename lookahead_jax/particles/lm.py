@@ -256,7 +256,8 @@ def lm_init(
     prompts = jnp.broadcast_to(prompt, (n, prompt.shape[0]))
     lengths = jnp.full((n,), prompt_length, jnp.int32)
     cache = _models.init_cache(model_config, n, width, dtype=getattr(model, "dtype", None))
-    logits, cache = model(prompts, cache)
+    # Logits at the prompt's last token only ([N, 1, V], not [N, P, V]).
+    logits, cache = model(prompts, cache, logits_at=(lengths - 1)[:, None])
     cache = _models.rewind(cache, lengths)
     tokens = jnp.where(
         positions < prompt_length,
@@ -268,7 +269,7 @@ def lm_init(
         tokens=tokens,
         lengths=lengths,
         cache=cache,
-        next_logits=logits[:, prompt_length - 1].astype(jnp.float32),
+        next_logits=logits[:, 0].astype(jnp.float32),
         finished=jnp.zeros((n,), bool),
         steps=jnp.zeros((n,), jnp.int32),
         reward_logits=zeros,

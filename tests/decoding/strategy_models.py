@@ -44,6 +44,8 @@ class TableModel:
         start = jnp.zeros((batch,), jnp.int32) if cache is None else cache.lengths
         positions = jnp.clip(start[:, None] + jnp.arange(num_new), 0, self.config.max_length - 1)
         logits = self.token_table[tokens] + self.position_table[positions]
+        if kwargs.get("logits_at") is not None:  # the model protocol: logits only there
+            logits = jnp.take_along_axis(logits, kwargs["logits_at"][..., None], axis=1)
         if cache is not None:
             cache = cache._replace(lengths=cache.lengths + num_new)
         return logits, cache

@@ -294,3 +294,27 @@ def test_exact_mode_logits_do_not_depend_on_call_width(params):
     # Exact mode computes the same function as the fast mode (up to rounding).
     fast, _ = cached_step(params, tokens[:, 9:14], cache)
     np.testing.assert_allclose(together, fast, atol=2e-5)
+
+
+@functools.partial(jax.jit, static_argnames=("exact",))
+def prefill_at(params, tokens, cache, logits_at, exact=False):
+    return models.apply(CONFIG, params, tokens, cache, logits_at=logits_at, exact=exact)
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_logits_at_selects_positions_and_leaves_the_cache_alone(params, exact):
+    tokens = random_tokens(9, (3, 10))
+    cache = models.init_cache(CONFIG, 3, CAPACITY)
+    at = jnp.asarray([[9, 0], [4, 4], [2, 7]], jnp.int32)
+    every, full_cache = (exact_step if exact else cached_step)(params, tokens, cache)
+    some, some_cache = prefill_at(params, tokens, cache, at, exact=exact)
+    chex.assert_shape(some, (3, 2, CONFIG.vocab_size))
+    want = jnp.take_along_axis(every, at[..., None], axis=1)
+    if exact:  # exact mode: per-token logits do not depend on what else is computed
+        np.testing.assert_array_equal(some, want)
+    else:
+        np.testing.assert_allclose(some, want, atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(some_cache.keys, full_cache.keys)
+    np.testing.assert_array_equal(some_cache.lengths, full_cache.lengths)
+    with pytest.raises(ValueError, match=r"`logits_at` must lie in \[0, 10\)"):
+        models.apply(CONFIG, params, tokens, cache, logits_at=at + 3)

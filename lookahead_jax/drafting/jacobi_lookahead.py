@@ -83,6 +83,8 @@ def _insert(ngrams, num_stored, items, keep):
     replaces the key's oldest entry.
     """
     guesses = ngrams.shape[1]
+    if items.shape[0] == 0:
+        return ngrams, num_stored
 
     def body(i, carry):
         ngrams, num_stored = carry
@@ -141,15 +143,27 @@ def insert_ngrams(
 
 def lookahead_pool(
     vocab_size: int,
-    sequences: jax.Array,
-    lengths: jax.Array,
+    sequences: jax.Array | None = None,
+    lengths: jax.Array | None = None,
     *,
     ngram: int = 4,
     guesses: int = 5,
 ) -> NgramPool:
-    """A pool filled from documents (pass it as ``lookahead(..., memory=pool)``)."""
+    """A pool for ``lookahead(..., memory=pool)``: empty, or filled from documents.
+
+    Args:
+      vocab_size: V.
+      sequences: optional [S, T] int documents (see :func:`insert_ngrams`).
+      lengths: [S] int, real tokens per document (required with ``sequences``).
+      ngram, guesses: as in :func:`lookahead` (they fix the pool's shape).
+    """
     _check_sizes(vocab_size, 1, ngram, guesses)
-    return insert_ngrams(empty_pool(vocab_size, guesses, ngram), sequences, lengths)
+    pool = empty_pool(vocab_size, guesses, ngram)
+    if sequences is None:
+        return pool
+    if lengths is None:
+        raise ValueError("`lengths` must be given with `sequences` (one length per document).")
+    return insert_ngrams(pool, sequences, lengths)
 
 
 def _check_sizes(vocab_size, window, ngram, guesses) -> None:

@@ -108,6 +108,8 @@ def speculative_section(args: argparse.Namespace) -> dict[str, Any]:
         ("draft tree 16", lambda: drafting.draft_model_tree(draft, num_nodes=16), 0),
         # The lookahead family: the target drafts for itself (Jacobi), or memories do.
         ("jacobi lookahead", lambda: drafting.lookahead(256, window=3, ngram=3, guesses=3), 0),
+        ("trie retrieval 8", lambda: drafting.trie_retrieval(256, num_nodes=8), 0),
+        ("suffix decoding 8", lambda: drafting.suffix_decoding(256, num_nodes=8), 0),
     ]:
 
         def run(t, p, n, drafter_fn=drafter_fn, k=k):

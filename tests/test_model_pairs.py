@@ -62,6 +62,8 @@ def _drafter(name, target, draft):
         "stochastic_ngram": lambda: drafting.stochastic_ngram(vocab),
         "draft_model_tree": lambda: drafting.draft_model_tree(draft),
         "lookahead": lambda: drafting.lookahead(vocab),
+        "trie_retrieval": lambda: drafting.trie_retrieval(vocab),
+        "suffix_decoding": lambda: drafting.suffix_decoding(vocab),
     }[name]()
 
 
@@ -73,6 +75,8 @@ DRAFTERS = (
     "stochastic_ngram",
     "draft_model_tree",
     "lookahead",
+    "trie_retrieval",
+    "suffix_decoding",
 )
 
 

@@ -41,7 +41,13 @@ from jax import lax
 
 from lookahead_jax import _checks, trees
 from lookahead_jax import models as _models
-from lookahead_jax.drafting.base import Draft, Drafter, TreeDraft, TreeDrafter
+from lookahead_jax.drafting.base import (
+    Draft,
+    Drafter,
+    TreeDraft,
+    TreeDrafter,
+    check_block_sizes,
+)
 from lookahead_jax.drafting.controllers import Controller, constant
 from lookahead_jax.sampling import Sampling, log_probs, sample
 from lookahead_jax.verification import (
@@ -212,6 +218,8 @@ def _check_static(target, width: int, config: GenerationConfig, drafter) -> None
                 "a TreeDrafter is verified by name: `verifier` must be 'greedy' or "
                 f"'speculative_sampling'; got {config.verifier!r}."
             )
+        if drafter.block_sizes is not None:
+            check_block_sizes(drafter.block_sizes, drafter.num_nodes)
         # Tree nodes occupy cache slots beyond the committed tokens, but positions only
         # up to the deepest node.
         if width + max_new_tokens + drafter.max_depth > max_length:
@@ -397,7 +405,37 @@ def _chain_round(draft_key, verify_key, state, target, config, drafter, plan, nu
     )
 
 
-def _tree_round(draft_key, verify_key, state, target, config, drafter, plan):
+def _score_used_nodes(target, block, cache, mask, used, drafter, config):
+    """Scores the root and the first ``size`` nodes, the smallest of ``drafter.block_sizes``
+    that holds every ``used`` node ([B, N] bool); logits of the nodes left out are zeros.
+
+    Returns logits [B, N + 1, V], the cache with ``size + 1`` tokens appended and
+    ``size`` (the nodes past it were not scored: the caller drops them from the tree).
+    """
+    num_nodes = block.shape[1] - 1
+    sizes = drafter.block_sizes
+    if not sizes or tuple(sizes) == (num_nodes,):
+        return (*target(block, cache, tree_mask=mask, exact=config.exact), num_nodes)
+    needed = jnp.max(jnp.where(used, jnp.arange(1, num_nodes + 1), 0))  # last used node + 1
+    choice = jnp.searchsorted(jnp.asarray(sizes), needed)  # the smallest size >= needed
+
+    def score(size):
+        def branch(cache):
+            logits, cache = target(
+                block[:, : size + 1],
+                cache,
+                tree_mask=mask[:, : size + 1, : size + 1],
+                exact=config.exact,
+            )
+            return jnp.pad(logits, ((0, 0), (0, num_nodes - size), (0, 0))), cache
+
+        return branch
+
+    logits, cache = lax.switch(choice, [score(size) for size in sizes], cache)
+    return logits, cache, jnp.asarray(sizes)[choice]
+
+
+def _tree_round(draft_key, verify_key, state, target, config, drafter, plan, active):
     """Drafts a token tree, scores it under the tree mask and keeps the accepted path."""
     rows = jnp.arange(state.tokens.shape[0])
     drafter_state, tree_draft = drafter.propose(
@@ -407,10 +445,18 @@ def _tree_round(draft_key, verify_key, state, target, config, drafter, plan):
     last = state.tokens[rows, state.lengths - 1]
     block = jnp.concatenate([last[:, None], tree.token], axis=1)  # [B, N + 1]
     start = state.target_cache.lengths
-    mask = tree_draft.mask
-    if mask is None:
+    if tree_draft.mask is None:
         mask = trees.block_mask(tree, drafter.max_depth)
-    logits, cache = target(block, state.target_cache, tree_mask=mask, exact=config.exact)
+        logits, cache, scored = _score_used_nodes(
+            target, block, state.target_cache, mask, tree.valid & active[:, None], drafter, config
+        )
+        # Nodes past the scored block (only finished rows have any) are dropped.
+        tree = tree._replace(valid=tree.valid & (jnp.arange(tree.valid.shape[1]) < scored))
+        tree_draft = tree_draft._replace(tree=tree)
+    else:  # the drafter's own mask: its invalid nodes are scored too (e.g. a lookahead window)
+        logits, cache = target(
+            block, state.target_cache, tree_mask=tree_draft.mask, exact=config.exact
+        )
     if plan.verify == "greedy":
         verified = tree_greedy(tree, logits)
     else:
@@ -538,7 +584,7 @@ def generation_step(
     num_draft = jnp.clip(plan.controller.num_draft(state.controller_state), 0, plan.num_slots)
     num_draft = jnp.where(active, num_draft, 0)
     if plan.is_tree:
-        round_ = _tree_round(draft_key, verify_key, state, target, config, drafter, plan)
+        round_ = _tree_round(draft_key, verify_key, state, target, config, drafter, plan, active)
     else:
         round_ = _chain_round(
             draft_key, verify_key, state, target, config, drafter, plan, num_draft

@@ -37,11 +37,22 @@ from lookahead_jax.drafting.stochastic_ngram import (
     seed_memory,
     stochastic_ngram,
 )
+from lookahead_jax.drafting.suffix_decoding import (
+    SuffixDecodingState,
+    suffix_decoding,
+    suffix_memory,
+)
 from lookahead_jax.drafting.token_recycling import (
     TokenRecyclingState,
     initial_table,
     seed_table,
     token_recycling,
+)
+from lookahead_jax.drafting.trie_retrieval import (
+    TrieRetrievalState,
+    trie_insert_documents,
+    trie_memory,
+    trie_retrieval,
 )
 
 __all__ = [
@@ -56,9 +67,11 @@ __all__ = [
     "NgramPool",
     "PromptLookupState",
     "StochasticNgramState",
+    "SuffixDecodingState",
     "TokenRecyclingState",
     "TreeDraft",
     "TreeDrafter",
+    "TrieRetrievalState",
     "choose_exit",
     "constant",
     "draft_model",
@@ -80,5 +93,10 @@ __all__ = [
     "seed_memory",
     "seed_table",
     "stochastic_ngram",
+    "suffix_decoding",
+    "suffix_memory",
     "token_recycling",
+    "trie_insert_documents",
+    "trie_memory",
+    "trie_retrieval",
 ]

@@ -92,6 +92,13 @@ class TreeDrafter(NamedTuple):
         did not advance keep theirs): how a memory learns the text as it is committed
         (drafters keep their own count of what they have seen). Not called at ``init``,
         which gets the prompt.
+      block_sizes: optional increasing static node counts the loop may score instead
+        of all ``num_nodes`` (the last must be ``num_nodes``; 0 = a plain decoding
+        step): each round scores the smallest one that holds every unfinished row's
+        valid nodes, so a drafter whose trees vary in size (nothing retrieved, a
+        short match) pays for what it drafted, at one compiled forward pass per
+        size. It needs the valid nodes first (trees built front to back); drafters
+        with their own mask always score everything. ``None``: always ``num_nodes``.
     """
 
     init: Callable[..., DrafterState]
@@ -102,3 +109,29 @@ class TreeDrafter(NamedTuple):
     max_depth: int
     replacement: bool = True
     observe: Callable[..., DrafterState] | None = None
+    block_sizes: tuple[int, ...] | None = None
+
+
+def default_block_sizes(num_nodes: int, branch_depth: int) -> tuple[int, ...]:
+    """Block sizes for a drafter of variable tree sizes: nothing, one branch, two, all.
+
+    ``branch_depth`` is the drafter's deepest branch (a text seen once retrieves one
+    chain of about that many nodes).
+    """
+    return tuple(
+        sorted({0, min(num_nodes, branch_depth), min(num_nodes, 2 * branch_depth), num_nodes})
+    )
+
+
+def check_block_sizes(block_sizes, num_nodes: int) -> tuple[int, ...]:
+    """``block_sizes`` as a tuple; ValueError unless increasing ints in [0, N] ending at N."""
+    sizes = tuple(block_sizes)
+    ok = all(isinstance(n, int) and not isinstance(n, bool) for n in sizes)
+    ok = ok and len(sizes) > 0 and list(sizes) == sorted(set(sizes))
+    ok = ok and sizes[0] >= 0 and sizes[-1] == num_nodes
+    if not ok:
+        raise ValueError(
+            "`block_sizes` must be increasing ints in [0, num_nodes] ending at "
+            f"num_nodes={num_nodes}; got {block_sizes!r}."
+        )
+    return sizes

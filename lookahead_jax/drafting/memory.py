@@ -25,7 +25,9 @@ from typing import Any
 
 from lookahead_jax.drafting.jacobi_lookahead import LookaheadState, NgramPool
 from lookahead_jax.drafting.stochastic_ngram import Memory, StochasticNgramState
+from lookahead_jax.drafting.suffix_decoding import SuffixDecodingState
 from lookahead_jax.drafting.token_recycling import TokenRecyclingState
+from lookahead_jax.drafting.trie_retrieval import TrieRetrievalState
 
 
 def memory_of(drafter_state: Any) -> Any:
@@ -35,7 +37,9 @@ def memory_of(drafter_state: Any) -> Any:
       drafter_state: ``Generation.drafter_state`` of a drafter that keeps a memory.
     Returns:
       What that drafter's ``memory=`` takes: the [V, k] table (Token Recycling), a
-      ``Memory`` (stochastic n-gram), an ``NgramPool`` (lookahead).
+      ``Memory`` (stochastic n-gram), an ``NgramPool`` (lookahead), the trie
+      (``token_trie.TokenTrie``: trie retrieval's, prompt branches dropped at the next
+      ``init``; SuffixDecoding's global tree of outputs).
     Raises:
       ValueError: for a state of a drafter without a memory across requests.
     """
@@ -45,6 +49,10 @@ def memory_of(drafter_state: Any) -> Any:
         return Memory(drafter_state.keys, drafter_state.tokens, drafter_state.log_probs)
     if isinstance(drafter_state, LookaheadState):
         return NgramPool(drafter_state.ngrams, drafter_state.num_stored)
+    if isinstance(drafter_state, TrieRetrievalState):
+        return drafter_state.trie
+    if isinstance(drafter_state, SuffixDecodingState):
+        return drafter_state.memory
     raise ValueError(
         "`drafter_state` must be the final state of a drafter with a memory across requests "
         "(token_recycling, stochastic_ngram, lookahead, trie_retrieval, suffix_decoding); "

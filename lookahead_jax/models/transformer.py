@@ -342,13 +342,41 @@ def tree_max(x: jax.Array, axis: int) -> jax.Array:
     return x[0]
 
 
+# Exact mode materialises elementwise products before its fixed-order sums; past this
+# many float32 elements per call it works through the rows in blocks (lax.map), so a
+# prefill or a wide verification needs block-sized memory, not [rows, D_in, D_out].
+_EXACT_BLOCK_ELEMENTS = 1 << 24  # 64 MiB of float32 products per block
+
+
+def _in_row_blocks(fn, x: jax.Array, elements_per_row: int) -> jax.Array:
+    """``fn`` over ``x [N, ...]`` in blocks of rows small enough for the product budget.
+
+    Each row's result depends only on that row (``fn`` reduces within rows by fixed
+    elementwise trees), so the blocking never changes a bit.
+    """
+    num = x.shape[0]
+    block = max(1, _EXACT_BLOCK_ELEMENTS // max(1, elements_per_row))
+    if num <= block:
+        return fn(x)
+    num_blocks = -(-num // block)
+    padded = jnp.pad(x, [(0, num_blocks * block - num)] + [(0, 0)] * (x.ndim - 1))
+    out = lax.map(fn, padded.reshape(num_blocks, block, *x.shape[1:]))
+    return out.reshape(num_blocks * block, *out.shape[2:])[:num]
+
+
 def _dense(x: jax.Array, kernel: jax.Array, exact: bool) -> jax.Array:
     """``x @ kernel``; with ``exact``, products summed by ``tree_sum`` (shape-independent)."""
     if not exact:
         return x @ kernel
     # Products and sums in float32 (bfloat16 sums would lose most of their bits).
-    products = x.astype(_F32)[..., :, None] * kernel.astype(_F32)
-    return tree_sum(products, axis=-2).astype(x.dtype)
+    kernel32 = kernel.astype(_F32)
+    rows = x.reshape(-1, x.shape[-1]).astype(_F32)
+    out = _in_row_blocks(
+        lambda r: tree_sum(r[:, :, None] * kernel32, axis=-2),
+        rows,
+        kernel.shape[0] * kernel.shape[1],
+    )
+    return out.reshape(*x.shape[:-1], kernel.shape[-1]).astype(x.dtype)
 
 
 def _exact_attention(
@@ -358,17 +386,43 @@ def _exact_attention(
     values: jax.Array,  # [B, T, KV, Dh]
     visible: jax.Array,  # [B, S, T] bool
 ) -> jax.Array:
-    """Attention over the whole cache with width-independent reductions (see ``_dense``)."""
-    q = rearrange(q.astype(_F32), "b s (k g) d -> b s 1 k g d", k=config.num_kv_heads)
-    keys = rearrange(keys.astype(_F32), "b t k d -> b 1 t k 1 d")
-    values = rearrange(values.astype(_F32), "b t k d -> b 1 t k 1 d")
-    scores = tree_sum(q * keys, axis=-1) * config.attention_scale  # [B, S, T, KV, G]
-    scores = _softcap(scores, config.attn_logit_softcap)
-    scores = jnp.where(visible[..., None, None], scores, -jnp.inf)
-    weights = jnp.exp(scores - tree_max(scores, axis=2)[:, :, None])
-    weights = weights / tree_sum(weights, axis=2)[:, :, None]
-    attended = tree_sum(weights[..., None] * values, axis=2)  # [B, S, KV, G, Dh]
-    return rearrange(attended, "b s k g d -> b s (k g) d")
+    """Attention over the whole cache with width-independent reductions (see ``_dense``).
+
+    Query tokens are independent of each other here, so they go through in blocks
+    (``_in_row_blocks``) when the products of all of them would be large.
+    """
+    q = rearrange(q.astype(_F32), "b s (k g) d -> s b 1 k g d", k=config.num_kv_heads)
+    keys = rearrange(keys.astype(_F32), "b t k d -> b t k 1 d")
+    values = rearrange(values.astype(_F32), "b t k d -> b t k 1 d")
+
+    def attend(block):  # [s, B, 1, KV, G, Dh] and its visibility [s, B, T]
+        q, visible = block
+        scores = tree_sum(q * keys, axis=-1) * config.attention_scale  # [s, B, T, KV, G]
+        scores = _softcap(scores, config.attn_logit_softcap)
+        scores = jnp.where(visible[..., None, None], scores, -jnp.inf)
+        weights = jnp.exp(scores - tree_max(scores, axis=2)[:, :, None])
+        weights = weights / tree_sum(weights, axis=2)[:, :, None]
+        return tree_sum(weights[..., None] * values, axis=2)  # [s, B, KV, G, Dh]
+
+    per_query = keys.shape[0] * keys.shape[1] * q.shape[-3] * q.shape[-2] * q.shape[-1]
+    attended = _in_row_blocks_pair(attend, q, jnp.moveaxis(visible, 1, 0), per_query)
+    return rearrange(attended, "s b k g d -> b s (k g) d")
+
+
+def _in_row_blocks_pair(fn, x: jax.Array, y: jax.Array, elements_per_row: int) -> jax.Array:
+    """``_in_row_blocks`` for ``fn((x_block, y_block))`` over two arrays sharing axis 0."""
+    num = x.shape[0]
+    block = max(1, _EXACT_BLOCK_ELEMENTS // max(1, elements_per_row))
+    if num <= block:
+        return fn((x, y))
+    num_blocks = -(-num // block)
+
+    def split(a):
+        a = jnp.pad(a, [(0, num_blocks * block - num)] + [(0, 0)] * (a.ndim - 1))
+        return a.reshape(num_blocks, block, *a.shape[1:])
+
+    out = lax.map(fn, (split(x), split(y)))
+    return out.reshape(num_blocks * block, *out.shape[2:])[:num]
 
 
 def _write(buffer: jax.Array, layer: jax.Array, update: jax.Array, starts: jax.Array) -> jax.Array:

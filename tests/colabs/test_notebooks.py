@@ -38,6 +38,9 @@ SMALL = {
         "STRATEGIES = ('greedy', 'momentum')"
     ),
     "08_real_models": "MAX_NEW_TOKENS = 12\nDRAFT_LENGTH = 2",
+    "09_lookahead_family": (
+        "PROMPT_LENGTH = 48\nMAX_NEW_TOKENS = 24\nNUM_REQUESTS = 4\nSWEEP = ((3, 3, 3),)"
+    ),
 }
 
 

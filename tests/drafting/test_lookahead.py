@@ -299,6 +299,8 @@ def test_memory_of_returns_what_each_drafter_takes_as_memory():
         lambda memory: drafting.token_recycling(16, memory=memory),
         lambda memory: drafting.stochastic_ngram(16, memory=memory),
         lambda memory: drafting.lookahead(16, memory=memory),
+        lambda memory: drafting.trie_retrieval(16, capacity=256, memory=memory),
+        lambda memory: drafting.suffix_decoding(16, capacity=256, memory=memory),
     ):
         state = build(None).init(prompt, lengths, 16)
         memory = drafting.memory_of(state)
@@ -306,3 +308,33 @@ def test_memory_of_returns_what_each_drafter_takes_as_memory():
         assert jax.tree.structure(drafting.memory_of(again)) == jax.tree.structure(memory)
     with pytest.raises(ValueError, match="`drafter_state`"):
         drafting.memory_of(drafting.PromptLookupState())
+
+
+@functools.partial(jax.jit, static_argnames=("block_sizes",))
+def trie_run(target, prompt, lengths, block_sizes):
+    drafter = drafting.trie_retrieval(CONFIG.vocab_size, num_nodes=8, block_sizes=block_sizes)
+    return generate(
+        target, prompt, lengths, jax.random.key(0), max_new_tokens=MAX_NEW, drafter=drafter
+    )
+
+
+def test_scoring_only_the_used_block_changes_nothing_but_the_cost(target):
+    prompt, lengths = prompts(4, 12, seed=1, period=4)
+    plain = run(target, prompt, lengths, kind="ar")
+    full = trie_run(target, prompt, lengths, (8,))
+    sized = trie_run(target, prompt, lengths, (0, 2, 8))
+    np.testing.assert_array_equal(sized.tokens, plain.tokens)
+    np.testing.assert_array_equal(full.tokens, plain.tokens)
+    for field in ("target_calls", "drafted", "accepted"):
+        np.testing.assert_array_equal(getattr(sized.stats, field), getattr(full.stats, field))
+    # One compiled forward per size, chosen by lax.switch.
+    jaxpr = str(
+        jax.make_jaxpr(lambda *a: trie_run.__wrapped__(*a, (0, 2, 8)))(target, prompt, lengths)
+    )
+    assert "switch" in jaxpr or "cond" in jaxpr
+
+
+@pytest.mark.parametrize("sizes", [(0, 4), (4, 2, 8), (-1, 8), (0, 2.0, 8), ()])
+def test_bad_block_sizes_raise(sizes):
+    with pytest.raises(ValueError, match="`block_sizes`"):
+        drafting.trie_retrieval(16, num_nodes=8, block_sizes=sizes)

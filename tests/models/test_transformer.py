@@ -318,3 +318,29 @@ def test_logits_at_selects_positions_and_leaves_the_cache_alone(params, exact):
     np.testing.assert_array_equal(some_cache.lengths, full_cache.lengths)
     with pytest.raises(ValueError, match=r"`logits_at` must lie in \[0, 10\)"):
         models.apply(CONFIG, params, tokens, cache, logits_at=at + 3)
+
+
+def test_exact_mode_works_through_rows_in_blocks_without_changing_a_bit(params, monkeypatch):
+    """A small product budget makes exact mode map over row blocks: same bits, same cache."""
+    from lookahead_jax.models import transformer
+
+    tokens = random_tokens(10, (3, 11))
+    cache = models.init_cache(CONFIG, 3, CAPACITY)
+    cache = models.apply(CONFIG, params, tokens[:, :4], cache, exact=True)[1]
+
+    def call(params, tokens, cache):
+        return models.apply(CONFIG, params, tokens, cache, exact=True)
+
+    def loops():  # a fresh function each time: traces are cached per function
+        fresh = jax.make_jaxpr(lambda *args: call(*args))
+        return str(fresh(params, tokens[:, 4:], cache)).count("scan")
+
+    whole = jax.jit(call)(params, tokens[:, 4:], cache)
+    unblocked_loops = loops()
+    # Budget below one row's products: every dense and attention call goes row by row.
+    monkeypatch.setattr(transformer, "_EXACT_BLOCK_ELEMENTS", 100)
+    blocked = jax.jit(lambda *args: call(*args))(params, tokens[:, 4:], cache)  # a new trace
+    assert loops() > unblocked_loops  # the row blocks are loops inside the layer scan
+    np.testing.assert_array_equal(blocked[0], whole[0])
+    np.testing.assert_array_equal(blocked[1].keys, whole[1].keys)
+    np.testing.assert_array_equal(blocked[1].values, whole[1].values)

@@ -338,3 +338,37 @@ def test_scoring_only_the_used_block_changes_nothing_but_the_cost(target):
 def test_bad_block_sizes_raise(sizes):
     with pytest.raises(ValueError, match="`block_sizes`"):
         drafting.trie_retrieval(16, num_nodes=8, block_sizes=sizes)
+
+
+@functools.partial(jax.jit, static_argnames="kind")
+def serve_kind(target, prompt, lengths, memory, *, kind):
+    drafter = {
+        "lookahead": lambda: drafting.lookahead(16, window=3, ngram=3, guesses=4, memory=memory),
+        "trie": lambda: drafting.trie_retrieval(16, num_nodes=8, capacity=256, memory=memory),
+        "suffix": lambda: drafting.suffix_decoding(16, num_nodes=8, capacity=256, memory=memory),
+    }[kind]()
+    return generate(target, prompt, lengths, jax.random.key(0), max_new_tokens=24, drafter=drafter)
+
+
+@pytest.mark.parametrize(
+    ("kind", "empty"),
+    [
+        ("lookahead", lambda: drafting.lookahead_pool(16, ngram=3, guesses=4)),
+        ("trie", lambda: drafting.trie_memory(256)),
+        ("suffix", lambda: drafting.suffix_memory(256)),
+    ],
+)
+def test_memory_round_trips_through_a_checkpoint(target, tmp_path, kind, empty):
+    from lookahead_jax import checkpoint
+
+    prompt, lengths = prompts(2, 10, seed=3, period=5)
+    first = serve_kind(target, prompt, lengths, empty(), kind=kind)
+    memory = drafting.memory_of(first.drafter_state)
+    checkpoint.save(tmp_path / kind, 0, memory)
+    restored = checkpoint.restore(tmp_path / kind, jax.tree.map(jnp.zeros_like, memory))
+    chex.assert_trees_all_equal(restored, memory)
+    again = serve_kind(target, prompt, lengths, restored, kind=kind)
+    direct = serve_kind(target, prompt, lengths, memory, kind=kind)
+    np.testing.assert_array_equal(again.tokens, first.tokens)
+    chex.assert_trees_all_equal(again.stats, direct.stats)
+    chex.assert_trees_all_equal(again.drafter_state, direct.drafter_state)

@@ -153,7 +153,16 @@ def test_documents_seed_every_n_gram_memory():
 
 
 @pytest.mark.parametrize("eos_id", [None, 5])
-@pytest.mark.parametrize("kind", ["lookahead", "lookahead_default", "recycling_seeded"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "lookahead",
+        # The defaults (31 scored nodes) compile slowly; seeded Token Recycling is also
+        # the default in tests/drafting/test_tree_drafters.py.
+        pytest.param("lookahead_default", marks=pytest.mark.slow),
+        pytest.param("recycling_seeded", marks=pytest.mark.slow),
+    ],
+)
 def test_greedy_equals_plain_greedy_on_ragged_batches(target, kind, eos_id):
     prompt, lengths = prompts(4, 12, seed=1, period=4)
     plain = run(target, prompt, lengths, kind="ar", eos_id=eos_id)
@@ -227,6 +236,9 @@ def test_memory_across_requests_accepts_a_repeated_request(target):
     assert int(again.stats.accepted[0]) > int(first.stats.accepted[0])
 
 
+# Slow tier: the drafts are fixed tokens (one-hot), whose losslessness the verifier's own
+# law test proves in the fast tier; this one runs the whole drafter through it.
+@pytest.mark.slow
 def test_sampled_lookahead_has_the_target_law():
     """Exact law of 3-token continuations vs samples (chi-square), candidates from a pool."""
     config = models.TransformerConfig(
@@ -292,6 +304,7 @@ def test_out_of_vocabulary_documents_raise_eagerly_and_under_checked():
     drafting.lookahead_pool(16, bad, jnp.asarray([2], jnp.int32))
 
 
+@pytest.mark.slow  # five drafters initialised eagerly; the checkpoint test uses memory_of too
 def test_memory_of_returns_what_each_drafter_takes_as_memory():
     prompt = jnp.asarray([[3, 7, 1, 9, 3]], jnp.int32)
     lengths = jnp.asarray([5], jnp.int32)
@@ -318,6 +331,7 @@ def trie_run(target, prompt, lengths, block_sizes):
     )
 
 
+@pytest.mark.slow  # three compilations of the trie drafter; its fast tests use the defaults
 def test_scoring_only_the_used_block_changes_nothing_but_the_cost(target):
     prompt, lengths = prompts(4, 12, seed=1, period=4)
     plain = run(target, prompt, lengths, kind="ar")
@@ -353,9 +367,13 @@ def serve_kind(target, prompt, lengths, memory, *, kind):
 @pytest.mark.parametrize(
     ("kind", "empty"),
     [
-        ("lookahead", lambda: drafting.lookahead_pool(16, ngram=3, guesses=4)),
+        pytest.param(
+            "lookahead",
+            lambda: drafting.lookahead_pool(16, ngram=3, guesses=4),
+            marks=pytest.mark.slow,
+        ),
         ("trie", lambda: drafting.trie_memory(256)),
-        ("suffix", lambda: drafting.suffix_memory(256)),
+        pytest.param("suffix", lambda: drafting.suffix_memory(256), marks=pytest.mark.slow),
     ],
 )
 def test_memory_round_trips_through_a_checkpoint(target, tmp_path, kind, empty):

@@ -175,6 +175,7 @@ def test_greedy_equals_plain_greedy_on_ragged_batches(target, kind, eos_id):
         assert int(spec.stats.target_calls.sum()) < int(plain.stats.target_calls.sum())
 
 
+@pytest.mark.slow  # four more compilations; greedy equality on the batch stays fast
 def test_each_row_equals_the_row_alone(target):
     prompt, lengths = prompts(4, 12, seed=1, period=4)  # the greedy test's shape
     batch = run(target, prompt, lengths, kind="lookahead")
@@ -304,7 +305,7 @@ def test_out_of_vocabulary_documents_raise_eagerly_and_under_checked():
     drafting.lookahead_pool(16, bad, jnp.asarray([2], jnp.int32))
 
 
-@pytest.mark.slow  # five drafters initialised eagerly; the checkpoint test uses memory_of too
+@pytest.mark.slow  # five drafters initialised eagerly; memory_of is also in the stream test
 def test_memory_of_returns_what_each_drafter_takes_as_memory():
     prompt = jnp.asarray([[3, 7, 1, 9, 3]], jnp.int32)
     lengths = jnp.asarray([5], jnp.int32)
@@ -372,7 +373,7 @@ def serve_kind(target, prompt, lengths, memory, *, kind):
             lambda: drafting.lookahead_pool(16, ngram=3, guesses=4),
             marks=pytest.mark.slow,
         ),
-        ("trie", lambda: drafting.trie_memory(256)),
+        pytest.param("trie", lambda: drafting.trie_memory(256), marks=pytest.mark.slow),
         pytest.param("suffix", lambda: drafting.suffix_memory(256), marks=pytest.mark.slow),
     ],
 )

@@ -143,6 +143,7 @@ def test_global_memory_carried_across_requests_is_accepted_in_long_runs(target):
     suffix_decoding(16, capacity=CAPACITY, memory=first.drafter_state)  # the state works too
 
 
+@pytest.mark.slow  # 60 rounds; tests/drafting/test_token_trie.py checks eviction directly
 def test_memory_stays_within_capacity_over_a_long_stream():
     capacity = 64
     drafter = suffix_decoding(16, capacity=capacity, ways=8, max_depth=4, spec_depth=3)

@@ -157,6 +157,7 @@ def test_documents_inserted_up_front_are_retrieved(target):
     assert int(warm.stats.target_calls.sum()) < int(cold.stats.target_calls.sum())
 
 
+@pytest.mark.slow  # 60 rounds; tests/drafting/test_token_trie.py checks eviction directly
 def test_memory_stays_within_capacity_over_a_long_stream():
     capacity = 64
     drafter = trie_retrieval(16, capacity=capacity, ways=8, per_row=False)

@@ -348,6 +348,17 @@ def tree_max(x: jax.Array, axis: int) -> jax.Array:
 _EXACT_BLOCK_ELEMENTS = 1 << 24  # 64 MiB of float32 products per block
 
 
+def _products(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``a * b`` kept apart from the sums that follow (an optimisation barrier).
+
+    Fused with the first addition of a ``tree_sum``, a product may compile to a fused
+    multiply-add in one program and to a rounded product plus a sum in another (XLA
+    decides per fusion context), which changes the last bit; exact mode needs every
+    product rounded once, everywhere.
+    """
+    return lax.optimization_barrier(a * b)
+
+
 def _in_row_blocks(fn, x: jax.Array, elements_per_row: int) -> jax.Array:
     """``fn`` over ``x [N, ...]`` in blocks of rows small enough for the product budget.
 
@@ -372,7 +383,7 @@ def _dense(x: jax.Array, kernel: jax.Array, exact: bool) -> jax.Array:
     kernel32 = kernel.astype(_F32)
     rows = x.reshape(-1, x.shape[-1]).astype(_F32)
     out = _in_row_blocks(
-        lambda r: tree_sum(r[:, :, None] * kernel32, axis=-2),
+        lambda r: tree_sum(_products(r[:, :, None], kernel32), axis=-2),
         rows,
         kernel.shape[0] * kernel.shape[1],
     )
@@ -397,12 +408,12 @@ def _exact_attention(
 
     def attend(block):  # [s, B, 1, KV, G, Dh] and its visibility [s, B, T]
         q, visible = block
-        scores = tree_sum(q * keys, axis=-1) * config.attention_scale  # [s, B, T, KV, G]
+        scores = tree_sum(_products(q, keys), axis=-1) * config.attention_scale  # [s,B,T,KV,G]
         scores = _softcap(scores, config.attn_logit_softcap)
         scores = jnp.where(visible[..., None, None], scores, -jnp.inf)
         weights = jnp.exp(scores - tree_max(scores, axis=2)[:, :, None])
         weights = weights / tree_sum(weights, axis=2)[:, :, None]
-        return tree_sum(weights[..., None] * values, axis=2)  # [s, B, KV, G, Dh]
+        return tree_sum(_products(weights[..., None], values), axis=2)  # [s, B, KV, G, Dh]
 
     per_query = keys.shape[0] * keys.shape[1] * q.shape[-3] * q.shape[-2] * q.shape[-1]
     attended = _in_row_blocks_pair(attend, q, jnp.moveaxis(visible, 1, 0), per_query)

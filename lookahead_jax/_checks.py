@@ -122,3 +122,25 @@ def check_token(name: str, value: Any, vocab_size: int, optional: bool = True) -
             + (" or None" if optional else "")
             + f"; got {value!r}."
         )
+
+
+def check_sequences(
+    name: str, sequences: Any, lengths: Any, vocab_size: int
+) -> tuple[jax.Array, jax.Array]:
+    """Token sequences ``[S, T]`` with ``lengths [S]`` (e.g. documents seeding a memory).
+
+    Shapes and dtypes are checked at trace time; lengths in ``[0, T]`` and the ids before
+    each length in ``[0, vocab_size)`` through ``check_range`` (past a length ids are
+    ignored). Returns both as int32 arrays.
+    """
+    check_integer(name, sequences)
+    check_rank(name, sequences, 2, "[num_sequences, length]")
+    num, width = jnp.shape(sequences)
+    check_integer("lengths", lengths)
+    check_shape("lengths", lengths, (num,), "one length per sequence")
+    check_range("lengths", lengths, 0, width + 1)
+    sequences = jnp.asarray(sequences, jnp.int32)
+    lengths = jnp.asarray(lengths, jnp.int32)
+    real = jnp.arange(width)[None, :] < lengths[:, None]
+    check_range(name, jnp.where(real, sequences, 0), 0, vocab_size)
+    return sequences, lengths

@@ -125,18 +125,8 @@ def insert_ngrams(
       The updated ``NgramPool``.
     """
     vocab, _, rest = pool.ngrams.shape
-    _checks.check_integer("sequences", sequences)
-    _checks.check_rank("sequences", sequences, 2, "[num_sequences, length]")
-    num, width = jnp.shape(sequences)
-    _checks.check_integer("lengths", lengths)
-    _checks.check_shape("lengths", lengths, (num,), "one length per sequence")
-    _checks.check_range("lengths", lengths, 0, width + 1)
-    positions = jnp.arange(width)[None, :]
-    real = jnp.where(positions < jnp.asarray(lengths)[:, None], jnp.asarray(sequences), 0)
-    _checks.check_range("sequences", real, 0, vocab)
-    items, keep = _sequence_ngrams(
-        jnp.asarray(sequences, jnp.int32), jnp.asarray(lengths), rest + 1
-    )
+    sequences, lengths = _checks.check_sequences("sequences", sequences, lengths, vocab)
+    items, keep = _sequence_ngrams(sequences, lengths, rest + 1)
     ngrams, num_stored = _insert(pool.ngrams, pool.num_stored, items, keep)
     return NgramPool(ngrams, num_stored)
 

@@ -246,20 +246,7 @@ def seed_memory(
     Returns:
       The updated ``Memory`` (pass it as ``stochastic_ngram(..., memory=...)``).
     """
-    _checks.check_integer("sequences", sequences)
-    _checks.check_rank("sequences", sequences, 2, "[num_sequences, length]")
-    num, width = jnp.shape(sequences)
-    _checks.check_integer("lengths", lengths)
-    _checks.check_shape("lengths", lengths, (num,), "one length per sequence")
-    _checks.check_range("lengths", lengths, 0, width + 1)
-    sequences = jnp.asarray(sequences, jnp.int32)
-    lengths = jnp.asarray(lengths, jnp.int32)
-    _checks.check_range(
-        "sequences",
-        jnp.where(jnp.arange(width)[None, :] < lengths[:, None], sequences, 0),
-        0,
-        vocab_size,
-    )
+    sequences, lengths = _checks.check_sequences("sequences", sequences, lengths, vocab_size)
     return _observed_successors(memory, sequences, lengths)
 
 

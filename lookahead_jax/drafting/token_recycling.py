@@ -53,16 +53,8 @@ def seed_table(table: jax.Array, sequences: jax.Array, lengths: jax.Array) -> ja
       unless ``u`` was already listed).
     """
     vocab, _num_candidates = jnp.shape(table)
-    _checks.check_integer("sequences", sequences)
-    _checks.check_rank("sequences", sequences, 2, "[num_sequences, length]")
-    num, width = jnp.shape(sequences)
-    _checks.check_integer("lengths", lengths)
-    _checks.check_shape("lengths", lengths, (num,), "one length per sequence")
-    _checks.check_range("lengths", lengths, 0, width + 1)
-    sequences = jnp.asarray(sequences, jnp.int32)
-    lengths = jnp.asarray(lengths, jnp.int32)
-    real = jnp.arange(width)[None, :] < lengths[:, None]
-    _checks.check_range("sequences", jnp.where(real, sequences, 0), 0, vocab)
+    sequences, lengths = _checks.check_sequences("sequences", sequences, lengths, vocab)
+    width = sequences.shape[1]
     first = sequences[:, :-1].reshape(-1)
     second = sequences[:, 1:].reshape(-1)
     keep = (jnp.arange(1, width)[None, :] < lengths[:, None]).reshape(-1)

@@ -103,16 +103,8 @@ def trie_insert_documents(
         )
     _checks.check_int("max_query", max_query, 1)
     _checks.check_int("branch_length", branch_length, 1)
-    _checks.check_integer("documents", documents)
-    _checks.check_rank("documents", documents, 2, "[num_documents, length]")
-    num, width = jnp.shape(documents)
-    _checks.check_integer("lengths", lengths)
-    _checks.check_shape("lengths", lengths, (num,), "one length per document")
-    _checks.check_range("lengths", lengths, 0, width + 1)
-    documents = jnp.asarray(documents, jnp.int32)
-    lengths = jnp.asarray(lengths, jnp.int32)
-    real = jnp.arange(width)[None, :] < lengths[:, None]
-    _checks.check_range("documents", jnp.where(real, documents, 0), 0, vocab_size)
+    documents, lengths = _checks.check_sequences("documents", documents, lengths, vocab_size)
+    num, width = documents.shape
     if num == 0 or width == 0:
         return trie
     memories = trie.num_memories

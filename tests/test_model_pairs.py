@@ -20,8 +20,12 @@ import numpy as np
 import pytest
 
 from lookahead_jax import decoding, drafting, models
+from lookahead_jax.drafting import constant as _always_draft
 from lookahead_jax.particles import lm_particle_filter
 from lookahead_jax.sampling import Sampling
+
+# These tests exercise drafting itself: every round drafts (the default controller may not).
+ALWAYS_DRAFT = _always_draft()
 
 PAIRS = {
     "byte-gpt2": ("tiny-target", "tiny-draft"),
@@ -86,6 +90,7 @@ def _generate(target, draft, prompt, lengths, key, name=None, sampling=Sampling(
     return decoding.generate(
         target, prompt, lengths, key, max_new_tokens=MAX_NEW, sampling=sampling,
         drafter=drafter, max_draft_tokens=3,
+        controller=ALWAYS_DRAFT,
     )  # fmt: skip
 
 

@@ -48,7 +48,16 @@ from lookahead_jax.drafting.base import (
     TreeDrafter,
     check_block_sizes,
 )
-from lookahead_jax.drafting.controllers import Controller, constant
+from lookahead_jax.drafting.controllers import (
+    Controller,
+    CostAware,
+    chain_block_sizes,
+    constant,
+    cost_aware,
+    cost_aware_controller,
+    tree_cost_aware_controller,
+)
+from lookahead_jax.drafting.costs import estimate_costs
 from lookahead_jax.sampling import Sampling, log_probs, sample
 from lookahead_jax.verification import (
     TreeVerified,
@@ -78,8 +87,12 @@ class GenerationConfig:
         speculative sampling otherwise.
       max_draft_tokens: maximum K of a draft block (chain drafters; a tree drafter fixes
         its own capacity).
-      controller: chooses each row's active draft length (traced, <= K); ``None``:
-        ``drafting.constant()`` (always K). Chain drafters only.
+      controller: chooses each round's draft length (traced, <= K; 0 = a plain step,
+        the drafter not called): a ``drafting.Controller`` (e.g. ``drafting.constant(k)``,
+        ``drafting.heuristic()``) or ``drafting.cost_aware(costs)``; ``None``:
+        ``drafting.cost_aware()``, expected tokens per second under a cost model
+        estimated from the models' sizes. With a tree drafter a length > 0 drafts the
+        tree and 0 skips the drafter for the round.
       eos_id: a row stops after emitting this token (``None``: never); must lie in the
         target's vocabulary.
       pad_id: fills the output buffer past each row's length.
@@ -90,7 +103,7 @@ class GenerationConfig:
     sampling: Sampling = Sampling()
     verifier: str | Verifier | None = None
     max_draft_tokens: int = 4
-    controller: Controller | None = None
+    controller: Controller | CostAware | None = None
     eos_id: int | None = None
     pad_id: int = 0
     exact: bool = False
@@ -210,9 +223,12 @@ def _check_static(target, width: int, config: GenerationConfig, drafter) -> None
         raise ValueError(
             f"the drafter's vocabulary ({drafter.vocab_size}) must equal the target's ({vocab})."
         )
+    if config.controller is not None and not isinstance(config.controller, Controller | CostAware):
+        raise ValueError(
+            "`controller` must be a drafting.Controller, drafting.cost_aware(...) or None; "
+            f"got {config.controller!r}."
+        )
     if isinstance(drafter, TreeDrafter):
-        if config.controller is not None:
-            raise ValueError("`controller` applies to chain drafters, not to a TreeDrafter.")
         if not isinstance(_resolve_verifier(config.verifier, config.sampling), str):
             raise ValueError(
                 "a TreeDrafter is verified by name: `verifier` must be 'greedy' or "
@@ -257,7 +273,31 @@ def _resolve_verifier(verifier: str | Verifier | None, sampling: Sampling) -> Ve
     return verifier
 
 
-def _plan(config: GenerationConfig, drafter) -> _Plan:
+def _controller(config: GenerationConfig, drafter, target, batch: int, num_slots: int):
+    """The concrete controller: a cost-aware one gets its cost model (estimated if absent)."""
+    controller = config.controller
+    if drafter is None:
+        return constant(0)  # nothing to draft: every round is a plain step
+    if controller is None:
+        controller = cost_aware()
+    if not isinstance(controller, CostAware):
+        return controller
+    costs = controller.costs
+    if costs is None:
+        dtype = getattr(target, "dtype", None) or _models.param_dtype(target.params)
+        costs = estimate_costs(
+            target.config,
+            drafter,
+            batch_size=batch,
+            max_draft=max(num_slots, 1),
+            param_bytes=jnp.dtype(dtype).itemsize,
+        )
+    if isinstance(drafter, TreeDrafter):
+        return tree_cost_aware_controller(controller, costs, num_slots, drafter.block_sizes)
+    return cost_aware_controller(controller, costs, num_slots)
+
+
+def _plan(config: GenerationConfig, drafter, target, batch: int) -> _Plan:
     is_tree = isinstance(drafter, TreeDrafter)
     if is_tree:
         num_slots = drafter.num_nodes
@@ -266,7 +306,7 @@ def _plan(config: GenerationConfig, drafter) -> _Plan:
     return _Plan(
         verify=_resolve_verifier(config.verifier, config.sampling),
         is_tree=is_tree,
-        controller=constant() if config.controller is None else config.controller,
+        controller=_controller(config, drafter, target, batch, num_slots),
         num_slots=num_slots,
         histogram_bins=(drafter.max_depth if is_tree else num_slots) + 1,
     )
@@ -330,8 +370,8 @@ def generation_init(
       The state before the first draft–verify round.
     """
     _check_inputs(target, prompt, prompt_lengths, config, drafter)
-    plan = _plan(config, drafter)
     batch, width = prompt.shape
+    plan = _plan(config, drafter, target, batch)
     prompt = jnp.asarray(prompt, jnp.int32)
     prompt_lengths = jnp.asarray(prompt_lengths, jnp.int32)
     capacity = width + config.max_new_tokens + plan.num_slots
@@ -362,30 +402,37 @@ def generation_init(
 
 
 def _chain_round(draft_key, verify_key, state, target, config, drafter, plan, num_draft):
-    """Drafts a chain (or nothing), scores it in one target pass and verifies it."""
+    """Drafts a chain (``drafter=None``: nothing), scores it in one target pass, verifies it.
+
+    The target scores the smallest of ``chain_block_sizes(K)`` that holds every row's
+    drafts (a drafter may propose fewer than asked, e.g. prompt lookup without a match).
+    """
     batch = state.tokens.shape[0]
     rows = jnp.arange(batch)
-    drafter_state = state.drafter_state
-    if drafter is None:
-        draft = Draft(
-            tokens=jnp.zeros((batch, 0), jnp.int32),
-            probs=jnp.zeros((batch, 0, target.config.vocab_size), jnp.float32),
-            num_draft=jnp.zeros((batch,), jnp.int32),
-        )
-    else:
+    num_slots = plan.num_slots
+    nothing = Draft(
+        tokens=jnp.zeros((batch, num_slots), jnp.int32),
+        probs=jnp.zeros((batch, num_slots, target.config.vocab_size), jnp.float32),
+        num_draft=jnp.zeros((batch,), jnp.int32),
+    )
+    drafter_state, draft = state.drafter_state, nothing
+    if drafter is not None:
         drafter_state, draft = drafter.propose(
             drafter_state,
             draft_key,
             state.tokens,
             state.lengths,
             num_draft,
-            max_draft=plan.num_slots,
+            max_draft=num_slots,
             sampling=config.sampling,
         )
     # One target pass over the last committed token and the drafts.
     last = state.tokens[rows, state.lengths - 1]
     block = jnp.concatenate([last[:, None], draft.tokens], axis=1)  # [B, K + 1]
-    logits, cache = target(block, state.target_cache, exact=config.exact)
+    used = jnp.arange(num_slots)[None, :] < draft.num_draft[:, None]
+    logits, cache, _ = _score_used(
+        target, block, state.target_cache, None, used, chain_block_sizes(num_slots), config
+    )
     if plan.verify == "greedy":
         verified = greedy(draft.tokens, logits, draft.num_draft)
     else:
@@ -405,32 +452,31 @@ def _chain_round(draft_key, verify_key, state, target, config, drafter, plan, nu
     )
 
 
-def _score_used_nodes(target, block, cache, mask, used, drafter, config):
-    """Scores the root and the first ``size`` nodes, the smallest of ``drafter.block_sizes``
-    that holds every ``used`` node ([B, N] bool); logits of the nodes left out are zeros.
+def _score_used(target, block, cache, mask, used, sizes, config):
+    """Scores the root and the first ``size`` block tokens after it, the smallest of
+    ``sizes`` that holds every ``used`` one ([B, N] bool); logits past it are zeros.
 
+    ``mask``: the block's tree mask [B, N + 1, N + 1], or ``None`` (causal: a chain).
     Returns logits [B, N + 1, V], the cache with ``size + 1`` tokens appended and
-    ``size`` (the nodes past it were not scored: the caller drops them from the tree).
+    ``size`` (tokens past it were not scored: the caller must not use them).
     """
     num_nodes = block.shape[1] - 1
-    sizes = drafter.block_sizes
-    if not sizes or tuple(sizes) == (num_nodes,):
-        return (*target(block, cache, tree_mask=mask, exact=config.exact), num_nodes)
-    needed = jnp.max(jnp.where(used, jnp.arange(1, num_nodes + 1), 0))  # last used node + 1
-    choice = jnp.searchsorted(jnp.asarray(sizes), needed)  # the smallest size >= needed
+    sizes = tuple(sizes) if sizes else (num_nodes,)
 
     def score(size):
         def branch(cache):
+            tree_mask = None if mask is None else mask[:, : size + 1, : size + 1]
             logits, cache = target(
-                block[:, : size + 1],
-                cache,
-                tree_mask=mask[:, : size + 1, : size + 1],
-                exact=config.exact,
+                block[:, : size + 1], cache, tree_mask=tree_mask, exact=config.exact
             )
             return jnp.pad(logits, ((0, 0), (0, num_nodes - size), (0, 0))), cache
 
         return branch
 
+    if len(sizes) == 1:
+        return (*score(sizes[0])(cache), sizes[0])
+    needed = jnp.max(jnp.where(used, jnp.arange(1, num_nodes + 1), 0))  # last used + 1
+    choice = jnp.searchsorted(jnp.asarray(sizes), needed)  # the smallest size >= needed
     logits, cache = lax.switch(choice, [score(size) for size in sizes], cache)
     return logits, cache, jnp.asarray(sizes)[choice]
 
@@ -438,25 +484,28 @@ def _score_used_nodes(target, block, cache, mask, used, drafter, config):
 def _tree_round(draft_key, verify_key, state, target, config, drafter, plan, active):
     """Drafts a token tree, scores it under the tree mask and keeps the accepted path."""
     rows = jnp.arange(state.tokens.shape[0])
+    num_nodes = plan.num_slots
+    last = state.tokens[rows, state.lengths - 1]
     drafter_state, tree_draft = drafter.propose(
         state.drafter_state, draft_key, state.tokens, state.lengths, sampling=config.sampling
     )
     tree = tree_draft.tree
-    last = state.tokens[rows, state.lengths - 1]
     block = jnp.concatenate([last[:, None], tree.token], axis=1)  # [B, N + 1]
     start = state.target_cache.lengths
     if tree_draft.mask is None:
         mask = trees.block_mask(tree, drafter.max_depth)
-        logits, cache, scored = _score_used_nodes(
-            target, block, state.target_cache, mask, tree.valid & active[:, None], drafter, config
+        used = tree.valid & active[:, None]
+        logits, cache, scored = _score_used(
+            target, block, state.target_cache, mask, used, drafter.block_sizes, config
         )
         # Nodes past the scored block (only finished rows have any) are dropped.
-        tree = tree._replace(valid=tree.valid & (jnp.arange(tree.valid.shape[1]) < scored))
+        tree = tree._replace(valid=tree.valid & (jnp.arange(num_nodes) < scored))
         tree_draft = tree_draft._replace(tree=tree)
-    else:  # the drafter's own mask: its invalid nodes are scored too (e.g. a lookahead window)
+    else:  # the drafter's own mask: its invalid nodes are scored too (a lookahead window)
         logits, cache = target(
             block, state.target_cache, tree_mask=tree_draft.mask, exact=config.exact
         )
+    tree = tree_draft.tree
     if plan.verify == "greedy":
         verified = tree_greedy(tree, logits)
     else:
@@ -509,9 +558,19 @@ def _commit(state: GenerationState, round_: _Round, config: GenerationConfig, ac
 
 
 def _update_drafter(
-    state, round_: _Round, drafter, plan: _Plan, committed_drafts, tokens, new_lengths
+    state, round_: _Round, drafter, plan: _Plan, committed_drafts, tokens, new_lengths, drafted
 ):
-    """Tells the drafter which drafts were committed (EOS / budget may cut the path)."""
+    """Tells the drafter which drafts were committed (EOS / budget may cut the path).
+
+    ``update`` only follows rounds that called ``propose`` (``drafted``, static); a tree
+    drafter's ``observe`` sees every round's commit.
+    """
+    if drafter is None:
+        return round_.drafter_state
+    if not drafted:
+        if plan.is_tree and drafter.observe is not None:
+            return drafter.observe(round_.drafter_state, tokens, new_lengths)
+        return round_.drafter_state
     if plan.is_tree:
         committed = TreeVerified(
             num_accepted=committed_drafts,
@@ -525,9 +584,7 @@ def _update_drafter(
         if drafter.observe is not None:
             drafter_state = drafter.observe(drafter_state, tokens, new_lengths)
         return drafter_state
-    if drafter is not None:
-        return drafter.update(round_.drafter_state, state.lengths, committed_drafts)
-    return round_.drafter_state
+    return drafter.update(round_.drafter_state, state.lengths, committed_drafts)
 
 
 def _update_controller(state, round_: _Round, plan: _Plan, active):
@@ -578,18 +635,41 @@ def generation_step(
       The new state and a :class:`GenerationStepInfo` of this round.
     """
     _check_static(target, state.tokens.shape[1] - config.max_new_tokens, config, drafter)
-    plan = _plan(config, drafter)
+    plan = _plan(config, drafter, target, state.tokens.shape[0])
     _, draft_key, verify_key = jax.random.split(key, 3)
     active = ~state.finished
-    num_draft = jnp.clip(plan.controller.num_draft(state.controller_state), 0, plan.num_slots)
-    num_draft = jnp.where(active, num_draft, 0)
-    if plan.is_tree:
-        round_ = _tree_round(draft_key, verify_key, state, target, config, drafter, plan, active)
-    else:
+    num_draft = plan.controller.num_draft(state.controller_state, active)
+    num_draft = jnp.where(active, jnp.clip(num_draft, 0, plan.num_slots), 0)
+
+    def speculative(state):
+        if plan.is_tree:
+            round_ = _tree_round(
+                draft_key, verify_key, state, target, config, drafter, plan, active
+            )
+        else:
+            round_ = _chain_round(
+                draft_key, verify_key, state, target, config, drafter, plan, num_draft
+            )
+        return _finish_step(state, round_, target, config, drafter, plan, active, drafted=True)
+
+    def plain(state):
+        # Exactly a step without a drafter: one token scored, nothing proposed or padded.
+        plain_plan = plan._replace(num_slots=0)
         round_ = _chain_round(
-            draft_key, verify_key, state, target, config, drafter, plan, num_draft
+            draft_key, verify_key, state, target, config, None, plain_plan, num_draft
         )
-    tokens, new_lengths, count, stop = _commit(state, round_, config, active, plan.num_slots)
+        return _finish_step(state, round_, target, config, drafter, plan, active, drafted=False)
+
+    if drafter is None:
+        return plain(state)
+    # A round that drafts nothing (the controller chose 0 for every row) costs a plain step.
+    return lax.cond(jnp.any(num_draft > 0), speculative, plain, state)
+
+
+def _finish_step(state, round_, target, config, drafter, plan, active, *, drafted: bool):
+    """Commits a verified round and updates the drafter, the controller and the counters."""
+    num_slots = round_.drafts.shape[1]
+    tokens, new_lengths, count, stop = _commit(state, round_, config, active, num_slots)
     # Target cache: keep the committed tokens but the newest one.
     cache = _models.rewind(round_.cache, jnp.where(active, new_lengths - 1, state.lengths - 1))
     committed_drafts = jnp.where(active, count - 1, 0)
@@ -600,7 +680,7 @@ def generation_step(
         prompt_lengths=state.prompt_lengths,
         target_cache=cache,
         drafter_state=_update_drafter(
-            state, round_, drafter, plan, committed_drafts, tokens, new_lengths
+            state, round_, drafter, plan, committed_drafts, tokens, new_lengths, drafted
         ),
         controller_state=_update_controller(state, round_, plan, active),
         finished=state.finished | stop | budget_spent,
@@ -640,7 +720,7 @@ def generate(
     drafter: Drafter | TreeDrafter | None = None,
     verifier: str | Verifier | None = None,
     max_draft_tokens: int = 4,
-    controller: Controller | None = None,
+    controller: Controller | CostAware | None = None,
     eos_id: int | None = None,
     pad_id: int = 0,
     exact: bool = False,
@@ -674,8 +754,10 @@ def generate(
         speculative sampling otherwise.
       max_draft_tokens: static maximum K of a draft block (chain drafters; a tree
         drafter fixes its own capacity).
-      controller: chooses each row's active draft length (traced, <= K);
-        default ``drafting.constant()`` (always K). Chain drafters only.
+      controller: chooses each round's draft length (traced, <= K; 0: a plain step):
+        a ``drafting.Controller`` or ``drafting.cost_aware(costs)``; default
+        ``drafting.cost_aware()`` with a cost model estimated from the models' sizes
+        (see :class:`GenerationConfig`).
       eos_id: a row stops after emitting this token (static; ``None``: never); must
         lie in [0, vocab_size).
       pad_id: fills the output buffer past each row's length.

@@ -1,13 +1,21 @@
-"""Drafters for speculative decoding (token chains and token trees) and draft-length controllers."""
+"""Drafters for speculative decoding (token chains and token trees) and draft-length controllers.
+
+``cost_aware`` (the default controller) with a ``CostModel`` from ``calibrate_costs`` or
+``estimate_costs`` drafts only what pays in expected tokens per second.
+"""
 
 from lookahead_jax.drafting.base import Draft, Drafter, TreeDraft, TreeDrafter
 from lookahead_jax.drafting.controllers import (
     Controller,
+    CostAware,
+    chain_block_sizes,
     constant,
+    cost_aware,
     ema,
     expected_speedup,
     heuristic,
 )
+from lookahead_jax.drafting.costs import CostModel, calibrate_costs, estimate_costs
 from lookahead_jax.drafting.draft_model import DraftModelState, draft_model
 from lookahead_jax.drafting.draft_tree import DraftTreeState, draft_model_tree
 from lookahead_jax.drafting.early_exit import (
@@ -57,6 +65,8 @@ from lookahead_jax.drafting.trie_retrieval import (
 
 __all__ = [
     "Controller",
+    "CostAware",
+    "CostModel",
     "Draft",
     "DraftModelState",
     "DraftTreeState",
@@ -72,14 +82,18 @@ __all__ = [
     "TreeDraft",
     "TreeDrafter",
     "TrieRetrievalState",
+    "calibrate_costs",
+    "chain_block_sizes",
     "choose_exit",
     "constant",
+    "cost_aware",
     "draft_model",
     "draft_model_tree",
     "early_exit",
     "early_exit_model",
     "ema",
     "empty_memory",
+    "estimate_costs",
     "expected_speedup",
     "find_continuation",
     "heuristic",

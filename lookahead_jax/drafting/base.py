@@ -46,12 +46,15 @@ class Drafter(NamedTuple):
       update: ``(state, lengths_before [B], num_accepted [B]) -> state`` after the
         target verified the block proposed at ``lengths_before``.
       vocab_size: the vocabulary the drafter proposes from (must equal the target's).
+      model_config: the config of the model the drafter runs per drafted token (a draft
+        model, an early exit), for cost estimates; ``None``: no model (tables, lookups).
     """
 
     init: Callable[..., DrafterState]
     propose: Callable[..., tuple[DrafterState, Draft]]
     update: Callable[..., DrafterState]
     vocab_size: int
+    model_config: Any = None
 
 
 class TreeDraft(NamedTuple):
@@ -99,6 +102,8 @@ class TreeDrafter(NamedTuple):
         short match) pays for what it drafted, at one compiled forward pass per
         size. It needs the valid nodes first (trees built front to back); drafters
         with their own mask always score everything. ``None``: always ``num_nodes``.
+      model_config: the config of the model that drafts the tree (cost estimates);
+        ``None``: no model.
     """
 
     init: Callable[..., DrafterState]
@@ -110,6 +115,7 @@ class TreeDrafter(NamedTuple):
     replacement: bool = True
     observe: Callable[..., DrafterState] | None = None
     block_sizes: tuple[int, ...] | None = None
+    model_config: Any = None
 
 
 def default_block_sizes(num_nodes: int, branch_depth: int) -> tuple[int, ...]:

@@ -1,8 +1,14 @@
 """Draft-length controllers: how many tokens each row drafts next (a traced value <= static K).
 
 A controller is ``Controller(init, num_draft, update)``:
-``state = init(batch_size, max_draft)``, ``k = num_draft(state)`` ([B] int32),
+``state = init(batch_size, max_draft)``, ``k = num_draft(state, active)`` ([B] int32;
+``active [B]`` bool marks the unfinished rows, ``None``: all),
 ``state = update(state, num_drafted, num_accepted)`` after each verification.
+
+:func:`cost_aware` (the generation loop's default with a drafter) chooses the length
+that maximises expected tokens per second under a measured or estimated cost model
+(``drafting.CostModel``), plain decoding (0) included; with a tree drafter it decides
+each round whether to draft the tree or take a plain step.
 
 The factories below return controllers that compare and hash by their settings
 (``heuristic(2) == heuristic(2)``), so a controller passed as a static argument of
@@ -12,6 +18,7 @@ The factories below return controllers that compare and hash by their settings
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -21,7 +28,7 @@ import jax.numpy as jnp
 
 class Controller(NamedTuple):
     init: Callable[[int, int], Any]
-    num_draft: Callable[[Any], jax.Array]
+    num_draft: Callable[..., jax.Array]  # (state, active [B] bool | None) -> [B] int32
     update: Callable[[Any, jax.Array, jax.Array], Any]
 
 
@@ -36,7 +43,8 @@ class _Bound:
         return self.fn(*self.settings, *args)
 
 
-def _identity(state: Any) -> Any:
+def _identity(state: Any, active: jax.Array | None = None) -> Any:
+    del active
     return state
 
 
@@ -131,7 +139,8 @@ def _ema_init(initial: int, margin: int, batch_size: int, max_draft: int) -> Ema
     return EmaState(accepted=start)
 
 
-def _ema_num_draft(minimum: int, margin: int, state: EmaState) -> jax.Array:
+def _ema_num_draft(minimum: int, margin: int, state: EmaState, active=None) -> jax.Array:
+    del active
     length = jnp.round(state.accepted).astype(jnp.int32) + margin
     return jnp.maximum(length, minimum).astype(jnp.int32)
 
@@ -187,7 +196,10 @@ def _speedup_init(initial_rate: float, batch_size: int, max_draft: int) -> Accep
     )
 
 
-def _speedup_num_draft(draft_cost: float, minimum: int, state: AcceptanceRateState) -> jax.Array:
+def _speedup_num_draft(
+    draft_cost: float, minimum: int, state: AcceptanceRateState, active=None
+) -> jax.Array:
+    del active
     rate = jnp.clip(state.accepted / jnp.maximum(state.tested, 1e-6), 0.0, 1 - 1e-6)
     d = state.lengths
     tokens = (1 - rate[:, None] ** (d + 1)) / (1 - rate[:, None])
@@ -205,4 +217,169 @@ def _speedup_update(
         accepted=decay * state.accepted + (1 - decay) * num_accepted.astype(jnp.float32),
         tested=decay * state.tested + (1 - decay) * tested,
         lengths=state.lengths,
+    )
+
+
+# ---- the cost-aware controller: expected tokens per second, plain decoding included ----------
+
+
+def chain_block_sizes(max_draft: int) -> tuple[int, ...]:
+    """The draft lengths a round may score: 0 (a plain step), 1, 2, 4, ... and K.
+
+    The generation loop compiles one target call per size and scores the smallest one
+    that holds every row's drafts, so a round pays for what it drafted.
+    """
+    sizes, n = {0, max_draft}, 1
+    while n < max_draft:
+        sizes.add(n)
+        n *= 2
+    return tuple(sorted(sizes))
+
+
+@dataclasses.dataclass(frozen=True)
+class CostAware:
+    """Settings of the cost-aware controller (see :func:`cost_aware`). Hashable."""
+
+    costs: Any = None  # drafting.CostModel, or None: estimated from model sizes
+    initial_rate: float = 0.6
+    decay: float = 0.8
+    probe_every: int = 16
+
+
+def cost_aware(
+    costs: Any = None,
+    *,
+    initial_rate: float = 0.6,
+    decay: float = 0.8,
+    probe_every: int = 16,
+) -> CostAware:
+    """Drafts what maximises expected tokens per second; 0 (a plain step) when nothing pays.
+
+    Chains: each row keeps an EMA of its per-token acceptance ``a`` (accepted over
+    examined drafts, a round examining its accepted drafts and the first rejected one);
+    a draft of ``k`` yields ``(1 - a^(k+1)) / (1 - a)`` tokens. Every round the batch
+    drafts the ``k`` in :func:`chain_block_sizes` that maximises the sum over unfinished
+    rows of expected tokens over the round's cost ``costs.round_seconds(k)`` (one target
+    call over ``k + 1`` tokens, the drafter's proposal and upkeep; ``k = 0``: a plain
+    step). All rows draft the same ``k``: the call is as wide as its widest row anyway.
+
+    Trees: each row keeps an EMA of accepted nodes per tree round and of the nodes it
+    scores; the batch drafts its tree when expected tokens per second beat a plain
+    step's, else it skips the drafter for the round.
+
+    After ``probe_every`` rounds without drafting the batch drafts once (the smallest
+    size) to re-measure acceptance, so a text that becomes predictable is noticed.
+
+    Greedy outputs never depend on the choice (every round is verified); sampled
+    outputs keep the target's law. This is the generation loop's default whenever a
+    drafter is given and no controller is.
+
+    Args:
+      costs: a ``drafting.CostModel`` (``calibrate_costs`` on the device, or
+        ``estimate_costs``); ``None``: estimated from the models' sizes at trace time.
+      initial_rate: the acceptance assumed before a row has drafted.
+      decay: EMA decay of the acceptance statistics per round.
+      probe_every: rounds without drafting before a probe (>= 1).
+    """
+    if not 0 <= initial_rate <= 1:
+        raise ValueError(f"`initial_rate` must lie in [0, 1]; got {initial_rate!r}.")
+    if not 0 <= decay < 1:
+        raise ValueError(f"`decay` must lie in [0, 1); got {decay!r}.")
+    if not isinstance(probe_every, int) or probe_every < 1:
+        raise ValueError(f"`probe_every` must be a positive int; got {probe_every!r}.")
+    return CostAware(costs, float(initial_rate), float(decay), probe_every)
+
+
+class CostAwareState(NamedTuple):
+    accepted: jax.Array  # [B] float32, EMA of accepted drafts per drafting round
+    examined: jax.Array  # [B] float32, EMA of drafts the target examined per drafting round
+    scored: jax.Array  # [B] float32, EMA of drafts (tree nodes) proposed per drafting round
+    idle: jax.Array  # [B] int32, rounds since the row last drafted
+
+
+def _cost_init(initial_rate: float, initial_scored: float, batch_size: int, max_draft: int):
+    del max_draft
+    full = functools.partial(jnp.full, (batch_size,), dtype=jnp.float32)
+    return CostAwareState(
+        accepted=full(initial_rate),
+        examined=full(1.0),
+        scored=full(initial_scored),
+        idle=jnp.zeros((batch_size,), jnp.int32),
+    )
+
+
+def _probe(state: CostAwareState, active, probe_every: int):
+    idle = jnp.where(active, state.idle, probe_every)
+    return jnp.any(active) & (jnp.min(idle) >= probe_every)
+
+
+def _chain_num_draft(sizes, seconds, probe_every, state: CostAwareState, active=None):
+    active = jnp.ones(state.idle.shape, bool) if active is None else active
+    rate = jnp.clip(state.accepted / jnp.maximum(state.examined, 1e-6), 0.0, 1 - 1e-6)
+    k = jnp.asarray(sizes, jnp.float32)[None, :]  # [1, S]
+    tokens = (1 - rate[:, None] ** (k + 1)) / (1 - rate[:, None])  # [B, S]
+    speed = jnp.sum(jnp.where(active[:, None], tokens, 0.0), axis=0) / jnp.asarray(seconds)
+    choice = jnp.argmax(speed)
+    # Sizes[1] is the smallest draft: a probe after a long stretch of plain steps.
+    choice = jnp.where((choice == 0) & _probe(state, active, probe_every), 1, choice)
+    return jnp.full(state.idle.shape, jnp.asarray(sizes, jnp.int32)[choice])
+
+
+def _tree_num_draft(num_nodes, plain, round_at, probe_every, state, active=None):
+    active = jnp.ones(state.idle.shape, bool) if active is None else active
+    rows = jnp.maximum(jnp.sum(active), 1)
+    tokens = jnp.sum(jnp.where(active, 1.0 + state.accepted, 0.0))
+    # The call is as wide as the widest row's tree: cost at the largest expected size.
+    scored = jnp.max(jnp.where(active, state.scored, 0.0))
+    sizes = jnp.asarray(round_at[0], jnp.float32)
+    tree_seconds = jnp.interp(scored, sizes, jnp.asarray(round_at[1], jnp.float32))
+    draft = (tokens / tree_seconds >= rows / plain) | _probe(state, active, probe_every)
+    return jnp.full(state.idle.shape, jnp.where(draft, num_nodes, 0), jnp.int32)
+
+
+def _cost_update(decay, state: CostAwareState, num_drafted, num_accepted) -> CostAwareState:
+    drafted = num_drafted > 0
+    examined = jnp.minimum(num_accepted + 1, num_drafted).astype(jnp.float32)
+
+    def ema(old, new):
+        return jnp.where(drafted, decay * old + (1 - decay) * new, old)
+
+    return CostAwareState(
+        accepted=ema(state.accepted, num_accepted.astype(jnp.float32)),
+        examined=ema(state.examined, examined),
+        scored=ema(state.scored, num_drafted.astype(jnp.float32)),
+        idle=jnp.where(drafted, 0, state.idle + 1).astype(jnp.int32),
+    )
+
+
+def cost_aware_controller(settings: CostAware, costs: Any, max_draft: int) -> Controller:
+    """The chain :class:`Controller` of ``settings`` with the cost model ``costs`` resolved."""
+    sizes = chain_block_sizes(max_draft)
+    seconds = tuple(float(s) for s in costs.round_seconds(sizes))
+    return Controller(
+        init=_Bound(_cost_init, (settings.initial_rate, float(max_draft))),
+        num_draft=_Bound(_chain_num_draft, (sizes, seconds, settings.probe_every)),
+        update=_Bound(_cost_update, (settings.decay,)),
+    )
+
+
+def tree_cost_aware_controller(
+    settings: CostAware, costs: Any, num_nodes: int, block_sizes
+) -> Controller:
+    """The tree :class:`Controller` of ``settings``: draft the tree (``num_nodes``) or skip (0).
+
+    ``block_sizes``: what the loop may score (a tree round costs the smallest size holding
+    its nodes); the expected cost interpolates between them.
+    """
+    sizes = tuple(block_sizes) if block_sizes else (num_nodes,)
+    # A tree of n nodes scored: one call over the smallest block >= n, proposal and upkeep.
+    at = tuple(float(n) for n in range(0, num_nodes + 1))
+    block = [min(s for s in sizes if s >= n) for n in range(0, num_nodes + 1)]
+    drafting = float(costs.draft(num_nodes)) + costs.upkeep_seconds + costs.observe_seconds
+    seconds = tuple(float(costs.target(b + 1)) + drafting for b in block)
+    plain = float(costs.round_seconds(0))
+    return Controller(
+        init=_Bound(_cost_init, (settings.initial_rate * 2, float(num_nodes) / 2)),
+        num_draft=_Bound(_tree_num_draft, (num_nodes, plain, (at, seconds), settings.probe_every)),
+        update=_Bound(_cost_update, (settings.decay,)),
     )

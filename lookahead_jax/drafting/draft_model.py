@@ -4,7 +4,9 @@ The draft cache is kept one or two tokens behind the committed sequence: at
 each proposal the missing tokens (the target's last emitted token, and the last
 draft token when a whole block was accepted) are fed in one fixed-width call of
 two tokens, and after verification the cache is rewound to the accepted prefix.
-No re-prefill ever happens.
+No re-prefill ever happens. Rounds in which the loop does not draft (a controller
+chose a plain step) leave the cache further behind; the next proposal first feeds
+the missing tokens in calls of ``K + 1`` (:func:`feed_committed`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,28 @@ class DraftModelState(NamedTuple):
 
 def _probs(logits: jax.Array, sampling: Sampling) -> jax.Array:
     return jnp.exp(log_probs(logits, sampling))
+
+
+def feed_committed(model, cache, tokens: jax.Array, upto: jax.Array, width: int):
+    """Feeds each row's committed ``tokens [B, W]`` from its cache length up to ``upto [B]``.
+
+    Calls of ``width`` tokens, as many as the row furthest behind needs (none when every
+    row is caught up); a row already there writes past its length and keeps it, so the
+    cache must hold ``width`` slots past ``upto``. Returns the cache, lengths ``upto``
+    (rows ahead of ``upto`` keep theirs).
+    """
+    rows = jnp.arange(tokens.shape[0])
+
+    def body(cache):
+        index = jnp.minimum(
+            cache.lengths[:, None] + jnp.arange(width)[None, :], tokens.shape[1] - 1
+        )
+        _, fed = model(tokens[rows[:, None], index], cache)
+        return fed._replace(
+            lengths=jnp.maximum(cache.lengths, jnp.minimum(cache.lengths + width, upto))
+        )
+
+    return lax.while_loop(lambda c: jnp.any(c.lengths < upto), body, cache)
 
 
 def draft_model(model: _models.Model) -> Drafter:
@@ -59,7 +83,8 @@ def draft_model(model: _models.Model) -> Drafter:
     ) -> tuple[DraftModelState, Draft]:
         batch = tokens.shape[0]
         rows = jnp.arange(batch)
-        cache = state.cache
+        # After rounds without drafting: feed all but the last two missing tokens first.
+        cache = feed_committed(model, state.cache, tokens, lengths - 2, max(2, max_draft + 1))
         # Catch up with the committed tokens the cache has not seen (1 or 2 per row).
         behind = lengths - cache.lengths
         index = jnp.minimum(cache.lengths[:, None] + jnp.arange(2)[None, :], tokens.shape[1] - 1)
@@ -109,4 +134,10 @@ def draft_model(model: _models.Model) -> Drafter:
         # Keep the entries of the accepted drafts; rewind clips to what was fed.
         return DraftModelState(_models.rewind(state.cache, lengths_before + num_accepted))
 
-    return Drafter(init=init, propose=propose, update=update, vocab_size=model.config.vocab_size)
+    return Drafter(
+        init=init,
+        propose=propose,
+        update=update,
+        vocab_size=model.config.vocab_size,
+        model_config=model.config,
+    )

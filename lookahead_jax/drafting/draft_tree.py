@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from lookahead_jax import models as _models
 from lookahead_jax import trees
 from lookahead_jax.drafting.base import TreeDraft, TreeDrafter
+from lookahead_jax.drafting.draft_model import feed_committed
 from lookahead_jax.sampling import Sampling, log_probs
 
 
@@ -84,7 +85,8 @@ def draft_model_tree(
         del key
         batch, width = tokens.shape
         rows = jnp.arange(batch)
-        cache = state.cache
+        # After rounds without drafting, first feed what lies beyond one call's reach.
+        cache = feed_committed(model, state.cache, tokens, lengths - catch_up, catch_up)
         # Catch up to every committed token but the root, in one fixed-width call.
         index = jnp.minimum(cache.lengths[:, None] + jnp.arange(catch_up)[None, :], width - 1)
         _, cache = model(tokens[rows[:, None], index], cache)
@@ -121,4 +123,5 @@ def draft_model_tree(
         num_nodes=num_nodes,
         max_depth=max_depth,
         replacement=True,
+        model_config=model.config,
     )

@@ -19,8 +19,12 @@ from lookahead_jax.decoding import (
     generation_run,
     generation_step,
 )
+from lookahead_jax.drafting import constant as _always_draft
 from lookahead_jax.sampling import Sampling
 from tests import helpers
+
+# These tests exercise drafting itself: every round drafts (the default controller may not).
+ALWAYS_DRAFT = _always_draft()
 
 CONFIG = models.TransformerConfig(
     vocab_size=16, num_layers=2, num_heads=2, d_model=16, max_length=32

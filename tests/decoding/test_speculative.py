@@ -11,9 +11,13 @@ from scipy import stats
 
 from lookahead_jax import drafting, models, sharding
 from lookahead_jax.decoding import generate
+from lookahead_jax.drafting import constant as _always_draft
 from lookahead_jax.sampling import Sampling
 from tests import helpers
 from tests.helpers import continuation_codes, exact_continuation_law, perturbed
+
+# These tests exercise drafting itself: every round drafts (the default controller may not).
+ALWAYS_DRAFT = _always_draft()
 
 CONFIG = models.TransformerConfig(
     vocab_size=16, num_layers=2, num_heads=2, d_model=16, max_length=48
@@ -72,7 +76,7 @@ def run(
         drafter=drafter,
         max_draft_tokens=k,
         eos_id=eos_id,
-        controller=controller,
+        controller=ALWAYS_DRAFT if controller is None else controller,
     )
 
 
@@ -185,6 +189,7 @@ def test_speculative_sampling_generation_has_target_distribution(drafts):
             max_new_tokens=3,
             sampling=Sampling(temperature=1.0),
             drafter=drafting.draft_model(d),
+            controller=ALWAYS_DRAFT,
             max_draft_tokens=2,
         )
     )(target, draft, jax.random.key(8))
@@ -222,6 +227,7 @@ def test_no_retracing_across_calls(target, drafts):
             key,
             max_new_tokens=4,
             drafter=drafting.draft_model(draft),
+            controller=ALWAYS_DRAFT,
             max_draft_tokens=2,
         )
 
@@ -305,6 +311,7 @@ def test_exact_mode_greedy_equals_exact_greedy(target, drafts):
             jax.random.key(0),
             max_new_tokens=MAX_NEW,
             drafter=drafter,
+            controller=ALWAYS_DRAFT,
             max_draft_tokens=4,
             exact=True,
         )

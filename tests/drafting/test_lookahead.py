@@ -12,11 +12,15 @@ from scipy import stats
 import lookahead_jax
 from lookahead_jax import drafting, models
 from lookahead_jax.decoding import generate
+from lookahead_jax.drafting import constant as _always_draft
 from lookahead_jax.drafting import jacobi_lookahead
 from lookahead_jax.drafting.stochastic_ngram import lookup as ngram_lookup
 from lookahead_jax.sampling import Sampling
 from tests import helpers
 from tests.helpers import continuation_codes, exact_continuation_law, perturbed
+
+# These tests exercise drafting itself: every round drafts (the default controller may not).
+ALWAYS_DRAFT = _always_draft()
 
 CONFIG = models.TransformerConfig(
     vocab_size=16, num_layers=2, num_heads=2, d_model=16, max_length=64
@@ -58,6 +62,7 @@ def run(target, prompt, lengths, memory=None, *, kind, eos_id=None, max_new=MAX_
         jax.random.key(0),
         max_new_tokens=max_new,
         drafter=make(kind, memory),
+        controller=ALWAYS_DRAFT,
         eos_id=eos_id,
     )
 
@@ -218,7 +223,15 @@ def serve(target, prompt, lengths, pool):
     """One request of a stream, the pool carried in and out (one compilation)."""
     # 8 guesses per key: with 16 tokens every key is crowded, 2 would forget at once.
     drafter = drafting.lookahead(CONFIG.vocab_size, window=3, ngram=3, guesses=8, memory=pool)
-    return generate(target, prompt, lengths, jax.random.key(0), max_new_tokens=40, drafter=drafter)
+    return generate(
+        target,
+        prompt,
+        lengths,
+        jax.random.key(0),
+        max_new_tokens=40,
+        drafter=drafter,
+        controller=ALWAYS_DRAFT,
+    )
 
 
 def test_memory_across_requests_accepts_a_repeated_request(target):
@@ -261,6 +274,7 @@ def test_sampled_lookahead_has_the_target_law():
             max_new_tokens=3,
             sampling=Sampling(temperature=1.0),
             drafter=drafting.lookahead(4, window=2, ngram=3, guesses=2, memory=pool),
+            controller=ALWAYS_DRAFT,
         )
     )(target, pool, jax.random.key(8))
     assert 0 < int(out.stats.accepted.sum()) < int(out.stats.drafted.sum())
@@ -328,7 +342,13 @@ def test_memory_of_returns_what_each_drafter_takes_as_memory():
 def trie_run(target, prompt, lengths, block_sizes):
     drafter = drafting.trie_retrieval(CONFIG.vocab_size, num_nodes=8, block_sizes=block_sizes)
     return generate(
-        target, prompt, lengths, jax.random.key(0), max_new_tokens=MAX_NEW, drafter=drafter
+        target,
+        prompt,
+        lengths,
+        jax.random.key(0),
+        max_new_tokens=MAX_NEW,
+        drafter=drafter,
+        controller=ALWAYS_DRAFT,
     )
 
 
@@ -362,7 +382,15 @@ def serve_kind(target, prompt, lengths, memory, *, kind):
         "trie": lambda: drafting.trie_retrieval(16, num_nodes=8, capacity=256, memory=memory),
         "suffix": lambda: drafting.suffix_decoding(16, num_nodes=8, capacity=256, memory=memory),
     }[kind]()
-    return generate(target, prompt, lengths, jax.random.key(0), max_new_tokens=24, drafter=drafter)
+    return generate(
+        target,
+        prompt,
+        lengths,
+        jax.random.key(0),
+        max_new_tokens=24,
+        drafter=drafter,
+        controller=ALWAYS_DRAFT,
+    )
 
 
 @pytest.mark.parametrize(

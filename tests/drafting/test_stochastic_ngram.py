@@ -12,6 +12,7 @@ from scipy import stats
 
 from lookahead_jax import models, trees
 from lookahead_jax.decoding import generate
+from lookahead_jax.drafting import constant as _always_draft
 from lookahead_jax.drafting.stochastic_ngram import (
     Memory,
     empty_memory,
@@ -22,6 +23,9 @@ from lookahead_jax.drafting.stochastic_ngram import write as sng_write
 from lookahead_jax.sampling import Sampling, log_probs
 from tests import helpers
 from tests.helpers import continuation_codes, exact_continuation_law, perturbed
+
+# These tests exercise drafting itself: every round drafts (the default controller may not).
+ALWAYS_DRAFT = _always_draft()
 
 CONFIG = models.TransformerConfig(
     vocab_size=16, num_layers=2, num_heads=2, d_model=16, max_length=48
@@ -52,6 +56,7 @@ def run(target, prompt, lengths, key, memory=None, *, options, sampling=Sampling
         max_new_tokens=max_new,
         sampling=sampling,
         drafter=drafter,
+        controller=ALWAYS_DRAFT,
         eos_id=eos_id,
     )
 
@@ -254,7 +259,15 @@ def test_memory_learns_the_target_across_requests_without_retracing(target):
     @chex.assert_max_traces(n=1)
     def step(target, prompt, lengths, key, memory):
         drafter = stochastic_ngram(CONFIG.vocab_size, memory=memory)  # the defaults
-        return generate(target, prompt, lengths, key, max_new_tokens=20, drafter=drafter)
+        return generate(
+            target,
+            prompt,
+            lengths,
+            key,
+            max_new_tokens=20,
+            drafter=drafter,
+            controller=ALWAYS_DRAFT,
+        )
 
     score = jax.jit(lambda model, tokens: jax.nn.log_softmax(model(tokens)[0]))
     memory = empty_memory(2, 4096, 8)
@@ -305,6 +318,7 @@ def test_sampled_generation_has_the_target_law():
             drafter=stochastic_ngram(
                 vocab, order=order, num_candidates=k, widths=(3, 2), memory=memory
             ),
+            controller=ALWAYS_DRAFT,
         )
     )(target, memory, jnp.repeat(prompt, num, 0), jnp.full((num,), 3, jnp.int32), jax.random.key(8))
     # Drafts are tried and some, not all, are accepted (rejections exercise the residuals).

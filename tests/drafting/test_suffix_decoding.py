@@ -11,6 +11,7 @@ from scipy import stats
 
 from lookahead_jax import models, trees
 from lookahead_jax.decoding import generate
+from lookahead_jax.drafting import constant as _always_draft
 from lookahead_jax.drafting import token_trie
 from lookahead_jax.drafting.suffix_decoding import (
     SuffixDecodingState,
@@ -20,6 +21,9 @@ from lookahead_jax.drafting.suffix_decoding import (
 from lookahead_jax.sampling import Sampling
 from tests import helpers
 from tests.helpers import continuation_codes, exact_continuation_law, perturbed
+
+# These tests exercise drafting itself: every round drafts (the default controller may not).
+ALWAYS_DRAFT = _always_draft()
 
 CONFIG = models.TransformerConfig(
     vocab_size=16, num_layers=3, num_heads=2, d_model=16, max_length=48
@@ -52,6 +56,7 @@ def _spec(target, prompt, lengths, memory):
         jax.random.key(0),
         max_new_tokens=MAX_NEW,
         drafter=drafter,
+        controller=ALWAYS_DRAFT,
         eos_id=EOS,
     )
 
@@ -116,6 +121,7 @@ def test_greedy_equals_plain_greedy_without_eos(target):
         lambda t, p, n: generate(
             t, p, n, jax.random.key(0), max_new_tokens=MAX_NEW,
             drafter=suffix_decoding(16, capacity=256),
+            controller=ALWAYS_DRAFT,
         )
     )(target, prompt, lengths)  # fmt: skip
     np.testing.assert_array_equal(out.tokens, reference.tokens)
@@ -215,6 +221,7 @@ def test_sampled_generation_has_the_target_law():
             max_new_tokens=3,
             sampling=Sampling(temperature=1.0),
             drafter=drafter(),
+            controller=ALWAYS_DRAFT,
         )
     )(target, jnp.repeat(prompt, num, 0), jnp.full((num,), 7, jnp.int32), jax.random.key(8))
     assert 0 < int(out.stats.accepted.sum()) < int(out.stats.drafted.sum())

@@ -11,9 +11,13 @@ from scipy import stats
 
 from lookahead_jax import drafting, models, sharding, trees
 from lookahead_jax.decoding import generate
+from lookahead_jax.drafting import constant as _always_draft
 from lookahead_jax.sampling import Sampling
 from tests import helpers
 from tests.helpers import continuation_codes, exact_continuation_law, perturbed
+
+# These tests exercise drafting itself: every round drafts (the default controller may not).
+ALWAYS_DRAFT = _always_draft()
 
 CONFIG = models.TransformerConfig(
     vocab_size=16, num_layers=3, num_heads=2, d_model=16, max_length=48
@@ -72,6 +76,7 @@ def run(
         max_new_tokens=max_new,
         sampling=sampling,
         drafter=make_drafter(kind, target, draft),
+        controller=ALWAYS_DRAFT,
         max_draft_tokens=3,
         eos_id=eos_id,
     )
@@ -130,6 +135,7 @@ def recycled(target, prompt, lengths, table):
         jax.random.key(0),
         max_new_tokens=MAX_NEW,
         drafter=drafting.token_recycling(16, table=table),
+        controller=ALWAYS_DRAFT,
     )
 
 
@@ -168,6 +174,7 @@ def test_sampled_tree_generation_has_target_distribution():
             drafter=drafting.draft_model_tree(
                 d, num_nodes=5, beam_width=2, branching=2, max_depth=2
             ),
+            controller=ALWAYS_DRAFT,
         )
     )(target, draft, jax.random.key(8))
     assert 0 < int(out.stats.accepted.sum()) < int(out.stats.drafted.sum())
@@ -194,7 +201,7 @@ def test_bad_arguments_raise(target, draft):
             jax.random.key(0),
             max_new_tokens=4,
             drafter=drafting.token_recycling(16),
-            controller=drafting.heuristic(),
+            controller="heuristic",  # a name, not a controller
         )
     with pytest.raises(ValueError, match="num_candidates"):
         drafting.token_recycling(16, num_candidates=4)  # the 2.2.2 template needs rank 7
@@ -208,6 +215,7 @@ def test_bad_arguments_raise(target, draft):
             jax.random.key(0),
             max_new_tokens=38,
             drafter=drafting.token_recycling(16),
+            controller=ALWAYS_DRAFT,
         )
     with pytest.raises(ValueError, match="num_layers"):
         drafting.early_exit(target, 3)

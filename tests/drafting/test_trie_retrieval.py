@@ -12,6 +12,7 @@ from scipy import stats
 import lookahead_jax
 from lookahead_jax import models, trees
 from lookahead_jax.decoding import generate
+from lookahead_jax.drafting import constant as _always_draft
 from lookahead_jax.drafting import token_trie
 from lookahead_jax.drafting.trie_retrieval import (
     TrieRetrievalState,
@@ -22,6 +23,9 @@ from lookahead_jax.drafting.trie_retrieval import (
 from lookahead_jax.sampling import Sampling
 from tests import helpers
 from tests.helpers import continuation_codes, exact_continuation_law, perturbed
+
+# These tests exercise drafting itself: every round drafts (the default controller may not).
+ALWAYS_DRAFT = _always_draft()
 
 CONFIG = models.TransformerConfig(
     vocab_size=16, num_layers=3, num_heads=2, d_model=16, max_length=48
@@ -54,6 +58,7 @@ def _spec(target, prompt, lengths, memory):
         jax.random.key(0),
         max_new_tokens=MAX_NEW,
         drafter=drafter,
+        controller=ALWAYS_DRAFT,
         eos_id=EOS,
     )
 
@@ -107,6 +112,7 @@ def test_greedy_equals_plain_greedy_without_eos(target, per_row):
         lambda t, p, n: generate(
             t, p, n, jax.random.key(0), max_new_tokens=MAX_NEW,
             drafter=trie_retrieval(16, capacity=256, per_row=per_row),
+            controller=ALWAYS_DRAFT,
         )
     )(target, prompt, lengths)  # fmt: skip
     np.testing.assert_array_equal(out.tokens, reference.tokens)
@@ -226,6 +232,7 @@ def test_sampled_generation_has_the_target_law():
             drafter=trie_retrieval(
                 4, num_nodes=6, branch_length=3, max_query=2, capacity=32, per_row=True
             ),
+            controller=ALWAYS_DRAFT,
         )
     )(target, jnp.repeat(prompt, num, 0), jnp.full((num,), 7, jnp.int32), jax.random.key(8))
     assert 0 < int(out.stats.accepted.sum()) < int(out.stats.drafted.sum())

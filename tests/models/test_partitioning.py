@@ -12,7 +12,11 @@ from jax.sharding import PartitionSpec
 
 from lookahead_jax import drafting, models
 from lookahead_jax.decoding import generate
+from lookahead_jax.drafting import constant as _always_draft
 from tests.helpers import perturbed
+
+# These tests exercise drafting itself: every round drafts (the default controller may not).
+ALWAYS_DRAFT = _always_draft()
 
 # 8 query heads over 2 KV heads: on a 4-wide model axis the KV heads are replicated,
 # on a 2-wide one they are split; MLP width 48 splits over 2, 4 and 8.
@@ -87,6 +91,7 @@ def _generate_chain(target, draft, prompt, lengths):
     return generate(
         target, prompt, lengths, jax.random.key(0), max_new_tokens=MAX_NEW,
         drafter=drafting.draft_model(draft), max_draft_tokens=3,
+        controller=ALWAYS_DRAFT,
     )  # fmt: skip
 
 
@@ -95,6 +100,7 @@ def _generate_tree(target, draft, prompt, lengths):
     return generate(
         target, prompt, lengths, jax.random.key(0), max_new_tokens=MAX_NEW,
         drafter=drafting.draft_model_tree(draft),
+        controller=ALWAYS_DRAFT,
     )  # fmt: skip
 
 

@@ -8,7 +8,11 @@ import pytest
 
 from lookahead_jax import drafting, models
 from lookahead_jax.decoding import generate
+from lookahead_jax.drafting import constant as _always_draft
 from tests.helpers import perturbed
+
+# These tests exercise drafting itself: every round drafts (the default controller may not).
+ALWAYS_DRAFT = _always_draft()
 
 TARGET = models.llama(
     vocab_size=32, num_layers=2, num_heads=4, num_kv_heads=2, d_model=32, mlp_dim=48,
@@ -51,6 +55,7 @@ def _speculative(target, draft, prompt, lengths):
     return generate(
         target, prompt, lengths, jax.random.key(0), max_new_tokens=12, exact=True,
         drafter=drafting.draft_model(draft), max_draft_tokens=3,
+        controller=ALWAYS_DRAFT,
     )  # fmt: skip
 
 

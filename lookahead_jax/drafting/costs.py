@@ -1,0 +1,346 @@
+"""What a speculative round costs: a measured (or estimated) cost model for the controllers.
+
+A round that drafts ``k`` tokens (or a tree whose first ``k`` nodes are scored) costs
+one target call over ``k + 1`` tokens, the drafter's proposal and its upkeep; a round
+that drafts nothing is a plain decoding step (one token, no drafter work).
+:class:`CostModel` holds those seconds at one batch size; ``drafting.cost_aware``
+turns them, with each row's running acceptance, into the draft length (0 included)
+that maximises expected tokens per second.
+
+Two ways to get one:
+
+* :func:`calibrate_costs` times the pieces on the device, once per shapes, outside any
+  compiled loop (jitted, warmed, median of ``repeats``);
+* :func:`estimate_costs` guesses from model sizes alone (no timing): a target call over
+  ``n`` tokens costs ``1 + beta (n - 1)`` plain steps, with ``beta = 2 B / (I b)`` for
+  batch ``B``, parameter bytes ``b`` and the device's compute per byte of memory
+  bandwidth ``I`` (a memory-bound decoder's spare compute), and a draft model costs its
+  share of the target's parameters per token. Drafters without a model (n-gram tables,
+  tries, prompt lookup) are estimated as free. It is the default of the generation loop
+  when no cost model is given; on a CPU with tiny models it is rough (the memories'
+  upkeep is far from free there): calibrate for figures you will report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lookahead_jax import models as _models
+from lookahead_jax.drafting.base import Drafter, TreeDrafter
+from lookahead_jax.sampling import Sampling
+
+# Peak compute over memory bandwidth (flop per byte): how many extra tokens a
+# memory-bound forward pass scores almost for free. Rough figures: an H100 (~990
+# TFLOP/s bf16 over 3.35 TB/s), a TPU v5e (~197 TFLOP/s over 0.82 TB/s), and a CPU
+# (fitted to the tiny target on 2 cores: +8% per extra scored token at batch 1).
+FLOPS_PER_BYTE = {"gpu": 300.0, "tpu": 240.0, "cpu": 6.0}
+
+
+def _check_points(name: str, tokens: Sequence[int], seconds: Sequence[float], first: int):
+    tokens, seconds = tuple(tokens), tuple(float(s) for s in seconds)
+    ok = len(tokens) == len(seconds) and len(tokens) >= 1
+    ok = ok and all(isinstance(t, int) and not isinstance(t, bool) for t in tokens)
+    ok = ok and list(tokens) == sorted(set(tokens)) and tokens[0] >= first
+    ok = ok and all(np.isfinite(s) and s >= 0 for s in seconds)
+    if not ok:
+        raise ValueError(
+            f"`{name}_tokens` / `{name}_seconds` must be equally long, with increasing int "
+            f"token counts >= {first} and finite seconds >= 0; got {tokens!r} / {seconds!r}."
+        )
+    return tokens, seconds
+
+
+@dataclasses.dataclass(frozen=True)
+class CostModel:
+    """Seconds (or any common unit) of a round's parts, at one batch size. Hashable.
+
+    Attributes:
+      target_tokens: increasing token counts ``n >= 1`` scored per row in one target call.
+      target_seconds: the call's time at each of ``target_tokens`` (interpolated linearly
+        between them, extrapolated with the last slope).
+      draft_tokens: increasing draft lengths ``k >= 1`` (chains) or node counts (trees).
+      draft_seconds: the drafter's proposal at each of ``draft_tokens`` (0 at k = 0).
+      upkeep_seconds: the drafter's other work per drafting round (its ``update``).
+      observe_seconds: the drafter's work paid every round, drafting or not (``observe``).
+      batch_size: the batch the figures hold for (``None``: not measured).
+      source: ``"calibrated"`` or ``"estimated"`` (for reports).
+    """
+
+    target_tokens: tuple[int, ...]
+    target_seconds: tuple[float, ...]
+    draft_tokens: tuple[int, ...] = (1,)
+    draft_seconds: tuple[float, ...] = (0.0,)
+    upkeep_seconds: float = 0.0
+    observe_seconds: float = 0.0
+    batch_size: int | None = None
+    source: str = "estimated"
+
+    def __post_init__(self) -> None:
+        tokens, seconds = _check_points("target", self.target_tokens, self.target_seconds, 1)
+        if seconds[0] <= 0:
+            raise ValueError(f"`target_seconds` must be > 0; got {seconds!r}.")
+        object.__setattr__(self, "target_tokens", tokens)
+        object.__setattr__(self, "target_seconds", seconds)
+        tokens, seconds = _check_points("draft", self.draft_tokens, self.draft_seconds, 1)
+        object.__setattr__(self, "draft_tokens", tokens)
+        object.__setattr__(self, "draft_seconds", seconds)
+        for name in ("upkeep_seconds", "observe_seconds"):
+            value = getattr(self, name)
+            if not (np.isfinite(value) and value >= 0):
+                raise ValueError(f"`{name}` must be finite and >= 0; got {value!r}.")
+            object.__setattr__(self, name, float(value))
+
+    def target(self, num_tokens) -> np.ndarray:
+        """Seconds of one target call scoring ``num_tokens`` (array-like) per row."""
+        return _interpolate(self.target_tokens, self.target_seconds, num_tokens)
+
+    def draft(self, num_draft) -> np.ndarray:
+        """Seconds of proposing ``num_draft`` (array-like) tokens; 0 for 0."""
+        num_draft = np.asarray(num_draft, np.float64)
+        cost = _interpolate((0, *self.draft_tokens), (0.0, *self.draft_seconds), num_draft)
+        return np.where(num_draft > 0, cost, 0.0)
+
+    def round_seconds(self, num_draft) -> np.ndarray:
+        """Seconds of a round drafting ``num_draft`` tokens (0: a plain decoding step)."""
+        num_draft = np.asarray(num_draft, np.float64)
+        drafting = self.draft(num_draft) + self.upkeep_seconds
+        paid = self.target(num_draft + 1) + self.observe_seconds
+        return paid + np.where(num_draft > 0, drafting, 0.0)
+
+    def draft_cost_ratio(self, num_draft: int) -> float:
+        """``c``: the drafter's time per drafted token (upkeep included) over a plain step."""
+        if num_draft < 1:
+            raise ValueError(f"`num_draft` must be >= 1; got {num_draft!r}.")
+        per_token = (float(self.draft(num_draft)) + self.upkeep_seconds) / num_draft
+        return per_token / float(self.target(1))
+
+
+def _interpolate(points, values, at) -> np.ndarray:
+    points = np.asarray(points, np.float64)
+    values = np.asarray(values, np.float64)
+    at = np.asarray(at, np.float64)
+    inside = np.interp(at, points, values)
+    if len(points) == 1:
+        return inside
+    slope = (values[-1] - values[-2]) / (points[-1] - points[-2])
+    return np.where(at > points[-1], values[-1] + slope * (at - points[-1]), inside)
+
+
+# ---- estimate from model sizes --------------------------------------------------------------
+
+
+def _platform() -> str:
+    platform = jax.devices()[0].platform
+    return platform if platform in FLOPS_PER_BYTE else "gpu"
+
+
+def estimate_costs(
+    target_config: _models.TransformerConfig,
+    drafter: Drafter | TreeDrafter | None = None,
+    *,
+    batch_size: int = 1,
+    max_draft: int = 8,
+    param_bytes: int = 4,
+    flops_per_byte: float | None = None,
+) -> CostModel:
+    """A cost model from model sizes alone, in units of one plain decoding step.
+
+    Args:
+      target_config: the target's config.
+      drafter: the drafter (its ``model_config`` gives a draft model's size; drafters
+        without one are estimated as free); ``None``: free.
+      batch_size: rows per call (the extra tokens of a wide call cost ``B`` times more).
+      max_draft: the largest chain length or tree size the table must cover.
+      param_bytes: bytes per parameter (4 for float32, 2 for bfloat16).
+      flops_per_byte: the device's peak compute over memory bandwidth; ``None``: a rough
+        figure for the default device's platform (:data:`FLOPS_PER_BYTE`).
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive int; got {batch_size!r}.")
+    if not isinstance(max_draft, int) or max_draft < 1:
+        raise ValueError(f"`max_draft` must be a positive int; got {max_draft!r}.")
+    intensity = FLOPS_PER_BYTE[_platform()] if flops_per_byte is None else flops_per_byte
+    if not intensity > 0:
+        raise ValueError(f"`flops_per_byte` must be > 0; got {flops_per_byte!r}.")
+    # One more scored token per row costs 2 B flop per parameter; the step reads b bytes.
+    beta = min(1.0, 2.0 * batch_size / (intensity * param_bytes))
+    tokens = (1, max_draft + 1)
+    seconds = (1.0, 1.0 + beta * max_draft)
+    model_config = getattr(drafter, "model_config", None)
+    if model_config is None:
+        return CostModel(tokens, seconds, source="estimated", batch_size=batch_size)
+    ratio = model_config.num_params() / target_config.num_params()
+    if isinstance(drafter, TreeDrafter):
+        # A model-drafted tree expands one level per call: max_depth calls of a wide block.
+        per_call = ratio * (1.0 + beta * drafter.num_nodes / max(drafter.max_depth, 1))
+        return CostModel(
+            tokens,
+            seconds,
+            draft_tokens=(drafter.num_nodes,),
+            draft_seconds=(per_call * (drafter.max_depth + 1),),
+            batch_size=batch_size,
+        )
+    # A chain of k drafts: one catch-up call (two tokens) and k - 1 single-token calls.
+    lengths = (1, max_draft) if max_draft > 1 else (1,)
+    return CostModel(
+        tokens,
+        seconds,
+        draft_tokens=lengths,
+        draft_seconds=tuple(ratio * (k + beta) for k in lengths),
+        batch_size=batch_size,
+    )
+
+
+# ---- calibration on the device ---------------------------------------------------------------
+
+
+def _median_seconds(fn, args, repeats: int) -> float:
+    jax.block_until_ready(fn(*args))  # compile and warm
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _default_points(largest: int) -> tuple[int, ...]:
+    points, n = {1, largest}, 2
+    while n < largest:
+        points.add(n)
+        n *= 2
+    return tuple(sorted(points))
+
+
+def calibrate_costs(
+    target: _models.Model,
+    drafter: Drafter | TreeDrafter | None,
+    prompt: jax.Array,
+    prompt_lengths: jax.Array,
+    *,
+    max_draft: int = 4,
+    sampling: Sampling = Sampling(),
+    max_new_tokens: int = 64,
+    repeats: int = 5,
+    key: jax.Array | None = None,
+) -> CostModel:
+    """Times a round's parts on the default device (jitted, warmed, median of ``repeats``).
+
+    Measures one target call over ``n`` tokens per row on the prefilled prompts for ``n``
+    in 1, 2, 4, ... up to ``max_draft + 1`` (trees: ``num_nodes + 1``), the drafter's
+    ``propose`` at each draft length (trees: once), and its ``update`` (and ``observe``)
+    as upkeep. Call it once per batch size and prompt width, outside any compiled
+    function; it compiles a few small programs.
+
+    Args:
+      target: the target model.
+      drafter: the drafter to calibrate (``None``: the target alone).
+      prompt: [B, P] int, representative prompts (the batch size is taken from it).
+      prompt_lengths: [B] int in [1, P].
+      max_draft: K (chains); a tree drafter's ``num_nodes`` is used instead.
+      sampling: the sampling the generation will use.
+      max_new_tokens: the generation budget (sizes the caches as generation does).
+      repeats: timed runs per figure (the median is kept).
+      key: PRNG key for sampled drafts (default ``jax.random.key(0)``).
+    """
+    from lookahead_jax.verification import tree_greedy  # the verifier's output shapes
+
+    if not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"`repeats` must be a positive int; got {repeats!r}.")
+    if not isinstance(max_draft, int) or max_draft < 1:
+        raise ValueError(f"`max_draft` must be a positive int; got {max_draft!r}.")
+    prompt = jnp.asarray(prompt, jnp.int32)
+    prompt_lengths = jnp.asarray(prompt_lengths, jnp.int32)
+    batch, width = prompt.shape
+    key = jax.random.key(0) if key is None else key
+    is_tree = isinstance(drafter, TreeDrafter)
+    slots = drafter.num_nodes if is_tree else max_draft
+    capacity = width + max_new_tokens + slots
+    cache = _models.init_cache(
+        target.config,
+        batch,
+        min(capacity, target.config.max_length),
+        extra_slots=max(0, capacity - target.config.max_length),
+        dtype=getattr(target, "dtype", None),
+    )
+    _, cache = jax.jit(lambda m, p, c: m(p, c))(target, prompt, cache)
+    cache = _models.rewind(cache, prompt_lengths - 1)
+    tokens = jnp.pad(prompt, ((0, 0), (0, max_new_tokens + slots)))
+
+    score = jax.jit(lambda m, block, c: m(block, c)[0])
+    target_tokens = _default_points(slots + 1)
+    target_seconds = tuple(
+        _median_seconds(score, (target, jnp.zeros((batch, n), jnp.int32), cache), repeats)
+        for n in target_tokens
+    )
+    if drafter is None:
+        return CostModel(target_tokens, target_seconds, batch_size=batch, source="calibrated")
+
+    state = jax.jit(drafter.init, static_argnums=2)(prompt, prompt_lengths, capacity)
+    # As after prefill: each row has committed its first token (a zero) after the prompt.
+    lengths = prompt_lengths + 1
+    observe = 0.0
+    if is_tree:
+        propose = jax.jit(lambda s, k, t, n: drafter.propose(s, k, t, n, sampling=sampling))
+        draft_seconds = (_median_seconds(propose, (state, key, tokens, lengths), repeats),)
+        draft_tokens = (drafter.num_nodes,)
+        new_state, draft = propose(state, key, tokens, lengths)
+        logits = jnp.zeros((batch, drafter.num_nodes + 1, drafter.vocab_size), jnp.float32)
+        verified = tree_greedy(draft.tree, logits)
+        update = jax.jit(drafter.update)
+        upkeep = _median_seconds(
+            update, (new_state, prompt_lengths, draft, verified, logits), repeats
+        )
+        if drafter.observe is not None:
+            observe = _median_seconds(
+                jax.jit(drafter.observe), (new_state, tokens, lengths + 1), repeats
+            )
+    else:
+
+        def propose_k(s, k, t, n, num):
+            return drafter.propose(s, k, t, n, num, max_draft=max_draft, sampling=sampling)
+
+        propose = jax.jit(propose_k)
+        draft_tokens = _default_points(max_draft)
+        draft_seconds = tuple(
+            _median_seconds(propose, (state, key, tokens, lengths, jnp.full((batch,), k)), repeats)
+            for k in draft_tokens
+        )
+        new_state, _ = propose(state, key, tokens, lengths, jnp.full((batch,), max_draft))
+        upkeep = _median_seconds(
+            jax.jit(drafter.update),
+            (new_state, lengths, jnp.zeros((batch,), jnp.int32)),
+            repeats,
+        )
+    return CostModel(
+        target_tokens,
+        target_seconds,
+        draft_tokens=draft_tokens,
+        draft_seconds=draft_seconds,
+        upkeep_seconds=upkeep,
+        observe_seconds=observe,
+        batch_size=batch,
+        source="calibrated",
+    )
+
+
+def describe(costs: CostModel) -> dict[str, Any]:
+    """A JSON-ready summary (seconds and ratios to a plain step)."""
+    plain = float(costs.target(1))
+    return {
+        "source": costs.source,
+        "batch_size": costs.batch_size,
+        "plain_step_seconds": plain,
+        "target_relative": {n: float(costs.target(n)) / plain for n in costs.target_tokens},
+        "draft_relative": {k: float(costs.draft(k)) / plain for k in costs.draft_tokens},
+        "upkeep_relative": costs.upkeep_seconds / plain,
+        "observe_relative": costs.observe_seconds / plain,
+    }

@@ -1,0 +1,268 @@
+"""The cost model and the cost-aware controller (the generation loop's default with a drafter)."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lookahead_jax import drafting, models
+from lookahead_jax.decoding import generate
+from lookahead_jax.drafting import CostModel
+from lookahead_jax.drafting.controllers import (
+    Controller,
+    chain_block_sizes,
+    cost_aware_controller,
+    tree_cost_aware_controller,
+)
+from lookahead_jax.sampling import Sampling
+from tests import helpers
+
+CONFIG = models.TransformerConfig(
+    vocab_size=16, num_layers=2, num_heads=2, d_model=16, max_length=64
+)
+MAX_NEW = 24
+
+# A round's cost is its target call (1 + 0.1 per extra token) plus 0.2 per drafted token.
+CHEAP_TARGET = CostModel((1, 9), (1.0, 1.8), draft_tokens=(1, 8), draft_seconds=(0.2, 1.6))
+
+
+@pytest.fixture(scope="module")
+def target():
+    # Perturbed weights: a random model's greedy token barely depends on the context, and
+    # the catch-up tests need one that does.
+    params = helpers.perturbed(models.init_params(CONFIG, jax.random.key(0)), 0.5, 1)
+    return models.Model(CONFIG, params)
+
+
+def test_block_sizes_and_round_seconds():
+    assert chain_block_sizes(4) == (0, 1, 2, 4)
+    assert chain_block_sizes(6) == (0, 1, 2, 4, 6)
+    assert chain_block_sizes(1) == (0, 1)
+    np.testing.assert_allclose(CHEAP_TARGET.round_seconds([0, 1, 4]), [1.0, 1.3, 2.2])
+    assert CHEAP_TARGET.draft_cost_ratio(4) == pytest.approx(0.2)
+    both = CostModel((1,), (2.0,), upkeep_seconds=0.5, observe_seconds=0.25)
+    np.testing.assert_allclose(both.round_seconds([0, 3]), [2.25, 2.75])
+
+
+def test_bad_cost_models_raise():
+    with pytest.raises(ValueError, match="target_tokens"):
+        CostModel((2, 1), (1.0, 2.0))
+    with pytest.raises(ValueError, match="target_seconds"):
+        CostModel((1,), (0.0,))
+    with pytest.raises(ValueError, match="draft_tokens"):
+        CostModel((1,), (1.0,), draft_tokens=(0,), draft_seconds=(1.0,))
+    with pytest.raises(ValueError, match="upkeep_seconds"):
+        CostModel((1,), (1.0,), upkeep_seconds=float("nan"))
+    with pytest.raises(ValueError, match="decay"):
+        drafting.cost_aware(decay=1.0)
+    with pytest.raises(ValueError, match="probe_every"):
+        drafting.cost_aware(probe_every=0)
+
+
+def test_estimate_from_model_sizes():
+    big = models.TransformerConfig(vocab_size=256, num_layers=8, num_heads=4, d_model=128)
+    small = big.truncated(1)
+    ratio = small.num_params() / big.num_params()
+    costs = drafting.estimate_costs(
+        big, drafting.draft_model(models.Model(small, None)), max_draft=4, flops_per_byte=100.0
+    )
+    assert costs.source == "estimated"
+    # beta = 2 B / (I b) = 0.005 per extra scored token at batch 1.
+    assert float(costs.target(5)) == pytest.approx(1.02)
+    assert float(costs.draft(4)) == pytest.approx(ratio * (4 + 0.005))
+    wide = drafting.estimate_costs(big, None, batch_size=16, max_draft=4, flops_per_byte=100.0)
+    assert float(wide.target(5)) == pytest.approx(1 + 4 * 0.08)
+    free = drafting.estimate_costs(big, drafting.prompt_lookup(256), max_draft=4)
+    assert float(free.draft(4)) == 0.0
+
+
+def _state(controller, batch, rate_rounds):
+    """A controller state after each row saw ``rate_rounds[b]`` = (drafted, accepted) rounds."""
+    state = controller.init(batch, 8)
+    for drafted, accepted in rate_rounds:
+        state = controller.update(state, jnp.asarray(drafted), jnp.asarray(accepted))
+    return state
+
+
+def test_chain_controller_drafts_what_pays_and_nothing_when_nothing_does():
+    controller = cost_aware_controller(drafting.cost_aware(decay=0.0), CHEAP_TARGET, 8)
+    always = [([8, 8], [8, 8])]  # every draft accepted: the longest draft pays most
+    never = [([8, 8], [0, 0])]  # nothing accepted: a plain step is cheapest
+    assert controller.num_draft(_state(controller, 2, always)).tolist() == [8, 8]
+    assert controller.num_draft(_state(controller, 2, never)).tolist() == [0, 0]
+    # One row accepting everything makes the batch draft; a finished row does not count.
+    mixed = _state(controller, 2, [([8, 8], [8, 0])])
+    assert controller.num_draft(mixed, jnp.asarray([True, True])).tolist() == [8, 8]
+    assert controller.num_draft(mixed, jnp.asarray([False, True])).tolist() == [0, 0]
+    # The choice maximises (1 - a^(k+1)) / (1 - a) over round_seconds(k) among the sizes.
+    half = _state(controller, 1, [([8], [1])])  # a = 1/2
+    sizes = np.asarray(chain_block_sizes(8))
+    speed = (1 - 0.5 ** (sizes + 1)) / 0.5 / CHEAP_TARGET.round_seconds(sizes)
+    assert controller.num_draft(half).tolist() == [sizes[np.argmax(speed)]]
+
+
+def test_chain_controller_probes_after_a_stretch_of_plain_steps():
+    controller = cost_aware_controller(
+        drafting.cost_aware(decay=0.0, probe_every=3), CHEAP_TARGET, 8
+    )
+    state = _state(controller, 1, [([8], [0])])
+    chosen = []
+    for _ in range(8):
+        k = controller.num_draft(state)
+        chosen.append(int(k[0]))
+        state = controller.update(state, k, jnp.zeros_like(k))
+    assert chosen == [0, 0, 0, 1, 0, 0, 0, 1]
+
+
+def test_tree_controller_skips_trees_that_do_not_pay():
+    costs = CostModel((1, 9), (1.0, 1.8), draft_tokens=(8,), draft_seconds=(0.4,))
+    controller = tree_cost_aware_controller(drafting.cost_aware(decay=0.0), costs, 8, None)
+    # An 8-node tree round costs 1.8 + 0.4 = 2.2 plain steps: it pays from 1.2 accepted.
+    good = _state(controller, 1, [([8], [2])])
+    poor = _state(controller, 1, [([8], [1])])
+    assert controller.num_draft(good).tolist() == [8]
+    assert controller.num_draft(poor).tolist() == [0]
+
+
+# ---- in the generation loop ------------------------------------------------------------------
+
+
+class EveryThird:
+    """A controller that drafts K on every third round (round 0 first) and nothing otherwise."""
+
+    @staticmethod
+    def make(k):
+        return Controller(
+            init=lambda batch, max_draft: jnp.zeros((batch,), jnp.int32),
+            num_draft=lambda state, active=None: jnp.where(state % 3 == 0, k, 0),
+            update=lambda state, drafted, accepted: state + 1,
+        )
+
+
+@functools.partial(jax.jit, static_argnames=("kind", "which", "sampling", "eos_id"))
+def run(target, prompt, lengths, key, kind, which, sampling=Sampling(), eos_id=None):
+    drafter = {
+        "none": lambda: None,
+        "self": lambda: drafting.draft_model(target),
+        "self_tree": lambda: drafting.draft_model_tree(
+            target, num_nodes=6, beam_width=2, branching=2, max_depth=3
+        ),
+        "lookup": lambda: drafting.prompt_lookup(CONFIG.vocab_size),
+        "recycling": lambda: drafting.token_recycling(CONFIG.vocab_size),
+    }[kind]()
+    controller = {
+        "default": None,
+        "cheap": drafting.cost_aware(CHEAP_TARGET),
+        "every_third": EveryThird.make(4),
+    }[which]
+    return generate(
+        target,
+        prompt,
+        lengths,
+        key,
+        max_new_tokens=MAX_NEW,
+        sampling=sampling,
+        drafter=drafter,
+        max_draft_tokens=4,
+        controller=controller,
+        eos_id=eos_id,
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "which"),
+    [
+        ("self", "every_third"),
+        ("self_tree", "every_third"),
+        ("lookup", "default"),
+        ("recycling", "default"),
+        ("self", "cheap"),
+    ],
+)
+def test_greedy_equals_plain_greedy_with_rounds_skipped(target, kind, which):
+    prompt, lengths = helpers.ragged_prompts(CONFIG.vocab_size, 4, 9, seed=3, min_length=2)
+    key = jax.random.key(0)
+    plain = run(target, prompt, lengths, key, "none", "default", eos_id=5)
+    spec = run(target, prompt, lengths, key, kind, which, eos_id=5)
+    np.testing.assert_array_equal(spec.lengths, plain.lengths)
+    np.testing.assert_array_equal(spec.tokens, plain.tokens)
+    if which == "every_third":
+        # The draft is the target itself: after the skipped rounds its cache caught up, so
+        # every draft is accepted (a stale draft cache would propose wrong tokens).
+        if kind == "self":
+            assert np.all(spec.stats.accepted == spec.stats.drafted)
+        else:  # the tree's first level holds the target's token: >= 1 accepted per 6 nodes
+            assert np.all(spec.stats.accepted * 6 >= spec.stats.drafted)
+        assert np.all(spec.stats.drafted > 0)
+        assert np.all(spec.stats.target_calls < plain.stats.target_calls)
+
+
+def test_row_alone_equals_row_in_batch_under_the_default(target):
+    prompt, lengths = helpers.ragged_prompts(
+        CONFIG.vocab_size, 4, 9, seed=4, min_length=2, period=3
+    )
+    key = jax.random.key(0)
+    batch = run(target, prompt, lengths, key, "lookup", "default")
+    alone = run(target, prompt[2:3], lengths[2:3], key, "lookup", "default")
+    np.testing.assert_array_equal(alone.tokens[0], batch.tokens[2])
+
+
+@pytest.mark.slow
+def test_sampled_output_keeps_the_target_law_when_rounds_are_skipped():
+    config = models.TransformerConfig(
+        vocab_size=4, num_layers=1, num_heads=1, d_model=8, max_length=16
+    )
+    target = models.Model(
+        config, helpers.perturbed(models.init_params(config, jax.random.key(3)), 0.5, 4)
+    )
+    draft = models.Model(
+        config, helpers.perturbed(models.init_params(config, jax.random.key(5)), 0.5, 6)
+    )
+    prompt = jnp.asarray([[1, 2, 3]], jnp.int32)
+    exact = helpers.exact_continuation_law(target, prompt, 3)
+    num = 20000
+    out = jax.jit(
+        lambda t, d, key: generate(
+            t,
+            jnp.broadcast_to(prompt, (num, 3)),
+            jnp.full((num,), 3, jnp.int32),
+            key,
+            max_new_tokens=3,
+            sampling=Sampling(temperature=1.0),
+            drafter=drafting.draft_model(d),
+            max_draft_tokens=2,
+            # Rows draft only while the batch accepts well enough: the choice depends on
+            # earlier random outcomes, which must not bias the output.
+            controller=drafting.cost_aware(CHEAP_TARGET, decay=0.0, probe_every=1),
+        )
+    )(target, draft, jax.random.key(8))
+    assert 0 < int(out.stats.accepted.sum()) < int(out.stats.drafted.sum())
+    counts = np.bincount(helpers.continuation_codes(out.tokens[:, 3:6], 4), minlength=64)
+    statistic = np.sum((counts - exact * num) ** 2 / (exact * num))
+    from scipy import stats
+
+    assert stats.chi2.sf(statistic, df=63) > 1e-4
+
+
+def test_calibration_measures_every_part(target):
+    prompt, lengths = helpers.ragged_prompts(CONFIG.vocab_size, 2, 6, seed=0, min_length=2)
+    costs = drafting.calibrate_costs(
+        target,
+        drafting.draft_model(target),
+        prompt,
+        lengths,
+        max_draft=3,
+        max_new_tokens=8,
+        repeats=1,
+    )
+    assert costs.source == "calibrated" and costs.batch_size == 2
+    assert costs.target_tokens == (1, 2, 4) and costs.draft_tokens == (1, 2, 3)
+    assert all(s > 0 for s in costs.target_seconds + costs.draft_seconds)
+    tree = drafting.calibrate_costs(
+        target, drafting.token_recycling(16), prompt, lengths, max_new_tokens=8, repeats=1
+    )
+    assert tree.draft_tokens == (80,) and tree.upkeep_seconds > 0
+    with pytest.raises(ValueError, match="repeats"):
+        drafting.calibrate_costs(target, None, prompt, lengths, repeats=0)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -243,7 +244,7 @@ class CostAware:
     costs: Any = None  # drafting.CostModel, or None: estimated from model sizes
     initial_rate: float = 0.6
     decay: float = 0.8
-    probe_every: int = 16
+    probe_overhead: float = 0.03
 
 
 def cost_aware(
@@ -251,7 +252,7 @@ def cost_aware(
     *,
     initial_rate: float = 0.6,
     decay: float = 0.8,
-    probe_every: int = 16,
+    probe_overhead: float = 0.03,
 ) -> CostAware:
     """Drafts what maximises expected tokens per second; 0 (a plain step) when nothing pays.
 
@@ -267,8 +268,11 @@ def cost_aware(
     scores; the batch drafts its tree when expected tokens per second beat a plain
     step's, else it skips the drafter for the round.
 
-    After ``probe_every`` rounds without drafting the batch drafts once (the smallest
-    size) to re-measure acceptance, so a text that becomes predictable is noticed.
+    After a stretch of rounds without drafting the batch drafts once (the smallest chain
+    size; trees: the tree) to re-measure acceptance, so a text that becomes predictable
+    is noticed. The stretch is as long as it takes for probes to cost at most
+    ``probe_overhead`` of plain decoding's time: ``ceil(extra / probe_overhead)`` rounds
+    for a probe that costs ``1 + extra`` plain steps.
 
     Greedy outputs never depend on the choice (every round is verified); sampled
     outputs keep the target's law. This is the generation loop's default whenever a
@@ -279,15 +283,21 @@ def cost_aware(
         ``estimate_costs``); ``None``: estimated from the models' sizes at trace time.
       initial_rate: the acceptance assumed before a row has drafted.
       decay: EMA decay of the acceptance statistics per round.
-      probe_every: rounds without drafting before a probe (>= 1).
+      probe_overhead: the share of time probes may cost while nothing pays (> 0).
     """
     if not 0 <= initial_rate <= 1:
         raise ValueError(f"`initial_rate` must lie in [0, 1]; got {initial_rate!r}.")
     if not 0 <= decay < 1:
         raise ValueError(f"`decay` must lie in [0, 1); got {decay!r}.")
-    if not isinstance(probe_every, int) or probe_every < 1:
-        raise ValueError(f"`probe_every` must be a positive int; got {probe_every!r}.")
-    return CostAware(costs, float(initial_rate), float(decay), probe_every)
+    if not probe_overhead > 0:
+        raise ValueError(f"`probe_overhead` must be > 0; got {probe_overhead!r}.")
+    return CostAware(costs, float(initial_rate), float(decay), float(probe_overhead))
+
+
+def _probe_interval(probe_seconds: float, plain_seconds: float, overhead: float) -> int:
+    """Rounds between probes so that probing costs at most ``overhead`` of plain decoding."""
+    extra = max(probe_seconds - plain_seconds, 0.0) / plain_seconds
+    return max(1, math.ceil(extra / overhead - 1e-9))
 
 
 class CostAwareState(NamedTuple):
@@ -356,9 +366,12 @@ def cost_aware_controller(settings: CostAware, costs: Any, max_draft: int) -> Co
     """The chain :class:`Controller` of ``settings`` with the cost model ``costs`` resolved."""
     sizes = chain_block_sizes(max_draft)
     seconds = tuple(float(s) for s in costs.round_seconds(sizes))
+    probe_every = _probe_interval(
+        seconds[min(1, len(sizes) - 1)], seconds[0], settings.probe_overhead
+    )
     return Controller(
         init=_Bound(_cost_init, (settings.initial_rate, float(max_draft))),
-        num_draft=_Bound(_chain_num_draft, (sizes, seconds, settings.probe_every)),
+        num_draft=_Bound(_chain_num_draft, (sizes, seconds, probe_every)),
         update=_Bound(_cost_update, (settings.decay,)),
     )
 
@@ -378,8 +391,9 @@ def tree_cost_aware_controller(
     drafting = float(costs.draft(num_nodes)) + costs.upkeep_seconds + costs.observe_seconds
     seconds = tuple(float(costs.target(b + 1)) + drafting for b in block)
     plain = float(costs.round_seconds(0))
+    probe_every = _probe_interval(seconds[-1], plain, settings.probe_overhead)
     return Controller(
         init=_Bound(_cost_init, (settings.initial_rate * 2, float(num_nodes) / 2)),
-        num_draft=_Bound(_tree_num_draft, (num_nodes, plain, (at, seconds), settings.probe_every)),
+        num_draft=_Bound(_tree_num_draft, (num_nodes, plain, (at, seconds), probe_every)),
         update=_Bound(_cost_update, (settings.decay,)),
     )

@@ -57,8 +57,8 @@ def test_bad_cost_models_raise():
         CostModel((1,), (1.0,), upkeep_seconds=float("nan"))
     with pytest.raises(ValueError, match="decay"):
         drafting.cost_aware(decay=1.0)
-    with pytest.raises(ValueError, match="probe_every"):
-        drafting.cost_aware(probe_every=0)
+    with pytest.raises(ValueError, match="probe_overhead"):
+        drafting.cost_aware(probe_overhead=0.0)
 
 
 def test_estimate_from_model_sizes():
@@ -104,8 +104,9 @@ def test_chain_controller_drafts_what_pays_and_nothing_when_nothing_does():
 
 
 def test_chain_controller_probes_after_a_stretch_of_plain_steps():
+    # A probe (one draft) costs 0.3 plain steps extra: one every 3 rounds spends 10%.
     controller = cost_aware_controller(
-        drafting.cost_aware(decay=0.0, probe_every=3), CHEAP_TARGET, 8
+        drafting.cost_aware(decay=0.0, probe_overhead=0.1), CHEAP_TARGET, 8
     )
     state = _state(controller, 1, [([8], [0])])
     chosen = []
@@ -235,7 +236,7 @@ def test_sampled_output_keeps_the_target_law_when_rounds_are_skipped():
             max_draft_tokens=2,
             # Rows draft only while the batch accepts well enough: the choice depends on
             # earlier random outcomes, which must not bias the output.
-            controller=drafting.cost_aware(CHEAP_TARGET, decay=0.0, probe_every=1),
+            controller=drafting.cost_aware(CHEAP_TARGET, decay=0.0, probe_overhead=1.0),
         )
     )(target, draft, jax.random.key(8))
     assert 0 < int(out.stats.accepted.sum()) < int(out.stats.drafted.sum())

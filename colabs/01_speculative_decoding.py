@@ -72,7 +72,7 @@ def text(tokens):
 
 
 # %%
-def make_runner(kind, k=4, sampling=Sampling(), controller=None):
+def make_runner(kind, k=4, sampling=Sampling(), controller=drafting.constant()):
     def run(target, draft, prompts, lengths, key):
         drafter = None
         if kind == "draft_model":
@@ -117,11 +117,20 @@ rows.append(("prompt lookup K=4", *timed(make_runner("prompt_lookup", k=4))))
 rows.append(
     ("draft model +2/-1", *timed(make_runner("draft_model", k=8, controller=drafting.heuristic())))
 )
+# The library's default controller (`controller=None`): per round, the draft length (0 = a
+# plain step) that maximises expected tokens per second under a cost model estimated from
+# the models' sizes; `drafting.calibrate_costs` measures one on this device instead.
+rows.append(("draft model, default", *timed(make_runner("draft_model", k=8, controller=None))))
+costs = drafting.calibrate_costs(target, drafting.draft_model(draft), prompts, lengths, max_draft=8)
+calibrated = drafting.cost_aware(costs)
+rows.append(
+    ("draft model, calibrated", *timed(make_runner("draft_model", k=8, controller=calibrated)))
+)
 for name, out, seconds in rows:
     generated = int(out.num_generated.sum())
     stats = out.stats
     print(
-        f"{name:20s} {generated / seconds:7.0f} tok/s  x{plain_time / seconds:4.2f}  "
+        f"{name:24s} {generated / seconds:7.0f} tok/s  x{plain_time / seconds:4.2f}  "
         f"target calls/token {int(stats.target_calls.sum()) / generated:.2f}  "
         f"acceptance {int(stats.accepted.sum()) / max(1, int(stats.drafted.sum())):.0%}  "
         f"same as greedy: {bool(np.array_equal(out.tokens, plain.tokens))}"

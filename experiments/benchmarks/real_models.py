@@ -159,6 +159,7 @@ def _runner(k: int, max_new_tokens: int, exact: bool):
             max_new_tokens=max_new_tokens,
             drafter=drafting.draft_model(draft) if k else None,
             max_draft_tokens=max(k, 1),
+            controller=drafting.constant(),  # a fixed K (the default may draft less)
             exact=exact,
         )
 

@@ -140,6 +140,12 @@ def _sweep(config) -> list[dict[str, Any]]:
     return rows
 
 
+# Rows at a fixed K (trees: every round drafts) unless a row names its controller: the
+# library default is cost-aware (it may draft less), which experiments/speculation_grid.py
+# measures.
+FIXED = drafting.constant()
+
+
 def _drafter(
     method: str,
     k: int,
@@ -153,25 +159,25 @@ def _drafter(
     """The drafter (and controller) of one benchmark row; ``state``: warmed drafter state."""
     vocab = target.config.vocab_size
     if method in ("draft_model", "draft_model_exact", "draft_model_heuristic"):
-        controller = drafting.heuristic() if method == "draft_model_heuristic" else None
+        controller = drafting.heuristic() if method == "draft_model_heuristic" else FIXED
         return drafting.draft_model(draft), controller
     if method == "draft_model_ema":
         return drafting.draft_model(draft), drafting.ema()
     if method == "draft_model_speedup":
         return drafting.draft_model(draft), drafting.expected_speedup(config.draft_cost)
     if method == "prompt_lookup":
-        return drafting.prompt_lookup(vocab, max_ngram=config.prompt_lookup_max_ngram), None
+        return drafting.prompt_lookup(vocab, max_ngram=config.prompt_lookup_max_ngram), FIXED
     if method in ("early_exit", "early_exit_del"):
-        return drafting.early_exit(target, layers or config.early_exit_layers), None
+        return drafting.early_exit(target, layers or config.early_exit_layers), FIXED
     if method.startswith("token_recycling"):
         template = trees.token_recycling_template(k)
-        return drafting.token_recycling(vocab, template=template, table=state), None
+        return drafting.token_recycling(vocab, template=template, table=state), FIXED
     if method == "stochastic_ngram":
         widths = tuple(config.ngram_widths) if widths is None else widths
         ngram = drafting.stochastic_ngram(
             vocab, order=config.ngram_order, widths=widths, memory=state
         )
-        return ngram, None
+        return ngram, FIXED
     if method == "draft_model_tree":
         tree = drafting.draft_model_tree(
             draft,
@@ -180,8 +186,8 @@ def _drafter(
             branching=config.draft_tree_branching,
             max_depth=config.draft_tree_depth,
         )
-        return tree, None
-    return None, None
+        return tree, FIXED
+    return None, FIXED
 
 
 def _runner(method: str, k: int, config, sampling: Sampling, layers=None, widths=None):

@@ -189,6 +189,7 @@ class _Round(NamedTuple):
     tree_draft: TreeDraft | None  # trees only: what the drafter's update needs
     tree_path: jax.Array | None  # [B, depth + 1] int32, trees only
     logits: jax.Array | None  # [B, N + 1, V], trees only
+    accepted_within: jax.Array | None = None  # [B, S] int32, trees under a sizing controller
 
 
 # ---- checks ---------------------------------------------------------------------------------
@@ -481,8 +482,13 @@ def _score_used(target, block, cache, mask, used, sizes, config):
     return logits, cache, jnp.asarray(sizes)[choice]
 
 
-def _tree_round(draft_key, verify_key, state, target, config, drafter, plan, active):
-    """Drafts a token tree, scores it under the tree mask and keeps the accepted path."""
+def _tree_round(draft_key, verify_key, state, target, config, drafter, plan, active, size):
+    """Drafts a token tree, scores it under the tree mask and keeps the accepted path.
+
+    ``size`` ([] int32): a sizing controller's cut, the tree's first ``size`` nodes (a
+    prefix-closed subtree: nodes are in topological order). Drafters with their own mask
+    are never cut.
+    """
     rows = jnp.arange(state.tokens.shape[0])
     num_nodes = plan.num_slots
     last = state.tokens[rows, state.lengths - 1]
@@ -492,11 +498,14 @@ def _tree_round(draft_key, verify_key, state, target, config, drafter, plan, act
     tree = tree_draft.tree
     block = jnp.concatenate([last[:, None], tree.token], axis=1)  # [B, N + 1]
     start = state.target_cache.lengths
+    sizes = plan.controller.tree_sizes
     if tree_draft.mask is None:
+        if sizes is not None:
+            tree = tree._replace(valid=tree.valid & (jnp.arange(num_nodes) < size))
         mask = trees.block_mask(tree, drafter.max_depth)
         used = tree.valid & active[:, None]
         logits, cache, scored = _score_used(
-            target, block, state.target_cache, mask, used, drafter.block_sizes, config
+            target, block, state.target_cache, mask, used, sizes or drafter.block_sizes, config
         )
         # Nodes past the scored block (only finished rows have any) are dropped.
         tree = tree._replace(valid=tree.valid & (jnp.arange(num_nodes) < scored))
@@ -517,6 +526,16 @@ def _tree_round(draft_key, verify_key, state, target, config, drafter, plan, act
             replacement=drafter.replacement,
         )
     cache = _models.keep_path(cache, start, verified.path, verified.path_length)
+    accepted_within = None
+    if sizes is not None:
+        # Nodes the cut tree would have accepted at each size: the path's nodes below it
+        # (their indices increase along the path). Sizes above the cut were not observed.
+        node = verified.path[:, 1:] - 1  # [B, depth]
+        on_path = jnp.arange(node.shape[1])[None, :] < verified.num_accepted[:, None]
+        cut = jnp.asarray(sizes, jnp.int32)
+        within = jnp.sum(on_path[:, :, None] & (node[:, :, None] < cut), axis=1)  # [B, S]
+        cut_size = num_nodes if tree_draft.mask is not None else size
+        accepted_within = jnp.where(cut[None, :] <= cut_size, within, -1).astype(jnp.int32)
     return _Round(
         drafts=jnp.take_along_axis(block, verified.path[:, 1:], axis=1),  # [B, N]
         num_drafted=jnp.sum(tree.valid, axis=1, dtype=jnp.int32),
@@ -527,6 +546,7 @@ def _tree_round(draft_key, verify_key, state, target, config, drafter, plan, act
         tree_draft=tree_draft,
         tree_path=verified.path,
         logits=logits,
+        accepted_within=accepted_within,
     )
 
 
@@ -589,9 +609,13 @@ def _update_drafter(
 
 def _update_controller(state, round_: _Round, plan: _Plan, active):
     """Advances the controller for the rows that were active (the others keep theirs)."""
-    controller_state = plan.controller.update(
-        state.controller_state, round_.num_drafted, round_.num_accepted
-    )
+    accepted = round_.num_accepted
+    if plan.controller.tree_sizes is not None:  # a sizing controller sees every cut
+        accepted = round_.accepted_within
+        if accepted is None:  # a plain step: nothing observed
+            shape = (round_.num_accepted.shape[0], len(plan.controller.tree_sizes))
+            accepted = jnp.full(shape, -1, jnp.int32)
+    controller_state = plan.controller.update(state.controller_state, round_.num_drafted, accepted)
     return jax.tree.map(
         lambda new, old: jnp.where(active.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
         controller_state,
@@ -643,8 +667,9 @@ def generation_step(
 
     def speculative(state):
         if plan.is_tree:
+            size = jnp.max(num_draft)  # the batch's cut (rows draft alike)
             round_ = _tree_round(
-                draft_key, verify_key, state, target, config, drafter, plan, active
+                draft_key, verify_key, state, target, config, drafter, plan, active, size
             )
         else:
             round_ = _chain_round(

@@ -31,6 +31,9 @@ class Controller(NamedTuple):
     init: Callable[[int, int], Any]
     num_draft: Callable[..., jax.Array]  # (state, active [B] bool | None) -> [B] int32
     update: Callable[[Any, jax.Array, jax.Array], Any]
+    # Tree controllers only: the sizes a tree may be cut to; ``update`` then takes
+    # ``accepted_within [B, len(tree_sizes)]`` (-1 where not observed) as its third argument.
+    tree_sizes: tuple[int, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,15 +267,17 @@ def cost_aware(
     call over ``k + 1`` tokens, the drafter's proposal and upkeep; ``k = 0``: a plain
     step). All rows draft the same ``k``: the call is as wide as its widest row anyway.
 
-    Trees: each row keeps an EMA of accepted nodes per tree round and of the nodes it
-    scores; the batch drafts its tree when expected tokens per second beat a plain
-    step's, else it skips the drafter for the round.
+    Trees: every round verifies the tree's first ``n`` nodes (a subtree), ``n`` among
+    :func:`tree_sizes` (the drafter's ``block_sizes``, else 0, 4, 8, ... N), chosen the
+    same way from each row's EMA of the nodes it would have accepted at every ``n`` (the
+    loop reports what each cut would have accepted); ``n = 0`` skips the drafter.
 
     After a stretch of rounds without drafting the batch drafts once (the smallest chain
-    size; trees: the tree) to re-measure acceptance, so a text that becomes predictable
-    is noticed. The stretch is as long as it takes for probes to cost at most
-    ``probe_overhead`` of plain decoding's time: ``ceil(extra / probe_overhead)`` rounds
-    for a probe that costs ``1 + extra`` plain steps.
+    size; trees: the whole tree, also the first round) to re-measure acceptance, so a
+    text that becomes predictable is noticed. The stretch is as long as it takes for
+    probes to cost at most ``probe_overhead`` of plain decoding's time:
+    ``ceil(extra / probe_overhead)`` rounds for a probe that costs ``1 + extra`` plain
+    steps.
 
     Greedy outputs never depend on the choice (every round is verified); sampled
     outputs keep the target's law. This is the generation loop's default whenever a
@@ -303,17 +308,17 @@ def _probe_interval(probe_seconds: float, plain_seconds: float, overhead: float)
 class CostAwareState(NamedTuple):
     accepted: jax.Array  # [B] float32, EMA of accepted drafts per drafting round
     examined: jax.Array  # [B] float32, EMA of drafts the target examined per drafting round
-    scored: jax.Array  # [B] float32, EMA of drafts (tree nodes) proposed per drafting round
+    seen: jax.Array  # [B] bool, rows that drafted at least once (before: the prior)
     idle: jax.Array  # [B] int32, rounds since the row last drafted
 
 
-def _cost_init(initial_rate: float, initial_scored: float, batch_size: int, max_draft: int):
+def _cost_init(initial_rate: float, batch_size: int, max_draft: int):
     del max_draft
     full = functools.partial(jnp.full, (batch_size,), dtype=jnp.float32)
     return CostAwareState(
         accepted=full(initial_rate),
         examined=full(1.0),
-        scored=full(initial_scored),
+        seen=jnp.zeros((batch_size,), bool),
         idle=jnp.zeros((batch_size,), jnp.int32),
     )
 
@@ -335,16 +340,41 @@ def _chain_num_draft(sizes, seconds, probe_every, state: CostAwareState, active=
     return jnp.full(state.idle.shape, jnp.asarray(sizes, jnp.int32)[choice])
 
 
-def _tree_num_draft(num_nodes, plain, round_at, probe_every, state, active=None):
+class TreeCostState(NamedTuple):
+    accepted: jax.Array  # [B, S] float32, EMA of accepted nodes had the tree been cut at size s
+    seen: jax.Array  # [B, S] bool, sizes observed at least once (before: the prior)
+    idle: jax.Array  # [B] int32, rounds since the row last drafted
+
+
+def _tree_init(num_sizes: int, initial: float, probe_every: int, batch_size: int, max_draft: int):
+    del max_draft
+    # Sizes[0] = 0 (a plain step) accepts nothing; the first round probes the whole tree.
+    accepted = jnp.full((batch_size, num_sizes), initial, jnp.float32).at[:, 0].set(0.0)
+    seen = jnp.zeros((batch_size, num_sizes), bool)
+    return TreeCostState(accepted, seen, jnp.full((batch_size,), probe_every, jnp.int32))
+
+
+def _tree_num_draft(sizes, seconds, probe_every, state: TreeCostState, active=None):
     active = jnp.ones(state.idle.shape, bool) if active is None else active
-    rows = jnp.maximum(jnp.sum(active), 1)
-    tokens = jnp.sum(jnp.where(active, 1.0 + state.accepted, 0.0))
-    # The call is as wide as the widest row's tree: cost at the largest expected size.
-    scored = jnp.max(jnp.where(active, state.scored, 0.0))
-    sizes = jnp.asarray(round_at[0], jnp.float32)
-    tree_seconds = jnp.interp(scored, sizes, jnp.asarray(round_at[1], jnp.float32))
-    draft = (tokens / tree_seconds >= rows / plain) | _probe(state, active, probe_every)
-    return jnp.full(state.idle.shape, jnp.where(draft, num_nodes, 0), jnp.int32)
+    tokens = jnp.sum(jnp.where(active[:, None], 1.0 + state.accepted, 0.0), axis=0)  # [S]
+    choice = jnp.argmax(tokens / jnp.asarray(seconds, jnp.float32))
+    probe = jnp.any(active) & (jnp.min(jnp.where(active, state.idle, probe_every)) >= probe_every)
+    size = jnp.where(probe, sizes[-1], jnp.asarray(sizes, jnp.int32)[choice])
+    return jnp.full(state.idle.shape, size, jnp.int32)
+
+
+def _tree_update(decay, state: TreeCostState, num_drafted, accepted_within) -> TreeCostState:
+    """``accepted_within [B, S]``: accepted nodes below each size (-1: size not observed)."""
+    drafted = num_drafted > 0
+    observed = drafted[:, None] & (accepted_within >= 0)
+    value = accepted_within.astype(jnp.float32)
+    # The first observation replaces the prior; later ones are averaged in.
+    new = jnp.where(state.seen, decay * state.accepted + (1 - decay) * value, value)
+    return TreeCostState(
+        accepted=jnp.where(observed, new, state.accepted),
+        seen=state.seen | observed,
+        idle=jnp.where(drafted, 0, state.idle + 1).astype(jnp.int32),
+    )
 
 
 def _cost_update(decay, state: CostAwareState, num_drafted, num_accepted) -> CostAwareState:
@@ -352,12 +382,14 @@ def _cost_update(decay, state: CostAwareState, num_drafted, num_accepted) -> Cos
     examined = jnp.minimum(num_accepted + 1, num_drafted).astype(jnp.float32)
 
     def ema(old, new):
-        return jnp.where(drafted, decay * old + (1 - decay) * new, old)
+        # The first observation replaces the prior; later ones are averaged in.
+        new = jnp.where(state.seen, decay * old + (1 - decay) * new, new)
+        return jnp.where(drafted, new, old)
 
     return CostAwareState(
         accepted=ema(state.accepted, num_accepted.astype(jnp.float32)),
         examined=ema(state.examined, examined),
-        scored=ema(state.scored, num_drafted.astype(jnp.float32)),
+        seen=state.seen | drafted,
         idle=jnp.where(drafted, 0, state.idle + 1).astype(jnp.int32),
     )
 
@@ -370,30 +402,47 @@ def cost_aware_controller(settings: CostAware, costs: Any, max_draft: int) -> Co
         seconds[min(1, len(sizes) - 1)], seconds[0], settings.probe_overhead
     )
     return Controller(
-        init=_Bound(_cost_init, (settings.initial_rate, float(max_draft))),
+        init=_Bound(_cost_init, (settings.initial_rate,)),
         num_draft=_Bound(_chain_num_draft, (sizes, seconds, probe_every)),
         update=_Bound(_cost_update, (settings.decay,)),
     )
 
 
-def tree_cost_aware_controller(
-    settings: CostAware, costs: Any, num_nodes: int, block_sizes
-) -> Controller:
-    """The tree :class:`Controller` of ``settings``: draft the tree (``num_nodes``) or skip (0).
+def tree_sizes(num_nodes: int, block_sizes=None) -> tuple[int, ...]:
+    """The tree sizes a cost-aware round may cut a tree to: a drafter's own block sizes,
+    else 0 (a plain step), 4, 8, 16, ... and ``num_nodes`` (its first nodes, a subtree)."""
+    if block_sizes:
+        return tuple(sorted({0, *block_sizes}))
+    sizes, n = {0, num_nodes}, 4
+    while n < num_nodes:
+        sizes.add(n)
+        n *= 2
+    return tuple(sorted(sizes))
 
-    ``block_sizes``: what the loop may score (a tree round costs the smallest size holding
-    its nodes); the expected cost interpolates between them.
+
+def tree_cost_aware_controller(
+    settings: CostAware, costs: Any, num_nodes: int, block_sizes=None
+) -> Controller:
+    """The tree :class:`Controller` of ``settings``: how many of the tree's first nodes to
+    verify, among :func:`tree_sizes` (0: a plain step).
+
+    Each row keeps, per size, an EMA of the nodes it would have accepted had the tree been
+    cut there (the loop reports them: a cut keeps a prefix-closed subtree, and the
+    accepted path's nodes below the cut are what the cut tree accepts). A round costs one
+    target call over ``size + 1`` tokens, the proposal and the upkeep; the size with the
+    most expected tokens per second wins. Its ``update`` takes ``accepted_within [B, S]``
+    in place of ``num_accepted`` (``Controller.tree_sizes`` tells the loop).
     """
-    sizes = tuple(block_sizes) if block_sizes else (num_nodes,)
-    # A tree of n nodes scored: one call over the smallest block >= n, proposal and upkeep.
-    at = tuple(float(n) for n in range(0, num_nodes + 1))
-    block = [min(s for s in sizes if s >= n) for n in range(0, num_nodes + 1)]
-    drafting = float(costs.draft(num_nodes)) + costs.upkeep_seconds + costs.observe_seconds
-    seconds = tuple(float(costs.target(b + 1)) + drafting for b in block)
-    plain = float(costs.round_seconds(0))
-    probe_every = _probe_interval(seconds[-1], plain, settings.probe_overhead)
+    sizes = tree_sizes(num_nodes, block_sizes)
+    drafting = float(costs.draft(num_nodes)) + costs.upkeep_seconds
+    seconds = tuple(
+        float(costs.round_seconds(0)) if n == 0 else float(costs.target(n + 1)) + drafting
+        for n in sizes
+    )
+    probe_every = _probe_interval(seconds[-1], seconds[0], settings.probe_overhead)
     return Controller(
-        init=_Bound(_cost_init, (settings.initial_rate * 2, float(num_nodes) / 2)),
-        num_draft=_Bound(_tree_num_draft, (num_nodes, plain, (at, seconds), probe_every)),
-        update=_Bound(_cost_update, (settings.decay,)),
+        init=_Bound(_tree_init, (len(sizes), 2 * settings.initial_rate, probe_every)),
+        num_draft=_Bound(_tree_num_draft, (sizes, seconds, probe_every)),
+        update=_Bound(_tree_update, (settings.decay,)),
+        tree_sizes=sizes,
     )

@@ -32,6 +32,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from lookahead_jax import models as _models
 from lookahead_jax.drafting.base import Drafter, TreeDrafter
@@ -202,14 +203,55 @@ def estimate_costs(
 # ---- calibration on the device ---------------------------------------------------------------
 
 
-def _median_seconds(fn, args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))  # compile and warm
+def _depend(args, outputs):
+    """``args`` with its integer arrays made to depend on ``outputs`` (values kept).
+
+    ``x != x`` of a float output is false at run time (it is not NaN), but the compiler
+    cannot know it, so a loop that feeds one call's outputs into the next call's inputs
+    this way runs every call (a loop-invariant call would be hoisted out of the loop).
+    """
+    outs = [x for x in jax.tree.leaves(outputs) if jnp.size(x) > 0]
+    floats = [x for x in outs if jnp.issubdtype(jnp.result_type(x), jnp.floating)]
+    if not outs:  # nothing computed (a stateless update)
+        return args
+    if floats:
+        probe = floats[0].reshape(-1)[0]
+        never = (probe != probe).astype(jnp.int32)  # NaN only
+    else:  # an integer the outputs never hold in practice (x != x folds to false for ints)
+        probe = outs[0].reshape(-1)[0].astype(jnp.int32)
+        never = (probe == jnp.iinfo(jnp.int32).min + 12345).astype(jnp.int32)
+    leaves, treedef = jax.tree.flatten(args)
+    for i, x in enumerate(leaves):
+        # Small integer arrays (tokens, lengths, indices): each call reads some of them.
+        if jnp.issubdtype(jnp.result_type(x), jnp.integer) and jnp.size(x) <= 1 << 16:
+            leaves[i] = x + never.astype(jnp.result_type(x))
+    return jax.tree.unflatten(treedef, leaves)
+
+
+def _median_seconds(fn, args, repeats: int, inner: int = 16) -> float:
+    """Seconds of one ``fn(*args)`` inside a compiled loop (as the generation loop runs it).
+
+    ``inner + 1`` calls run in one ``fori_loop``, so the per-call dispatch of a jitted
+    function, which the generation loop does not pay, is amortised; each call's inputs
+    depend on the previous call's outputs (:func:`_depend`), so none is hoisted out of
+    the loop. Median of ``repeats`` loops.
+    """
+
+    def looped(*args):
+        def body(i, outputs):
+            del i
+            return fn(*_depend(args, outputs))
+
+        return lax.fori_loop(0, inner, body, fn(*args))
+
+    looped = jax.jit(looped)
+    jax.block_until_ready(looped(*args))  # compile and warm
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
+        jax.block_until_ready(looped(*args))
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(times) / (inner + 1)
 
 
 def _default_points(largest: int) -> tuple[int, ...]:
@@ -234,11 +276,14 @@ def calibrate_costs(
 ) -> CostModel:
     """Times a round's parts on the default device (jitted, warmed, median of ``repeats``).
 
-    Measures one target call over ``n`` tokens per row on the prefilled prompts for ``n``
-    in 1, 2, 4, ... up to ``max_draft + 1`` (trees: ``num_nodes + 1``), the drafter's
-    ``propose`` at each draft length (trees: once), and its ``update`` (and ``observe``)
-    as upkeep. Call it once per batch size and prompt width, outside any compiled
-    function; it compiles a few small programs.
+    Each figure is one call's time inside a compiled loop (no per-call dispatch, as in
+    the generation loop). The loop's own work per round (sampling, commit, counters: a
+    plain ``generation_step`` minus its target call) is added to every target figure, so
+    ``target(1)`` is a plain round. Measures one target call over ``n`` tokens per row on
+    the prefilled prompts for ``n`` in 1, 2, 4, ... up to ``max_draft + 1`` (trees:
+    ``num_nodes + 1``), the drafter's ``propose`` at each draft length (trees: once), and
+    its ``update`` (and ``observe``) as upkeep. Call it once per batch size and prompt
+    width, outside any compiled function; it compiles a few small programs.
 
     Args:
       target: the target model.
@@ -275,12 +320,26 @@ def calibrate_costs(
     cache = _models.rewind(cache, prompt_lengths - 1)
     tokens = jnp.pad(prompt, ((0, 0), (0, max_new_tokens + slots)))
 
-    score = jax.jit(lambda m, block, c: m(block, c)[0])
+    def score(m, block, c):
+        return m(block, c)
+
     target_tokens = _default_points(slots + 1)
     target_seconds = tuple(
         _median_seconds(score, (target, jnp.zeros((batch, n), jnp.int32), cache), repeats)
         for n in target_tokens
     )
+    # The loop's own work per round, paid whatever is scored.
+    from lookahead_jax import decoding as _generate  # the loop (it imports drafting)
+
+    config = _generate.GenerationConfig(max_new_tokens=max_new_tokens, sampling=sampling)
+    plain = _generate.generation_init(key, target, prompt, prompt_lengths, config)
+
+    def plain_step(k, s, m):
+        return _generate.generation_step(k, s, m, config)
+
+    step = _median_seconds(plain_step, (key, plain, target), repeats)
+    overhead = max(0.0, step - target_seconds[0])
+    target_seconds = tuple(t + overhead for t in target_seconds)
     if drafter is None:
         return CostModel(target_tokens, target_seconds, batch_size=batch, source="calibrated")
 
@@ -289,34 +348,34 @@ def calibrate_costs(
     lengths = prompt_lengths + 1
     observe = 0.0
     if is_tree:
-        propose = jax.jit(lambda s, k, t, n: drafter.propose(s, k, t, n, sampling=sampling))
+
+        def propose(s, k, t, n):
+            return drafter.propose(s, k, t, n, sampling=sampling)
+
         draft_seconds = (_median_seconds(propose, (state, key, tokens, lengths), repeats),)
         draft_tokens = (drafter.num_nodes,)
-        new_state, draft = propose(state, key, tokens, lengths)
+        new_state, draft = jax.jit(propose)(state, key, tokens, lengths)
         logits = jnp.zeros((batch, drafter.num_nodes + 1, drafter.vocab_size), jnp.float32)
         verified = tree_greedy(draft.tree, logits)
-        update = jax.jit(drafter.update)
         upkeep = _median_seconds(
-            update, (new_state, prompt_lengths, draft, verified, logits), repeats
+            drafter.update, (new_state, prompt_lengths, draft, verified, logits), repeats
         )
         if drafter.observe is not None:
-            observe = _median_seconds(
-                jax.jit(drafter.observe), (new_state, tokens, lengths + 1), repeats
-            )
+            observe = _median_seconds(drafter.observe, (new_state, tokens, lengths + 1), repeats)
     else:
 
         def propose_k(s, k, t, n, num):
             return drafter.propose(s, k, t, n, num, max_draft=max_draft, sampling=sampling)
 
-        propose = jax.jit(propose_k)
+        propose = propose_k
         draft_tokens = _default_points(max_draft)
         draft_seconds = tuple(
             _median_seconds(propose, (state, key, tokens, lengths, jnp.full((batch,), k)), repeats)
             for k in draft_tokens
         )
-        new_state, _ = propose(state, key, tokens, lengths, jnp.full((batch,), max_draft))
+        new_state, _ = jax.jit(propose)(state, key, tokens, lengths, jnp.full((batch,), max_draft))
         upkeep = _median_seconds(
-            jax.jit(drafter.update),
+            drafter.update,
             (new_state, lengths, jnp.zeros((batch,), jnp.int32)),
             repeats,
         )

@@ -347,6 +347,9 @@ def lookahead(
         max_depth=max_depth,
         replacement=True,
         observe=observe,
+        # Its own mask scores the window with the candidates: all or nothing (0, a plain
+        # step, when a cost-aware controller says the round does not pay).
+        block_sizes=(num_nodes,),
     )
 
 

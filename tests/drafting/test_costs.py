@@ -15,6 +15,7 @@ from lookahead_jax.drafting.controllers import (
     chain_block_sizes,
     cost_aware_controller,
     tree_cost_aware_controller,
+    tree_sizes,
 )
 from lookahead_jax.sampling import Sampling
 from tests import helpers
@@ -117,14 +118,25 @@ def test_chain_controller_probes_after_a_stretch_of_plain_steps():
     assert chosen == [0, 0, 0, 1, 0, 0, 0, 1]
 
 
-def test_tree_controller_skips_trees_that_do_not_pay():
-    costs = CostModel((1, 9), (1.0, 1.8), draft_tokens=(8,), draft_seconds=(0.4,))
-    controller = tree_cost_aware_controller(drafting.cost_aware(decay=0.0), costs, 8, None)
-    # An 8-node tree round costs 1.8 + 0.4 = 2.2 plain steps: it pays from 1.2 accepted.
-    good = _state(controller, 1, [([8], [2])])
-    poor = _state(controller, 1, [([8], [1])])
-    assert controller.num_draft(good).tolist() == [8]
-    assert controller.num_draft(poor).tolist() == [0]
+def test_tree_controller_cuts_trees_to_what_pays():
+    assert tree_sizes(80) == (0, 4, 8, 16, 32, 64, 80)
+    assert tree_sizes(24, (0, 8, 16, 24)) == (0, 8, 16, 24)
+    costs = CostModel((1, 9), (1.0, 1.8), draft_tokens=(8,), draft_seconds=(0.2,))
+    controller = tree_cost_aware_controller(drafting.cost_aware(decay=0.0), costs, 8, (4, 8))
+    assert controller.tree_sizes == (0, 4, 8)
+    # Seconds per size: plain 1.0; 4 nodes 1.4 + 0.2 = 1.6; 8 nodes 1.8 + 0.2 = 2.0.
+    state = controller.init(1, 8)
+    assert controller.num_draft(state).tolist() == [8]  # the first round probes everything
+
+    def after(within):
+        return controller.update(state, jnp.asarray([8]), jnp.asarray([within]))
+
+    assert controller.num_draft(after([0, 2, 2])).tolist() == [4]  # 3 / 1.6 > 3 / 2.0
+    assert controller.num_draft(after([0, 1, 3])).tolist() == [8]  # 4 / 2.0 > 2 / 1.6
+    assert controller.num_draft(after([0, 0, 0])).tolist() == [0]  # a plain step
+    # A size above the cut is not observed (-1): its estimate stays.
+    kept = controller.update(after([0, 2, 2]), jnp.asarray([4]), jnp.asarray([[0, 0, -1]]))
+    np.testing.assert_allclose(kept.accepted, [[0.0, 0.0, 2.0]])
 
 
 # ---- in the generation loop ------------------------------------------------------------------

@@ -228,7 +228,7 @@ def _depend(args, outputs):
     return jax.tree.unflatten(treedef, leaves)
 
 
-def _median_seconds(fn, args, repeats: int, inner: int = 16) -> float:
+def loop_seconds(fn, args, repeats: int, inner: int = 16) -> float:
     """Seconds of one ``fn(*args)`` inside a compiled loop (as the generation loop runs it).
 
     ``inner + 1`` calls run in one ``fori_loop``, so the per-call dispatch of a jitted
@@ -325,7 +325,7 @@ def calibrate_costs(
 
     target_tokens = _default_points(slots + 1)
     target_seconds = tuple(
-        _median_seconds(score, (target, jnp.zeros((batch, n), jnp.int32), cache), repeats)
+        loop_seconds(score, (target, jnp.zeros((batch, n), jnp.int32), cache), repeats)
         for n in target_tokens
     )
     # The loop's own work per round, paid whatever is scored.
@@ -337,7 +337,7 @@ def calibrate_costs(
     def plain_step(k, s, m):
         return _generate.generation_step(k, s, m, config)
 
-    step = _median_seconds(plain_step, (key, plain, target), repeats)
+    step = loop_seconds(plain_step, (key, plain, target), repeats)
     overhead = max(0.0, step - target_seconds[0])
     target_seconds = tuple(t + overhead for t in target_seconds)
     if drafter is None:
@@ -352,16 +352,16 @@ def calibrate_costs(
         def propose(s, k, t, n):
             return drafter.propose(s, k, t, n, sampling=sampling)
 
-        draft_seconds = (_median_seconds(propose, (state, key, tokens, lengths), repeats),)
+        draft_seconds = (loop_seconds(propose, (state, key, tokens, lengths), repeats),)
         draft_tokens = (drafter.num_nodes,)
         new_state, draft = jax.jit(propose)(state, key, tokens, lengths)
         logits = jnp.zeros((batch, drafter.num_nodes + 1, drafter.vocab_size), jnp.float32)
         verified = tree_greedy(draft.tree, logits)
-        upkeep = _median_seconds(
+        upkeep = loop_seconds(
             drafter.update, (new_state, prompt_lengths, draft, verified, logits), repeats
         )
         if drafter.observe is not None:
-            observe = _median_seconds(drafter.observe, (new_state, tokens, lengths + 1), repeats)
+            observe = loop_seconds(drafter.observe, (new_state, tokens, lengths + 1), repeats)
     else:
 
         def propose_k(s, k, t, n, num):
@@ -370,11 +370,11 @@ def calibrate_costs(
         propose = propose_k
         draft_tokens = _default_points(max_draft)
         draft_seconds = tuple(
-            _median_seconds(propose, (state, key, tokens, lengths, jnp.full((batch,), k)), repeats)
+            loop_seconds(propose, (state, key, tokens, lengths, jnp.full((batch,), k)), repeats)
             for k in draft_tokens
         )
         new_state, _ = jax.jit(propose)(state, key, tokens, lengths, jnp.full((batch,), max_draft))
-        upkeep = _median_seconds(
+        upkeep = loop_seconds(
             drafter.update,
             (new_state, lengths, jnp.zeros((batch,), jnp.int32)),
             repeats,

@@ -188,10 +188,10 @@ def run(target, prompt, lengths, key, kind, which, sampling=Sampling(), eos_id=N
     ("kind", "which"),
     [
         ("self", "every_third"),
-        ("self_tree", "every_third"),
+        pytest.param("self_tree", "every_third", marks=pytest.mark.slow),
         ("lookup", "default"),
-        ("recycling", "default"),
-        ("self", "cheap"),
+        pytest.param("recycling", "default", marks=pytest.mark.slow),
+        pytest.param("self", "cheap", marks=pytest.mark.slow),
     ],
 )
 def test_greedy_equals_plain_greedy_with_rounds_skipped(target, kind, which):
@@ -273,9 +273,9 @@ def test_calibration_measures_every_part(target):
     assert costs.source == "calibrated" and costs.batch_size == 2
     assert costs.target_tokens == (1, 2, 4) and costs.draft_tokens == (1, 2, 3)
     assert all(s > 0 for s in costs.target_seconds + costs.draft_seconds)
-    tree = drafting.calibrate_costs(
-        target, drafting.token_recycling(16), prompt, lengths, max_new_tokens=8, repeats=1
-    )
-    assert tree.draft_tokens == (80,) and tree.upkeep_seconds > 0
+    trie = drafting.trie_retrieval(16, num_nodes=4, branch_length=2, capacity=64)
+    tree = drafting.calibrate_costs(target, trie, prompt, lengths, max_new_tokens=8, repeats=1)
+    assert tree.target_tokens == (1, 2, 4, 5) and tree.draft_tokens == (4,)
+    assert tree.upkeep_seconds > 0 and tree.observe_seconds > 0
     with pytest.raises(ValueError, match="repeats"):
         drafting.calibrate_costs(target, None, prompt, lengths, repeats=0)

@@ -44,8 +44,9 @@ greedy's; and the measured
   width, sampling; drafting ``K`` tokens, or the whole tree) / ``K`` / time of one plain
   ``generation_step`` at the same shapes, timed on the state ``generation_init`` returns,
   each inside a compiled loop of ``config.cost_repeats`` calls (``drafting.costs.
-  loop_seconds``: no per-call dispatch, as in generation; median of 3). ``K`` is the chain's ``max_draft_tokens`` or the tree's ``max_depth``, so ``K c`` is the drafting time
-  of one round in plain steps; fixed-``k`` rows reuse their drafter's ``c`` measured at
+  loop_seconds``: no per-call dispatch, as in generation; median of 3). ``K`` is the
+  chain's ``max_draft_tokens`` or the tree's ``max_depth``, so ``K c`` is the drafting
+  time of one round in plain steps; fixed-``k`` rows reuse their drafter's ``c`` measured at
   ``max_draft_tokens`` (a per-token cost; for prompt lookup, whose search costs the same
   at any k, it understates c at small k). It leaves out the drafter's
   ``update`` / ``observe`` and the cost of scoring K + 1 (or N + 1) tokens instead of one,

@@ -72,7 +72,10 @@ def text(tokens):
 
 
 # %%
-def make_runner(kind, k=4, sampling=Sampling(), controller=drafting.constant()):
+FIXED_K = drafting.constant()  # draft K every round (the default controller may draft less)
+
+
+def make_runner(kind, k=4, sampling=Sampling(), controller=FIXED_K):
     def run(target, draft, prompts, lengths, key):
         drafter = None
         if kind == "draft_model":

@@ -283,26 +283,16 @@ def make_drafter(name: str, target, draft, config):
     return lookahead_family.make_drafter(name, (target, draft), vocab, family)
 
 
-def _default_controller():
-    """The library's default with a drafter (None); the cost-aware one spelled out when it
-    exists is the same thing, so None is what every default row passes."""
-    return None
-
-
 def _calibrated_controller(target, draft, name, prompt, lengths, config, sampling):
-    cost_aware = getattr(drafting, "cost_aware", None)
-    calibrate = getattr(drafting, "calibrate_costs", None)
-    if cost_aware is None or calibrate is None:
-        return None
     drafter = make_drafter(name, target, draft, config)
     try:
-        costs = calibrate(
+        costs = drafting.calibrate_costs(
             target, drafter, prompt, lengths, max_draft=config.max_draft_tokens, sampling=sampling
         )
     except (TypeError, ValueError) as error:  # e.g. a drafter the calibration does not take
         _CALIBRATION_ERRORS.append(f"{name}: {error}")
         return None
-    return cost_aware(costs)
+    return drafting.cost_aware(costs)
 
 
 _CALIBRATION_ERRORS: list[str] = []
@@ -748,7 +738,6 @@ def run(config: ml_collections.ConfigDict, progress=None) -> dict[str, Any]:
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
         "config": config.to_dict(),
-        "cost_aware_default": getattr(drafting, "cost_aware", None) is not None,
         "pairs": {},
         "rows": [],
     }

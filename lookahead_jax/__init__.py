@@ -7,9 +7,17 @@ models), ``data`` (shipped corpus), ``drafting`` and ``verification``
 ``predictive_coding`` (pyhgf-style HGF networks), ``extrapolation``
 (Leap+Verify weight extrapolation), plus the shared
 ``sampling``, ``sharding`` and ``checkpoint`` helpers.
+
+Importing the package lets XLA:CPU compile small loops into single kernels (see
+``lookahead_jax._xla_cpu``; ``LOOKAHEAD_JAX_KEEP_XLA_FLAGS=1`` keeps ``XLA_FLAGS`` as
+they are).
 """
 
-from lookahead_jax import (
+from lookahead_jax import _xla_cpu
+
+_xla_cpu.enable_small_loop_kernels()  # before any submodule can create the backend
+
+from lookahead_jax import (  # noqa: E402
     checkpoint,
     checks,
     data,
@@ -25,8 +33,9 @@ from lookahead_jax import (
     trees,
     verification,
 )
-from lookahead_jax.checks import checked
-from lookahead_jax.decoding import (
+from lookahead_jax._xla_cpu import small_loop_kernels  # noqa: E402
+from lookahead_jax.checks import checked  # noqa: E402
+from lookahead_jax.decoding import (  # noqa: E402
     Generation,
     GenerationConfig,
     GenerationState,
@@ -38,7 +47,7 @@ from lookahead_jax.decoding import (
     generation_run,
     generation_step,
 )
-from lookahead_jax.sampling import Sampling
+from lookahead_jax.sampling import Sampling  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -67,6 +76,7 @@ __all__ = [
     "predictive_coding",
     "sampling",
     "sharding",
+    "small_loop_kernels",
     "trees",
     "verification",
 ]

@@ -12,6 +12,11 @@ if _flag not in os.environ.get("XLA_FLAGS", ""):
 if "--xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
     os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
 
+# As a user's process has it after `import lookahead_jax` (small loops in one kernel).
+from lookahead_jax import _xla_cpu  # noqa: E402
+
+_xla_cpu.enable_small_loop_kernels()
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 

@@ -100,7 +100,7 @@ def test_eager_run_traces_its_step_once(monkeypatch):
     structure, params, beliefs = (
         pc.Network().add_nodes(precision=1e4).add_nodes(value_children=0).compile(jnp.float32)
     )
-    assert core._scan_body(structure, False, False) is core._scan_body(structure, False, False)
+    assert core._scan_body(structure, False) is core._scan_body(structure, False)  # cached
     traces = []
     update = core._update_beliefs
     monkeypatch.setattr(core, "_update_beliefs", lambda *a: traces.append(1) or update(*a))
@@ -108,3 +108,43 @@ def test_eager_run_traces_its_step_once(monkeypatch):
     for shift in (0.0, 1.0, 2.0):
         pc.run(None, beliefs, params, series + shift, structure=structure)
     assert len(traces) <= 1
+
+
+def _continuous3(updates):
+    net = pc.Network(volatility_updates=updates).add_nodes(precision=1e4)
+    net = net.add_nodes(value_children=0, mean=1.04, precision=1e4, tonic_volatility=-8.0)
+    net = net.add_nodes(volatility_children=1, mean=1.0, precision=1e1, tonic_volatility=-4.0)
+    net = net.add_nodes(volatility_children=2, mean=0.5, precision=1e1, tonic_volatility=-5.0)
+    return net.compile(jnp.float32)
+
+
+@pytest.mark.parametrize("updates", ["standard", "eHGF", "unbounded"])
+def test_defaults_for_mask_and_time_steps_equal_explicit_ones(updates):
+    """Without a mask or time steps the step folds them in as constants; the result is
+    that of passing all-observed and unit time steps (float64: up to rounding)."""
+    with jax.enable_x64(True):
+        structure, params, beliefs = _continuous3(updates)
+        params, beliefs = jax.tree.map(lambda x: x.astype(jnp.float64), (params, beliefs))
+        inputs = jnp.asarray(np.resize(pc.load_data("continuous")[:200], 300))[:, None]
+        run = jax.jit(pc.filter_series, static_argnums=0)
+        _, implicit = run(structure, params, beliefs, inputs)
+        _, explicit = run(
+            structure, params, beliefs, inputs, jnp.ones(inputs.shape, bool), jnp.ones(300)
+        )
+        chex.assert_trees_all_close(implicit, explicit, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU compilation property")
+@pytest.mark.parametrize("updates", ["standard", "eHGF", "unbounded"])
+def test_scan_compiles_to_one_kernel_on_cpu(updates):
+    """With the small-loop option lookahead_jax sets at import, XLA:CPU compiles the
+    whole scan into one kernel instead of dispatching every fused operation of every
+    step (the ~5x of issue 18 for the unbounded update)."""
+    structure, params, beliefs = _continuous3(updates)
+    inputs = jnp.zeros((1000, 1), jnp.float32)
+    compiled = (
+        jax.jit(lambda p, b, x: pc.filter_series(structure, p, b, x)[1].beliefs.mean)
+        .lower(params, beliefs, inputs)
+        .compile()
+    )
+    assert "xla_cpu_small_call" in compiled.as_text()

@@ -48,7 +48,7 @@ if importlib.util.find_spec("lookahead_jax") is None:
     subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", source])
 
 # %% tags=["parameters"]
-NUM_SUBJECTS = 16  # synthetic subjects fitted at once
+NUM_SUBJECTS = 100  # synthetic subjects fitted at once
 SUBJECT_STEPS = 300  # observations per synthetic subject
 FIT_STEPS = 200  # optimiser steps per fit
 NUM_DRAWS = 1000  # random parameter draws for the NaN count

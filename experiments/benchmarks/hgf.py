@@ -74,6 +74,15 @@ CONTINUOUS3 = (
 )
 NODES = len(CONTINUOUS3)
 OMEGAS0 = (-8.0, -4.0, -3.0)  # tonic volatilities at which the gradients are taken
+MEANS0 = (1.04, 1.0, 0.5)  # initial means (nodes 1-3) at which the gradients are taken
+# The compiled-scan grid's networks: name -> the case of experiments/pyhgf_reference.py
+# whose network and inputs (tiled to each length) it runs. `features` has value and
+# volatility parents over several children, two inputs, a mask and irregular time steps.
+SCAN_NETWORKS = {
+    "continuous3": "continuous3_usdchf",
+    "binary3": "binary3_iglesias",
+    "features": "features_returns",
+}
 
 
 def default_config():
@@ -101,10 +110,23 @@ def default_config():
     config.lengths = (1_000, 10_000, 100_000)
     config.repeats = 5
     config.variants = ("unbounded", "standard")  # pyhgf's default and the classic HGF
+    # Compiled scans, side by side (issue 18's goals): each library's own scan over the
+    # series under `jax.jit`, compiled and warmed, returning every node's beliefs; the
+    # median of `repeats` calls. Networks: keys of SCAN_NETWORKS.
+    config.scan_networks = tuple(SCAN_NETWORKS)
+    config.scan_variants = ("standard", "eHGF", "unbounded")
     # Batch: jit(vmap) over subjects; gradient of the input surprise w.r.t. the three
     # tonic volatilities, for one series and vmapped over the subjects.
     config.num_subjects = 1_000
     config.subject_steps = 1_000
+    # Ours only: subjects per second of the same batch sharded over 1, 2, ... devices
+    # (simulated CPU devices in a subprocess; they share this machine's cores).
+    config.device_counts = (1, 2, 4, 8)
+    # Ours only: an optax MAP fit of one tonic volatility for many synthetic subjects at
+    # once (vmap), recovering the simulated values.
+    config.fit_subjects = 100
+    config.fit_series_steps = 300
+    config.fit_steps = 200
     # NaN rate: random tonic volatilities of the 3-level HGF on the twice-tiled series
     # (the jump from 0.82 back to 1.04 is what breaks the classic HGF).
     config.nan_draws = 1_000
@@ -136,6 +158,27 @@ def _tiled(series: Any, length: int) -> Any:
     import numpy as np
 
     return np.resize(np.asarray(series), length)
+
+
+def _case_series(case: Any, length: int) -> tuple[Any, Any, Any]:
+    """A reference case's ``(inputs [L, n], observed [L, n] int, time_steps [L])``
+    tiled to ``length`` steps."""
+    import numpy as np
+
+    _, inputs, observed, time_steps = case
+    n = inputs.shape[1]
+    return (
+        np.resize(np.asarray(inputs, np.float32), (length, n)),
+        np.resize(np.asarray(observed), (length, n)),
+        np.resize(np.asarray(time_steps, np.float32), (length,)),
+    )
+
+
+def _input_surprise(mu: Any, pi: Any, series: Any) -> Any:
+    """Summed Gaussian surprise of the input node, the same formula on both sides."""
+    import jax.numpy as jnp
+
+    return jnp.sum(0.5 * (jnp.log(2 * jnp.pi) - jnp.log(pi) + pi * (series - mu) ** 2))
 
 
 def _subjects(usdchf: Any, num_subjects: int, steps: int) -> Any:
@@ -196,15 +239,56 @@ def pyhgf_worker(request_path: str, result_path: str) -> None:
         t = series.shape[0]
         return ((series,), (jnp.ones(t, int),), jnp.ones(t, series.dtype), None)
 
-    def input_surprise(trajectories, series):
-        mu, pi = trajectories[0]["expected_mean"], trajectories[0]["expected_precision"]
-        return jnp.sum(0.5 * (jnp.log(2 * jnp.pi) - jnp.log(pi) + pi * (series - mu) ** 2))
-
-    def with_omegas(net, omegas):
+    def with_theta(net, theta):
+        omegas, means = theta
         attributes = {k: dict(v) for k, v in net.attributes.items()}
         for level in range(3):
-            attributes[level + 1] = {**attributes[level + 1], "tonic_volatility": omegas[level]}
+            attributes[level + 1] = {
+                **attributes[level + 1],
+                "tonic_volatility": omegas[level],
+                "mean": means[level],
+            }
         return attributes
+
+    def beliefs_of(trajectories):
+        # Every node's four belief fields (the rest of pyhgf's trajectories is dropped
+        # by XLA, as ours drops the diagnostics it computes after its scan).
+        return {
+            k: {f: v[f] for f in BELIEF_FIELDS if f in v}
+            for k, v in trajectories.items()
+            if isinstance(k, int) and k >= 0
+        }
+
+    # Compiled scans: pyhgf's own scan function under jax.jit, as its `input_data` runs
+    # it, minus that method's per-call Python overhead (timed separately below).
+    cases = _load_reference_module().cases(np)
+    out["scan_speed"] = {}
+    for network in request["scan_networks"]:
+        case = cases[SCAN_NETWORKS[network]]
+        for updates in request["scan_variants"]:
+            net = build(Network, case[0], updates)
+            u0, o0, dt0 = _case_series(case, 16)
+            net.input_data(input_data=u0, observed=o0, time_steps=dt0)  # builds scan_fn
+            scan = jax.jit(
+                lambda attributes, xs, net=net: beliefs_of(
+                    jax.lax.scan(net.scan_fn, attributes, xs)[1]
+                )
+            )
+            for length in request["lengths"]:
+                u, o, dt = _case_series(case, length)
+                n = u.shape[1]
+                inputs = (
+                    tuple(jnp.asarray(u[:, i : i + 1]) for i in range(n)),
+                    tuple(jnp.asarray(o[:, i]) for i in range(n)),
+                    jnp.asarray(dt),
+                    None,
+                )
+                out["scan_speed"][f"{network}/{updates}/{length}"] = _time_calls(
+                    lambda scan=scan, net=net, inputs=inputs: jax.block_until_ready(
+                        scan(net.attributes, inputs)
+                    ),
+                    request["repeats"],
+                )
 
     out["speed"] = {}
     for updates in request["variants"]:
@@ -224,23 +308,26 @@ def pyhgf_worker(request_path: str, result_path: str) -> None:
     )
     # pyhgf has no batch API; its own scan function, vmapped, is what a user would write.
     batched = jax.jit(
-        jax.vmap(lambda x: jax.lax.scan(net.scan_fn, net.attributes, xs(x))[1][1]["mean"])
+        jax.vmap(lambda x: beliefs_of(jax.lax.scan(net.scan_fn, net.attributes, xs(x))[1]))
     )
     out["batch"] = _time_calls(lambda: jax.block_until_ready(batched(subjects)), request["repeats"])
 
-    def loss(omegas, series):
-        _, trajectories = jax.lax.scan(net.scan_fn, with_omegas(net, omegas), xs(series))
-        return input_surprise(trajectories, series)
+    def loss(theta, series):
+        _, trajectories = jax.lax.scan(net.scan_fn, with_theta(net, theta), xs(series))
+        mu, pi = trajectories[0]["expected_mean"], trajectories[0]["expected_precision"]
+        return _input_surprise(mu, pi, series)
 
-    omegas0 = jnp.asarray(OMEGAS0, jnp.float32)
-    grad_one = jax.jit(jax.grad(loss))
-    grad_many = jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0)))
+    theta0 = (jnp.asarray(OMEGAS0, jnp.float32), jnp.asarray(MEANS0, jnp.float32))
+    grad_one = jax.jit(jax.value_and_grad(loss))
+    grad_many = jax.jit(jax.vmap(jax.value_and_grad(loss), in_axes=(None, 0)))
     out["grad_one"] = _time_calls(
-        lambda: jax.block_until_ready(grad_one(omegas0, subjects[0])), request["repeats"]
+        lambda: jax.block_until_ready(grad_one(theta0, subjects[0])), request["repeats"]
     )
     out["grad_batch"] = _time_calls(
-        lambda: jax.block_until_ready(grad_many(omegas0, subjects)), request["repeats"]
+        lambda: jax.block_until_ready(grad_many(theta0, subjects)), request["repeats"]
     )
+    value, grads = grad_one(theta0, subjects[0])
+    out["grad_value"] = [float(value), *map(float, np.concatenate([np.ravel(g) for g in grads]))]
 
     draws = jnp.asarray(request["nan_draws"], jnp.float32)  # [D, 3]
     series = jnp.asarray(_tiled(usdchf, 2 * usdchf.shape[0]))
@@ -250,7 +337,8 @@ def pyhgf_worker(request_path: str, result_path: str) -> None:
         net.input_data(input_data=usdchf)
 
         def finite(omegas, net=net):
-            _, trajectories = jax.lax.scan(net.scan_fn, with_omegas(net, omegas), xs(series))
+            theta = (omegas, jnp.asarray(MEANS0, jnp.float32))
+            _, trajectories = jax.lax.scan(net.scan_fn, with_theta(net, theta), xs(series))
             means = jnp.stack([trajectories[k]["mean"] for k in range(NODES)])
             return jnp.all(jnp.isfinite(means))
 
@@ -419,6 +507,34 @@ def _ours(config, draws: Any, progress=None) -> dict[str, Any]:
                 )
         return timings
 
+    def scan_speed():
+        # Our `filter_series` under jax.jit, every node's beliefs returned (the
+        # diagnostics, computed after the scan, are dropped by XLA as pyhgf's are).
+        # Series without a mask or irregular time steps are passed without them, as a
+        # user would; the `features` network gets its mask and time steps.
+        cases = _load_reference_module().cases(np)
+        timings = {}
+        for network in config.scan_networks:
+            case = cases[SCAN_NETWORKS[network]]
+            plain = bool(np.all(case[2]) and np.all(case[3] == 1))
+            for updates in config.scan_variants:
+                s, p, b = build(pc.Network, case[0], updates).compile(jnp.float32)
+                scan = jax.jit(
+                    lambda p, b, u, o, dt, s=s: pc.filter_series(s, p, b, u, o, dt)[1].beliefs
+                )
+                for length in config.lengths:
+                    u, o, dt = _case_series(case, length)
+                    args = (jnp.asarray(u), None, None)
+                    if not plain:
+                        args = (jnp.asarray(u), jnp.asarray(o, bool), jnp.asarray(dt))
+                    timings[f"{network}/{updates}/{length}"] = _time_calls(
+                        lambda scan=scan, p=p, b=b, args=args: jax.block_until_ready(
+                            scan(p, b, *args)
+                        ),
+                        config.repeats,
+                    )
+        return timings
+
     structure, params, beliefs = build(pc.Network, CONTINUOUS3, "unbounded").compile(jnp.float32)
     subjects = jnp.asarray(
         _subjects(usdchf, config.num_subjects, config.subject_steps)[..., None], jnp.float32
@@ -426,27 +542,36 @@ def _ours(config, draws: Any, progress=None) -> dict[str, Any]:
 
     def batch():
         batched = jax.jit(
-            jax.vmap(lambda x: pc.filter(structure, params, beliefs, x)[1].beliefs.mean)
+            jax.vmap(lambda x: pc.filter_series(structure, params, beliefs, x)[1].beliefs)
         )
         return _time_calls(lambda: jax.block_until_ready(batched(subjects)), config.repeats)
 
-    def loss(omegas, series):
+    def loss(theta, series):
+        omegas, means = theta
         p = params._replace(tonic_volatility=params.tonic_volatility.at[1:].set(omegas))
-        _, trajectories = pc.filter(structure, p, beliefs, series)
-        return pc.total_surprise(structure, trajectories)
+        b = beliefs._replace(mean=beliefs.mean.at[1:].set(means))
+        _, trajectories = pc.filter_series(structure, p, b, series)
+        mu = trajectories.beliefs.expected_mean[:, 0]
+        pi = trajectories.beliefs.expected_precision[:, 0]
+        return _input_surprise(mu, pi, series[:, 0])
 
     def gradients():
-        omegas0 = jnp.asarray(OMEGAS0, jnp.float32)
-        grad_one = jax.jit(jax.grad(loss))
-        grad_many = jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0)))
+        theta0 = (jnp.asarray(OMEGAS0, jnp.float32), jnp.asarray(MEANS0, jnp.float32))
+        grad_one = jax.jit(jax.value_and_grad(loss))
+        grad_many = jax.jit(jax.vmap(jax.value_and_grad(loss), in_axes=(None, 0)))
+        value, grads = grad_one(theta0, subjects[0])
         return {
             "grad_one": _time_calls(
-                lambda: jax.block_until_ready(grad_one(omegas0, subjects[0])), config.repeats
+                lambda: jax.block_until_ready(grad_one(theta0, subjects[0])), config.repeats
             ),
             "grad_batch": _time_calls(
-                lambda: jax.block_until_ready(grad_many(omegas0, subjects)), config.repeats
+                lambda: jax.block_until_ready(grad_many(theta0, subjects)), config.repeats
             ),
+            "grad_value": [float(value), *map(float, np.concatenate([np.ravel(g) for g in grads]))],
         }
+
+    def fit():
+        return fit_recovery(config.fit_subjects, config.fit_series_steps, config.fit_steps)
 
     def nan_rates():
         series = jnp.asarray(_tiled(usdchf, 2 * usdchf.shape[0]))[:, None]
@@ -487,9 +612,11 @@ def _ours(config, draws: Any, progress=None) -> dict[str, Any]:
         }
 
     stages = [
+        ("scan_speed", scan_speed),
         ("speed", speed),
         ("batch", batch),
         ("gradients", gradients),
+        ("fit", fit),
         ("nan", nan_rates),
         ("bucket", buckets),
     ]
@@ -500,6 +627,110 @@ def _ours(config, draws: Any, progress=None) -> dict[str, Any]:
         else:
             out[name] = value
     return out
+
+
+def fit_recovery(num_subjects: int, steps: int, fit_steps: int, seed: int = 0) -> dict[str, Any]:
+    """An optax MAP fit of ``num_subjects`` synthetic subjects at once (``vmap``).
+
+    Each subject's hidden state is a Gaussian random walk with step variance
+    ``exp(omega)``, ``omega`` evenly spread over [-7, -3], observed with noise of sd 0.1;
+    the 3-level model (standard updates) fits its ``omega_1`` by Adam on the MAP loss.
+    Returns the correlation and mean absolute error of fitted vs true ``omega`` and the
+    first (compile + run) and steady-state wall times of the whole fit.
+    """
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    from lookahead_jax import predictive_coding as pc
+
+    rng = np.random.default_rng(seed)
+    true_omega = np.linspace(-7.0, -3.0, num_subjects)
+    walk = np.exp(true_omega[:, None] / 2) * rng.standard_normal((num_subjects, steps))
+    observations = 1.0 + np.cumsum(walk, axis=1) + 0.1 * rng.standard_normal(walk.shape)
+    model = (
+        pc.Network(volatility_updates="standard")
+        .add_nodes(precision=1e2)
+        .add_nodes(value_children=0, mean=1.0, precision=1e2, tonic_volatility=-5.0)
+        .add_nodes(volatility_children=1, mean=0.0, precision=1e4, tonic_volatility=-12.0)
+    )
+    structure, params, beliefs = model.compile(jnp.float32)
+    theta0, unpack = pc.free_parameters(params, beliefs, {"tonic_volatility": [1]})
+    loss = pc.map_loss(structure, unpack, prior_mean=theta0, prior_precision=0.1)
+    starts = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_subjects, *x.shape)), theta0)
+    inputs = jnp.asarray(observations[..., None], jnp.float32)
+    fit_many = jax.jit(
+        functools.partial(pc.fit_subjects, loss, optimizer=optax.adam(0.1), num_steps=fit_steps)
+    )
+    timing = _time_calls(lambda: jax.block_until_ready(fit_many(starts, inputs)), 3)
+    estimated = np.asarray(fit_many(starts, inputs).theta["tonic_volatility"][:, 0])
+    return {
+        "subjects": num_subjects,
+        "series_steps": steps,
+        "optimizer_steps": fit_steps,
+        "correlation": float(np.corrcoef(true_omega, estimated)[0, 1]),
+        "mean_abs_error": float(np.mean(np.abs(estimated - true_omega))),
+        **timing,
+    }
+
+
+def devices_worker(request_path: str, result_path: str) -> None:
+    """Runs with 8 simulated CPU devices: subjects per second of ``jit(vmap(filter))``
+    with the subjects sharded over 1, 2, 4, ... of them (they share the machine's cores)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from lookahead_jax import predictive_coding as pc
+    from lookahead_jax import sharding
+
+    request = json.loads(pathlib.Path(request_path).read_text())
+    usdchf = pc.load_data("continuous").astype(np.float32)
+    structure, params, beliefs = build(pc.Network, CONTINUOUS3, "unbounded").compile(jnp.float32)
+    subjects = _subjects(usdchf, request["num_subjects"], request["subject_steps"])[..., None]
+    batched = jax.jit(
+        jax.vmap(lambda x: pc.filter_series(structure, params, beliefs, x)[1].beliefs)
+    )
+    rows = []
+    for count in request["device_counts"]:
+        if count > jax.device_count() or request["num_subjects"] % count:
+            continue
+        placed = sharding.shard(jnp.asarray(subjects), sharding.make_mesh(count), axes=0)
+        timing = _time_calls(lambda placed=placed: jax.block_until_ready(batched(placed)), 5)
+        rows.append(
+            {
+                "devices": count,
+                **timing,
+                "subjects_per_s": request["num_subjects"] / timing["steady_s"],
+            }
+        )
+    pathlib.Path(result_path).write_text(json.dumps({"rows": rows, "cpus": os.cpu_count()}))
+
+
+def _devices(config) -> dict[str, Any]:
+    """:func:`devices_worker` in a subprocess with 8 simulated devices."""
+    with tempfile.TemporaryDirectory() as tmp:
+        request_path, result_path = pathlib.Path(tmp, "request.json"), pathlib.Path(tmp, "r.json")
+        request = {
+            "num_subjects": config.num_subjects,
+            "subject_steps": config.subject_steps,
+            "device_counts": list(config.device_counts),
+        }
+        request_path.write_text(json.dumps(request))
+        env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
+        env["XLA_FLAGS"] = (
+            env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+        ).strip()
+        subprocess.run(
+            [sys.executable, str(_HERE), "--devices-worker", str(request_path), str(result_path)],
+            check=True,
+            env=env,
+            cwd=REPO,
+        )
+        return json.loads(result_path.read_text())
 
 
 # --------------------------------------------------------------------------- driver
@@ -553,6 +784,8 @@ def run(config, progress=None) -> dict[str, Any]:
     if python:
         request = {
             "task": "measure",
+            "scan_networks": list(config.scan_networks),
+            "scan_variants": list(config.scan_variants),
             "variants": list(config.variants),
             "lengths": list(config.lengths),
             "repeats": config.repeats,
@@ -564,12 +797,15 @@ def run(config, progress=None) -> dict[str, Any]:
         results["pyhgf"] = _call_worker(python, request)
     results["load_average_1min"]["before_ours"] = os.getloadavg()[0]
     results["lookahead_jax"] = _ours(config, draws, progress)
+    if config.device_counts:
+        results["lookahead_jax"]["devices"] = _devices(config)
     results["load_average_1min"]["end"] = os.getloadavg()[0]
     if python:
         ours, theirs = results["lookahead_jax"], results["pyhgf"]
         speedup = {
-            key: theirs["speed"][key]["steady_s"] / ours["speed"][key]["steady_s"]
-            for key in ours["speed"]
+            f"{group}/{key}": theirs[group][key]["steady_s"] / ours[group][key]["steady_s"]
+            for group in ("scan_speed", "speed")
+            for key in ours[group]
         }
         for key in ("batch", "grad_one", "grad_batch"):
             speedup[key] = theirs[key]["steady_s"] / ours[key]["steady_s"]
@@ -589,18 +825,30 @@ def _write(results: dict[str, Any], out_dir: pathlib.Path) -> None:
     from lookahead_jax import predictive_coding as pc
 
     _common.write_json(results, out_dir / "results.json")
-    fig, ax = plt.subplots(figsize=(7, 4))
-    libraries = [name for name in ("lookahead_jax", "pyhgf") if name in results]
-    keys = list(results["lookahead_jax"]["speed"])
-    width = 0.8 / len(libraries)
-    for i, name in enumerate(libraries):
-        steady = [1e3 * results[name]["speed"][k]["steady_s"] for k in keys]
-        ax.bar(np.arange(len(keys)) + i * width, steady, width, label=name)
-    ax.set_xticks(np.arange(len(keys)) + width * (len(libraries) - 1) / 2, keys, rotation=30)
-    ax.set_yscale("log")
-    ax.set_ylabel("steady-state call (ms)")
-    ax.set_title("one series, 3-level continuous HGF, float32")
-    ax.legend()
+    ours, theirs = results["lookahead_jax"], results.get("pyhgf")
+    networks = sorted({key.split("/")[0] for key in ours["scan_speed"]})
+    fig, axes = plt.subplots(1, max(1, len(networks)), figsize=(4.5 * max(1, len(networks)), 4))
+    axes = np.atleast_1d(axes)
+    for ax, network in zip(axes, networks, strict=False):
+        keys = [k for k in ours["scan_speed"] if k.startswith(network + "/")]
+        for i, updates in enumerate(sorted({k.split("/")[1] for k in keys})):
+            rows = sorted((int(k.split("/")[2]), k) for k in keys if k.split("/")[1] == updates)
+            lengths = [length for length, _ in rows]
+            ax.plot(
+                lengths, [1e3 * ours["scan_speed"][k]["steady_s"] for _, k in rows],
+                "o-", c=f"C{i}", label=f"ours {updates}",
+            )  # fmt: skip
+            if theirs and "scan_speed" in theirs:
+                ax.plot(
+                    lengths, [1e3 * theirs["scan_speed"][k]["steady_s"] for _, k in rows],
+                    "x--", c=f"C{i}", label=f"pyhgf {updates}",
+                )  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("steps")
+        ax.set_ylabel("ms per compiled scan (median)")
+        ax.set_title(network)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out_dir / "speed.png", dpi=120)
     plt.close(fig)
@@ -636,8 +884,32 @@ def format_table(results: dict[str, Any]) -> str:
         other = None
         if theirs:
             other = theirs["speed"][key] if key in theirs["speed"] else theirs[key]
-        ratio = f"{speedup[key]:7.2f}" if key in speedup else f"{'-':>7s}"
+        ratio_key = f"speed/{key}" if key in ours["speed"] else key
+        ratio = f"{speedup[ratio_key]:7.2f}" if ratio_key in speedup else f"{'-':>7s}"
         lines.append(f"{label:22s} {_ms(mine)} {_ms(other)} {ratio}")
+    lines.append("compiled scans (jit, warmed; median ms; every node's beliefs returned):")
+    lines.append(
+        f"  {'network/updates/steps':32s} {'ours ms':>9s} {'pyhgf ms':>9s} {'speedup':>7s}"
+    )
+    for key, mine in ours.get("scan_speed", {}).items():
+        other = theirs["scan_speed"].get(key) if theirs and "scan_speed" in theirs else None
+        theirs_ms = f"{1e3 * other['steady_s']:9.3f}" if other else f"{'-':>9s}"
+        ratio = speedup.get(f"scan_speed/{key}")
+        ratio_text = f"{ratio:7.2f}" if ratio else f"{'-':>7s}"
+        lines.append(f"  {key:32s} {1e3 * mine['steady_s']:9.3f} {theirs_ms} {ratio_text}")
+    if "fit" in ours:
+        fit = ours["fit"]
+        lines.append(
+            f"fit: {fit['subjects']} subjects x {fit['series_steps']} steps, "
+            f"{fit['optimizer_steps']} Adam steps in {fit['steady_s']:.2f} s "
+            f"(first call {fit['first_s']:.2f} s); fitted vs true omega: correlation "
+            f"{fit['correlation']:.3f}, mean abs error {fit['mean_abs_error']:.3f}"
+        )
+    for row in ours.get("devices", {}).get("rows", []):
+        lines.append(
+            f"batch on {row['devices']} simulated device(s): {row['subjects_per_s']:.0f} "
+            f"subjects/s ({1e3 * row['steady_s']:.1f} ms)"
+        )
     lines.append("NaN rate over random tonic volatilities:")
     for updates, rate in ours["nan_rate"].items():
         pyhgf_rate = f"{theirs['nan_rate'][updates]:.1%}" if theirs else "-"
@@ -677,6 +949,9 @@ def format_table(results: dict[str, Any]) -> str:
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--pyhgf-worker":
         pyhgf_worker(sys.argv[2], sys.argv[3])
+    elif len(sys.argv) == 4 and sys.argv[1] == "--devices-worker":
+        sys.path.insert(0, str(REPO))
+        devices_worker(sys.argv[2], sys.argv[3])
     else:
         sys.exit(
             "usage: hgf.py --pyhgf-worker REQUEST.json RESULT.json "

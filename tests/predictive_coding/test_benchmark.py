@@ -22,8 +22,14 @@ def results(tmp_path_factory):
     config.lengths = (200,)
     config.repeats = 1
     config.variants = ("unbounded",)
-    config.num_subjects = 3
+    config.num_subjects = 4
     config.subject_steps = 50
+    config.scan_networks = ("continuous3", "features")
+    config.scan_variants = ("unbounded",)
+    config.device_counts = (1, 2)
+    config.fit_subjects = 4
+    config.fit_series_steps = 50
+    config.fit_steps = 5
     config.nan_draws = 6
     config.output_dir = str(tmp_path_factory.mktemp("hgf_bench"))
     return config, hgf.run(config)
@@ -37,8 +43,14 @@ def test_json_structure(results):
     assert "pyhgf" not in stored and "steady_speedup_vs_pyhgf" not in stored
     ours = stored["lookahead_jax"]
     assert set(ours["speed"]) == {"unbounded/200"}
-    for entry in [*ours["speed"].values(), ours["batch"], ours["grad_one"], ours["grad_batch"]]:
+    assert set(ours["scan_speed"]) == {"continuous3/unbounded/200", "features/unbounded/200"}
+    timed = [*ours["speed"].values(), *ours["scan_speed"].values(), ours["fit"]]
+    for entry in [*timed, ours["batch"], ours["grad_one"], ours["grad_batch"]]:
         assert entry["first_s"] > 0 and entry["steady_s"] > 0
+    # value and gradient w.r.t. three tonic volatilities and three initial means
+    assert len(ours["grad_value"]) == 1 + 6 and all(map(math.isfinite, ours["grad_value"]))
+    assert [row["devices"] for row in ours["devices"]["rows"]] == [1, 2]
+    assert -1.0 <= ours["fit"]["correlation"] <= 1.0
     assert set(ours["nan_rate"]) == set(ours["nan_rate_robust"]) == {"unbounded"}
     assert ours["nan_rate_robust"]["unbounded"] == 0.0
     assert ours["bucket"]["recompiled"] is False

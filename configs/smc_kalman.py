@@ -5,6 +5,8 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
+    # False skips the accuracy sweep (`--config.accuracy=False`: the throughput part alone).
+    config.accuracy = True
     # Accuracy: a linear-Gaussian model (x_dim 3, y_dim 2), T steps, R replicate filters per
     # (method, particle count); errors of log Z^ against the exact Kalman log-likelihood.
     config.num_steps = 50
@@ -14,8 +16,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.x64 = True
     # Throughput of one `resample` call (N -> N ancestors), median of `repeats` timed calls
     # after one compile; blackjax's resamplers side by side on the same weights.
-    config.resample_sizes = (1000, 10000, 100000, 1000000)
-    config.repeats = 9
+    config.resample_sizes = (100, 1000, 10000, 100000, 1000000)
+    config.repeats = 11
     config.peer = True
     config.methods = ("systematic", "stratified", "multinomial", "residual")
     config.seed = 0

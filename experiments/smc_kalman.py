@@ -5,6 +5,9 @@ Usage::
     python experiments/smc_kalman.py --config=configs/smc_kalman.py \\
         [--config.replicates=20] [--config.resample_sizes="(1000,1000000)"] [--config.peer=False]
 
+    # the resampling throughput alone (issue #18), goals summary at the end:
+    python experiments/smc_kalman.py --config=configs/smc_kalman.py --config.accuracy=False
+
 1. Accuracy: ``replicates`` bootstrap filters per (resampling method, particle
    count) on a linear-Gaussian model (x_dim 3, y_dim 2, ``num_steps`` steps); the
    error of log Z^ against the Kalman log-likelihood (mean = bias, RMSE), the
@@ -16,7 +19,12 @@ Usage::
    from log-weights (normalisation included); blackjax is timed twice: on
    normalised weights computed outside the timed call (its API, ``peer_ms``) and
    from the same log-weights with the softmax inside the call
-   (``peer_from_log_weights_ms``, like for like).
+   (``peer_from_log_weights_ms``, like for like). Each row has both ratios,
+   ``speedup_vs_peer`` (blackjax ms / ours ms, the API comparison) and
+   ``speedup_vs_peer_from_log_weights``; :func:`goals` checks them against issue #18
+   (>= 1 at every N for every method, >= 2 for systematic and >= 5 for residual at
+   N = 10^6, against ``peer_ms``) and the summary is printed and stored.
+   ``--config.accuracy=False`` skips part 1.
 
 Writes ``figures.json`` and ``figures.png`` to ``config.output_dir``.
 """
@@ -170,7 +178,7 @@ def plot(figures: dict, path: pathlib.Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     methods = sorted({r["method"] for r in figures["accuracy"] + figures["throughput"]})
     colors = {method: f"C{i}" for i, method in enumerate(methods)}  # same in both panels
-    for method in sorted({r["method"] for r in figures["accuracy"]}):
+    for method in sorted({r["method"] for r in figures["accuracy"]}):  # empty: accuracy=False
         rows = [r for r in figures["accuracy"] if r["method"] == method]
         left.plot(
             [r["num_particles"] for r in rows],
@@ -183,7 +191,10 @@ def plot(figures: dict, path: pathlib.Path) -> None:
     left.set_yscale("log")
     left.set_xlabel("particles N")
     left.set_ylabel("RMSE of log Z^ vs Kalman")
-    left.legend()
+    if figures["accuracy"]:
+        left.legend()
+    else:
+        left.set_title("accuracy sweep skipped (config.accuracy=False)")
     for method in sorted({r["method"] for r in figures["throughput"]}):
         rows = [r for r in figures["throughput"] if r["method"] == method]
         color = colors[method]
@@ -202,6 +213,67 @@ def plot(figures: dict, path: pathlib.Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+# Issue #18: speedup over blackjax (given normalised weights) that each method must reach
+# at every N, and at the largest N (10^6).
+GOAL_EVERY_N = 1.0
+GOAL_AT_LARGEST_N = {"systematic": 2.0, "residual": 5.0}
+GOAL_LARGEST_N = 1_000_000
+
+
+def goals(rows: list[dict]) -> list[dict]:
+    """One entry per (method, N) with a goal: the required and measured speedups, met or not.
+
+    The strict goal compares against blackjax given normalised weights (``peer_ms``); the
+    like-for-like ratio (softmax inside blackjax's call) is reported next to it.
+    """
+    out = []
+    for row in rows:
+        if "speedup_vs_peer" not in row:
+            continue
+        required = GOAL_EVERY_N
+        if row["n"] == GOAL_LARGEST_N:
+            required = max(required, GOAL_AT_LARGEST_N.get(row["method"], GOAL_EVERY_N))
+        out.append(
+            {
+                "method": row["method"],
+                "n": row["n"],
+                "required": required,
+                "speedup_vs_peer": row["speedup_vs_peer"],
+                "speedup_vs_peer_from_log_weights": row["speedup_vs_peer_from_log_weights"],
+                "met": row["speedup_vs_peer"] >= required,
+            }
+        )
+    return out
+
+
+def print_throughput(rows: list[dict], summary: list[dict]) -> None:
+    """The throughput table (ms and both ratios) and the goals summary, as plain text."""
+    print(
+        f"{'method':<12} {'N':>8} {'ours ms':>9} {'blackjax ms':>11} {'from-log ms':>11} "
+        f"{'x given w':>9} {'x from lw':>9}"
+    )
+    for r in rows:
+        peer = (
+            f"{r['peer_ms']:>11.3f} {r['peer_from_log_weights_ms']:>11.3f} "
+            f"{r['speedup_vs_peer']:>9.2f} {r['speedup_vs_peer_from_log_weights']:>9.2f}"
+            if "peer_ms" in r
+            else ""
+        )
+        print(f"{r['method']:<12} {r['n']:>8} {r['ours_ms']:>9.3f} {peer}")
+    if summary:
+        missed = [g for g in summary if not g["met"]]
+        print(
+            f"goals (issue #18, vs blackjax given weights): {len(summary) - len(missed)}"
+            f"/{len(summary)} met"
+        )
+        for g in missed:
+            print(
+                f"  missed: {g['method']} N={g['n']}: x{g['speedup_vs_peer']:.2f} "
+                f"< x{g['required']:.0f} (x{g['speedup_vs_peer_from_log_weights']:.2f} "
+                "from log-weights)"
+            )
+
+
 def main(argv):
     del argv
     config = _CONFIG.value
@@ -211,10 +283,14 @@ def main(argv):
         "jax_version": jax.__version__,
         "backend": jax.default_backend(),
         "config": config.to_dict(),
+        "accuracy": [],
     }
-    with jax.enable_x64(bool(config.x64)):
-        figures["accuracy"] = accuracy(config)
+    if config.accuracy:
+        with jax.enable_x64(bool(config.x64)):
+            figures["accuracy"] = accuracy(config)
     figures["throughput"] = throughput(config)
+    figures["goals"] = goals(figures["throughput"])
+    print_throughput(figures["throughput"], figures["goals"])
     _common.write_json(figures, out_dir / "figures.json")
     plot(figures, out_dir / "figures.png")
     print(f"wrote {out_dir / 'figures.json'} and {out_dir / 'figures.png'}")

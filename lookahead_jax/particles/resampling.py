@@ -4,10 +4,20 @@ Every method is written as *counting*: with ``cdf`` the normalised cumulative
 weights and ``u_1 <= ... <= u_M`` the method's sorted positions in [0, 1),
 ``K(c) = #{j : u_j < c}`` is the number of draws at or below ``c``, particle
 ``i`` gets ``K(cdf_i) - K(cdf_{i-1})`` offspring, and the ancestors are
-``repeat(arange(N), offspring)``. For systematic and stratified positions
-``K(c)`` has a closed form, so those methods cost O(N + M) with no search at all;
-multinomial and the residual part merge the cdf with sorted uniforms by
-bucketing (expected O(N + M), no binary search; see ``_count_below``).
+``repeat(arange(N), offspring)`` (one scatter and one scan, see below). For
+systematic and stratified positions ``K(c)`` has a closed form, so those methods
+cost O(N + M) with no search at all; multinomial and the residual part merge the
+cdf with sorted uniforms by bucketing (expected O(N + M), no binary search; see
+``_count_below``).
+
+Speed on CPU (issue #18) comes from doing few passes and few kernels: one prefix
+scan for the cdf (no repair scan), one scatter and one scan for the ancestors,
+the weights from one reduction, and a threefry-2x32 stream evaluated in one fused
+pass (``_uniforms``; stratified evaluates it at the strata it needs). Sizes pick
+static code paths with the same laws: from ``_SCAN_MIN_LENGTH`` on the scans are
+parallel (``associative_scan``), below it XLA's windowed scans (fewer kernels); up
+to ``_SEARCH_MAX_LENGTH`` positions the merge is an unrolled binary search, above
+it the bucket merge.
 
 dtype: the weights, the cdf and the positions are computed in float32 for
 bfloat16/float16 log-weights (float64 for float64; ``weights.accumulation_dtype``):
@@ -16,15 +26,18 @@ ancestor counts by orders of magnitude more than Monte Carlo noise.
 
 Float32 safety (a zero-weight particle is never picked):
 
-* ``cdf`` is a cumsum whose entries at zero-weight particles are replaced by a
-  running maximum (exact: max never rounds). A float cumsum is computed as a
-  parallel scan and can move by an ulp across a zero weight; after the running
-  maximum a zero-weight particle has exactly
-  the ``cdf`` of its predecessor and therefore exactly zero offspring, whatever
-  rounding the cumsum made and whatever the positions are (also ``u = 0``).
-* ``cdf`` is divided by its own last entry, so it ends at exactly 1 and every
-  position counts as below it: when a float32 position rounds up to 1, the last
-  draws still go to the last particle with positive weight, never past it.
+* ``cdf`` is a cumsum computed as a parallel prefix scan, so it can move by an ulp
+  across a zero weight or even dip below its predecessor. The draws therefore do not
+  take differences of ``K(cdf)``: particle ``i`` owns the ends ``e_i = K(cdf_i)`` and
+  position ``j`` goes to the *first particle with positive weight whose end exceeds
+  j*, ``a_j = min{i : w_i > 0, e_i > j}``. Zero-weight particles are never candidates,
+  whatever rounding the cumsum made and whatever the positions are (also ``u = 0``),
+  and ``a`` is non-decreasing even where the ends are not. The offspring are the
+  counts of that same assignment, ``e_i - max{e_k : k < i, w_k > 0}`` clipped at 0
+  (positive weights only), so ``bincount(resample(...)) == offspring_counts(...)``.
+* ``cdf`` is divided by its value at the last positive weight, and that particle's end
+  is forced to ``M``: when a float32 position rounds up to 1, the last draws still go
+  to a particle with positive weight, never past it.
 
 The returned ancestors are sorted (a particle's copies are contiguous). That
 keeps copies next to their parent, which on a sharded particle axis means most
@@ -34,8 +47,11 @@ exchangeable order.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from lookahead_jax.particles import weights as _weights
@@ -54,17 +70,143 @@ def _check_num_samples(num_samples: int) -> None:
         raise ValueError(f"`num_samples` must be a positive int; got {num_samples!r}.")
 
 
-# From this length on the running maximum uses ``associative_scan`` (measured ~2x faster
-# than ``lax.cummax`` at 10^4 and ~3x at 10^6 on CPU, but ~2x slower to compile); below
-# it, ``cummax``, which keeps small problems (and the test suite) quick to compile.
-_SCAN_MIN_LENGTH = 1 << 13
+# From this length on the prefix scans use ``associative_scan`` (a parallel scan: ~2x
+# faster than ``lax.cumsum``/``cummax`` at 10^4 and ~3x at 10^6 on CPU, but ~2x slower
+# to compile, and ~2 log2(N) fused kernels where XLA's windowed-reduction lowering of
+# ``lax.cumsum`` needs about 7). Below it the kernel count dominates (each kernel is a
+# thunk dispatch, a thread hop once the buffers pass 512 bytes), so ``lax.cum*`` it is;
+# in whole resampling calls the parallel scans won at 4000 and lost at 1000.
+_SCAN_MIN_LENGTH = 1 << 11
+
+
+def _prefix_scan(x: jax.Array, op, cumulative, reverse: bool = False) -> jax.Array:
+    if x.shape[0] >= _SCAN_MIN_LENGTH:
+        return lax.associative_scan(op, x, reverse=reverse)
+    return cumulative(x, axis=0, reverse=reverse)
 
 
 def _running_max(x: jax.Array) -> jax.Array:
     """Cumulative maximum along axis 0; exact either way (max never rounds)."""
-    if x.shape[0] >= _SCAN_MIN_LENGTH:
-        return lax.associative_scan(jnp.maximum, x)
-    return lax.cummax(x, axis=0)
+    return _prefix_scan(x, jnp.maximum, lax.cummax)
+
+
+def _cumsum(x: jax.Array) -> jax.Array:
+    """Inclusive cumulative sum along axis 0 (:data:`_SCAN_MIN_LENGTH`).
+
+    Exact for integers; for floats the two paths may round differently and the result
+    can dip by an ulp where a weight is zero or tiny (see the module docstring).
+    """
+    return _prefix_scan(x, jnp.add, lax.cumsum)
+
+
+def _reverse_running_min(x: jax.Array) -> jax.Array:
+    """``min(x[j:])`` for every j; exact either way."""
+    return _prefix_scan(x, jnp.minimum, lax.cummin, reverse=True)
+
+
+# Counter-mode threefry-2x32 (the 20-round block function of jax.random's default
+# PRNG), written out so that XLA fuses it into one elementwise pass: jax.random
+# lowers it on CPU as a 5-iteration loop over the whole array, ~3.5x slower at 10^6.
+_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+
+
+def _rotate_left(x: jax.Array, d: int) -> jax.Array:
+    return (x << np.uint32(d)) | (x >> np.uint32(32 - d))
+
+
+def _threefry2x32(k0, k1, x0, x1):
+    """Threefry-2x32 of the blocks ``(x0, x1)`` under key ``(k0, k1)`` (uint32 arrays)."""
+    ks = (k0, k1, k0 ^ k1 ^ np.uint32(0x1BD11BDA))
+    x0, x1 = x0 + ks[0], x1 + ks[1]
+    for i in range(5):
+        for r in _ROTATIONS[i % 2]:
+            x0 = x0 + x1
+            x1 = _rotate_left(x1, r) ^ x0
+        x0 = x0 + ks[(i + 1) % 3]
+        x1 = x1 + ks[(i + 2) % 3] + np.uint32(i + 1)
+    return x0, x1
+
+
+def _counter_half(size: int) -> int:
+    """Blocks of the counter-mode stream for ``size`` draws: ``size`` rounded up to a
+    multiple of 128, halved. XLA:CPU vectorises an elementwise loop only when its length
+    divides evenly; an odd length made the fused threefry ~10x slower at 10^6."""
+    return -(-size // 128) * 64
+
+
+def _unit_float32(bits: jax.Array) -> jax.Array:
+    """U[0, 1) from the 23 high bits of uint32 ``bits`` (as jax.random.uniform)."""
+    one = lax.bitcast_convert_type((bits >> np.uint32(9)) | np.uint32(0x3F800000), jnp.float32)
+    return one - 1.0
+
+
+def _key_words(key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Two uint32 words keying this module's threefry stream, derived from ``key``.
+
+    A threefry key's two data words go through one threefry block on a fixed counter
+    (domain separation from ``jax.random`` draws under the same key), unrolled into one
+    fused scalar kernel; any other key implementation draws the words with jax.random.
+    (``jax.random.bits`` would run jax's CPU threefry loop: one dispatch, five copies.)
+    """
+    data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    if data.shape != (2,) or data.dtype != jnp.uint32:
+        words = jax.random.bits(key, (2,), jnp.uint32)
+        return words[0], words[1]
+    return _threefry2x32(data[0], data[1], np.uint32(0x52455341), np.uint32(0x4D504C45))
+
+
+def _uniforms(key: jax.Array, size: int, dtype) -> jax.Array:
+    """At least ``size`` iid U[0, 1) in ``dtype`` (float32 or float64): ``[P]``, ``P >= size``.
+
+    float32: draw ``j`` is threefry-2x32 in counter mode under :func:`_key_words`:
+    block ``j mod H`` gives draws ``j`` and ``j + H``, ``H = P / 2``
+    (:func:`_counter_half`). :func:`_uniforms_at` evaluates the same stream at chosen
+    indices. Callers slice late or only gather.
+    """
+    if jnp.dtype(dtype) != jnp.float32:
+        return jax.random.uniform(key, (size,), dtype)
+    k = _key_words(key)
+    half = _counter_half(size)
+    counter = lax.iota(jnp.uint32, half)
+    high, low = _threefry2x32(k[0], k[1], counter, counter + np.uint32(half))
+    return _unit_float32(jnp.concatenate([high, low]))
+
+
+def _uniforms_at(key: jax.Array, index: jax.Array, size: int, dtype) -> jax.Array:
+    """``_uniforms(key, size, dtype)[index]`` for ``index`` in [0, size).
+
+    float32: computed where needed, without materialising the stream (XLA would fuse
+    the generator into the gather and run it unvectorised, ~10x slower at 10^6).
+    """
+    if jnp.dtype(dtype) != jnp.float32:
+        return _uniforms(key, size, dtype)[index]
+    k = _key_words(key)
+    half = _counter_half(size)
+    index = index.astype(jnp.uint32)
+    upper = index >= np.uint32(half)
+    block = jnp.where(upper, index - np.uint32(half), index)
+    high, low = _threefry2x32(k[0], k[1], block, block + np.uint32(half))
+    return _unit_float32(jnp.where(upper, low, high))
+
+
+def _unnormalised_weights(log_weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """:func:`weights.unnormalised_weights` (same values and flag) from one reduction.
+
+    The maximum of the log-weights with NaN as -inf decides every case of
+    :func:`weights.sanitize`: +inf (those particles share the mass), -inf (all
+    undefined: uniform, flagged) or finite (``exp(lw - max)``). Three dependent
+    reductions become one, which matters at small N where each is a dispatch.
+    """
+    lw = _weights.widen(log_weights)
+    lw = jnp.where(jnp.isnan(lw), -jnp.inf, lw)
+    top = jnp.max(lw)
+    degenerate = top == -jnp.inf
+    w = jnp.where(
+        top == jnp.inf,
+        (lw == jnp.inf).astype(lw.dtype),
+        jnp.exp(lw - jnp.where(jnp.isfinite(top), top, 0.0)),
+    )
+    return jnp.where(degenerate, 1.0, w), degenerate
 
 
 def robust_cdf(w: jax.Array) -> jax.Array:
@@ -73,13 +215,14 @@ def robust_cdf(w: jax.Array) -> jax.Array:
     Monotone, exactly 1 from the last positive weight on, and exactly flat at
     zero weights (see the module docstring).
     """
-    c = jnp.where(w > 0, jnp.cumsum(w), 0.0)
+    c = jnp.where(w > 0, _cumsum(w), 0.0)
     c = _running_max(c)
     return c / c[-1]
 
 
 def _offspring_from_counts(cdf: jax.Array, below: jax.Array, num_draws: jax.Array | int):
-    """Offspring [N] int32 from ``below[i] = K(cdf[i])``, forcing ``K(1) = num_draws``."""
+    """Offspring [N] int32 from ``below[i] = K(cdf[i])`` for a monotone ``cdf``
+    (:func:`robust_cdf`), forcing ``K(1) = num_draws``."""
     below = jnp.where(cdf >= 1.0, num_draws, below).astype(jnp.int32)
     return jnp.diff(below, prepend=jnp.zeros((1,), jnp.int32))
 
@@ -91,10 +234,16 @@ def _sorted_uniforms(key: jax.Array, size: int, count: jax.Array | int, dtype) -
     cumulative sums of ``count + 1`` standard exponentials (O(size), no sort).
     ``count`` may be traced (residual resampling draws a data-dependent number).
     """
-    e = jax.random.exponential(key, (size + 1,), dtype)
-    s = _running_max(jnp.cumsum(e))  # cummax: a float cumsum may dip by an ulp
+    e = -jnp.log1p(-_uniforms(key, size + 1, dtype))  # standard exponentials
+    s = _running_max(_cumsum(e))  # a float prefix scan may dip by an ulp
     u = s[:size] / s[count]
     return jnp.where(jnp.arange(size) < count, u, 2.0)
+
+
+# Rounds of the bucket merge done in one fused pass before the loop takes over: the
+# fullest of M Poisson(1) buckets holds more than 12 positions with probability ~6e-5
+# at M = 10^6, so the loop almost never runs (and costs one condition when it does not).
+_FUSED_ROUNDS = 12
 
 
 def _count_below(sorted_u: jax.Array, cdf: jax.Array) -> jax.Array:
@@ -106,55 +255,125 @@ def _count_below(sorted_u: jax.Array, cdf: jax.Array) -> jax.Array:
     position in a lower bucket than ``cdf_i``'s is below ``cdf_i`` and none in a
     higher one is. So the count is the start of ``cdf_i``'s bucket plus a comparison
     against that bucket's members. Sorted uniforms put Poisson(1)-many positions in
-    a bucket, so the loop runs about ``log M / log log M`` vectorised rounds (~10
-    at M = 10^6) instead of a ``log2 M``-round binary search.
+    a bucket, so the fullest bucket holds about ``log M / log log M`` (~10 at M = 10^6):
+    the first ``_FUSED_ROUNDS`` member comparisons are unrolled into one fused pass and
+    a loop handles any fuller bucket.
     """
     m = sorted_u.shape[0]
     scale = jnp.asarray(m, sorted_u.dtype)
     bucket = jnp.where(sorted_u <= 1.0, jnp.minimum((sorted_u * scale).astype(jnp.int32), m - 1), m)
-    sizes = jnp.zeros((m,), jnp.int32).at[bucket].add(1, mode="drop")
-    starts = jnp.cumsum(sizes) - sizes
+    sizes = jnp.zeros((m,), jnp.int32).at[bucket].add(1, mode="drop", indices_are_sorted=True)
+    starts = _cumsum(sizes) - sizes
     target = jnp.clip((cdf * scale).astype(jnp.int32), 0, m - 1)
     base, size = starts[target], sizes[target]
 
-    def body(carry):
-        k, count = carry
+    def round_(k, count):
         member = sorted_u[jnp.minimum(base + k, m - 1)]
-        return k + 1, count + ((k < size) & (member < cdf))
+        return count + ((k < size) & (member < cdf))
 
+    fused = min(_FUSED_ROUNDS, m)
+    count = base
+    for k in range(fused):
+        count = round_(k, count)
     rounds = jnp.max(sizes)
-    _, count = lax.while_loop(lambda c: c[0] < rounds, body, (jnp.int32(0), base))
+    _, count = lax.while_loop(
+        lambda c: c[0] < rounds,
+        lambda c: (c[0] + 1, round_(c[0], c[1])),
+        (jnp.int32(fused), count),
+    )
     return count
 
 
-def _systematic_counts(cdf, shift, num_samples):
+# Up to this many positions the merge is a binary search: log2 M rounds of one gather
+# per cdf entry, where the bucket merge needs a scatter, a scan, the fused rounds and a
+# loop, whose kernel count costs more than the extra gathers at small sizes.
+_SEARCH_MAX_LENGTH = 1 << 15
+
+
+def _count_below_search(sorted_u: jax.Array, cdf: jax.Array) -> jax.Array:
+    """``#{j : u_j < cdf_i}`` as :func:`_count_below`, by binary search (``log2 M`` rounds).
+
+    ``method="scan"`` runs the rounds as a loop with each round materialised; an
+    unrolled search let XLA fuse round k into round k + 1 and recompute it (quadratic).
+    """
+    return jnp.searchsorted(sorted_u, cdf, side="left", method="scan").astype(jnp.int32)
+
+
+def _merge_counts(sorted_u: jax.Array, cdf: jax.Array) -> jax.Array:
+    if sorted_u.shape[0] <= _SEARCH_MAX_LENGTH:
+        return _count_below_search(sorted_u, cdf)
+    return _count_below(sorted_u, cdf)
+
+
+def _systematic_below(cdf, shift, num_samples):
     # Positions (j + U) / M, j < M: #{j : j + U < c M} = ceil(c M - U), clipped to [0, M].
-    below = jnp.clip(jnp.ceil(cdf * num_samples - shift), 0, num_samples)
+    return jnp.clip(jnp.ceil(cdf * num_samples - shift), 0, num_samples).astype(jnp.int32)
+
+
+def _systematic_counts(cdf, shift, num_samples):
+    """Offspring [N] for a monotone ``cdf`` (:func:`robust_cdf`)."""
+    below = _systematic_below(cdf, shift, num_samples)
     return _offspring_from_counts(cdf, below, num_samples)
 
 
-def _systematic(key, cdf, num_samples):
-    return _systematic_counts(cdf, jax.random.uniform(key, (), cdf.dtype), num_samples)
+def _stratified_below(cdf, shifts, num_samples):
+    # Positions (j + U_j) / M: every j < floor(c M) counts, j = floor(c M) counts when
+    # U_j < frac(c M), larger j never do. Monotone in c. ``shifts(j)`` gives U_j.
+    x = cdf * num_samples
+    whole = jnp.clip(jnp.floor(x), 0, num_samples).astype(jnp.int32)
+    straddle = shifts(jnp.minimum(whole, num_samples - 1)) < x - whole
+    return whole + ((whole < num_samples) & straddle)
 
 
 def _stratified_counts(cdf, shifts, num_samples):
-    # Positions (j + U_j) / M: every j < floor(c M) counts, j = floor(c M) counts when
-    # U_j < frac(c M), larger j never do. Monotone in c, so offspring are non-negative.
-    x = cdf * num_samples
-    whole = jnp.clip(jnp.floor(x), 0, num_samples).astype(jnp.int32)
-    straddle = shifts[jnp.minimum(whole, num_samples - 1)] < x - whole
-    below = whole + ((whole < num_samples) & straddle)
+    """Offspring [N] for a monotone ``cdf`` (:func:`robust_cdf`)."""
+    below = _stratified_below(cdf, lambda j: shifts[j], num_samples)
     return _offspring_from_counts(cdf, below, num_samples)
 
 
-def _stratified(key, cdf, num_samples):
-    shifts = jax.random.uniform(key, (num_samples,), cdf.dtype)
-    return _stratified_counts(cdf, shifts, num_samples)
+def _cdf(w: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(cdf [N], last [] int32)``: prefix sums of ``w`` over their value at ``last``.
+
+    ``last`` is the index of the last positive weight, where ``cdf`` is exactly 1. No
+    monotonicity repair: the ends built from it are read through :func:`_ancestors`.
+    """
+    c = _cumsum(w)
+    last = jnp.max(jnp.where(w > 0, lax.iota(jnp.int32, w.shape[0]), 0))
+    return c / c[last], last
 
 
-def _multinomial(key, cdf, num_samples):
-    u = _sorted_uniforms(key, num_samples, num_samples, cdf.dtype)
-    return _offspring_from_counts(cdf, _count_below(u, cdf), num_samples)
+def _force_ends(cdf, below, num_draws, last):
+    """Ends ``K(cdf_i)`` as int32, forced to ``num_draws`` at ``cdf >= 1`` and from ``last`` on."""
+    done = (cdf >= 1.0) | (lax.iota(jnp.int32, cdf.shape[0]) >= last)
+    return jnp.where(done, num_draws, below).astype(jnp.int32)
+
+
+def _ends(key, log_weights, num_samples, method):
+    """``(ends [N] int32, positive [N] bool, degenerate [] bool)`` (module docstring)."""
+    _weights.check_log_weights("log_weights", log_weights)
+    if log_weights.shape[0] < 1:
+        raise ValueError(
+            "`log_weights` must hold at least one particle (N >= 1); got shape "
+            f"{tuple(log_weights.shape)}."
+        )
+    _check_num_samples(num_samples)
+    check_method(method)
+    # Float32 (or float64) weights: see the module docstring.
+    w, degenerate = _unnormalised_weights(log_weights)
+    positive = w > 0
+    if method == "residual":
+        return _residual(key, w, num_samples), positive, degenerate
+    cdf, last = _cdf(w)
+    if method == "systematic":
+        shift = _uniforms_at(key, jnp.zeros((), jnp.int32), 1, cdf.dtype)
+        below = _systematic_below(cdf, shift, num_samples)
+    elif method == "stratified":
+        shifts = functools.partial(_uniforms_at, key, size=num_samples, dtype=cdf.dtype)
+        below = _stratified_below(cdf, shifts, num_samples)
+    else:
+        u = _sorted_uniforms(key, num_samples, num_samples, cdf.dtype)
+        below = _merge_counts(u, cdf)
+    return _force_ends(cdf, below, num_samples, last), positive, degenerate
 
 
 def _residual(key, w, num_samples):
@@ -165,14 +384,37 @@ def _residual(key, w, num_samples):
     whole = jnp.floor(expected).astype(jnp.int32)
     frac = jnp.maximum(expected - whole, 0.0)
     # Rounding could in principle push sum(whole) above M; the excess is then
-    # truncated by `repeat` (documented, never observed with float32 weights).
+    # truncated (documented, never observed with float32 weights).
     size = min(num_samples, w.shape[0])
-    rest = jnp.clip(num_samples - _weights.total(whole), 0, size)
+    whole_ends = _cumsum(whole)  # exact: integers
+    rest = jnp.clip(num_samples - whole_ends[-1], 0, size)
     has_rest = jnp.any(frac > 0)
-    cdf = robust_cdf(jnp.where(has_rest, frac, 1.0))
+    cdf, last = _cdf(jnp.where(has_rest, frac, 1.0))
     u = _sorted_uniforms(key, size, rest, w.dtype)
-    extra = _offspring_from_counts(cdf, _count_below(u, cdf), rest)
-    return whole + jnp.where(has_rest, extra, 0)
+    extra_ends = _force_ends(cdf, _merge_counts(u, cdf), rest, last)
+    return whole_ends + jnp.where(has_rest, extra_ends, 0)
+
+
+def _ancestors(ends: jax.Array, positive: jax.Array, num_samples: int) -> jax.Array:
+    """``a_j = min{i : positive_i, ends_i > j}`` for j < num_samples: [num_samples] int32.
+
+    Particle i marks position ``ends_i - 1`` (the last it can own) with its index and a
+    reverse running minimum hands every position to the first candidate at or after it:
+    one scatter and one prefix scan, O(N + M), non-decreasing.
+    """
+    n = ends.shape[0]
+    mark = jnp.where(positive & (ends > 0), ends - 1, num_samples)  # num_samples: dropped
+    first = jnp.full((num_samples,), n - 1, jnp.int32)
+    first = first.at[mark].min(lax.iota(jnp.int32, n), mode="drop")
+    return _reverse_running_min(first)
+
+
+def _offspring(ends: jax.Array, positive: jax.Array, num_samples: int) -> jax.Array:
+    """Offspring [N] int32 of the assignment :func:`_ancestors` makes from the same ends."""
+    ends = jnp.minimum(ends, num_samples)
+    reached = _running_max(jnp.where(positive, ends, 0))
+    before = jnp.concatenate([jnp.zeros((1,), jnp.int32), reached[:-1]])
+    return jnp.where(positive, jnp.maximum(ends - before, 0), 0)
 
 
 def offspring_counts(
@@ -185,21 +427,8 @@ def offspring_counts(
       ``(offspring [N] int32 summing to num_samples, degenerate [] bool)``; ``degenerate``
       is set when every log-weight was -inf/NaN and the uniform fallback was used.
     """
-    _weights.check_log_weights("log_weights", log_weights)
-    if log_weights.shape[0] < 1:
-        raise ValueError(
-            "`log_weights` must hold at least one particle (N >= 1); got shape "
-            f"{tuple(log_weights.shape)}."
-        )
-    _check_num_samples(num_samples)
-    check_method(method)
-    # Float32 (or float64) weights: see the module docstring.
-    w, degenerate = _weights.unnormalised_weights(log_weights)
-    if method == "residual":
-        return _residual(key, w, num_samples), degenerate
-    cdf = robust_cdf(w)
-    draw = {"multinomial": _multinomial, "stratified": _stratified, "systematic": _systematic}
-    return draw[method](key, cdf, num_samples), degenerate
+    ends, positive, degenerate = _ends(key, log_weights, num_samples, method)
+    return _offspring(ends, positive, num_samples), degenerate
 
 
 def ancestors_from_offspring(offspring: jax.Array, num_samples: int) -> jax.Array:
@@ -210,7 +439,7 @@ def ancestors_from_offspring(offspring: jax.Array, num_samples: int) -> jax.Arra
     Offspring summing past ``num_samples`` are truncated.
     """
     n = offspring.shape[0]
-    starts = jnp.cumsum(offspring) - offspring
+    starts = _cumsum(offspring) - offspring
     where = jnp.where(offspring > 0, starts, num_samples)  # past the end: dropped
     marks = (
         jnp.zeros((num_samples,), jnp.int32)
@@ -243,5 +472,5 @@ def resample(
     Returns:
       ancestors: [M] int32 in [0, N), non-decreasing; never a zero-weight index.
     """
-    offspring, _ = offspring_counts(key, log_weights, num_samples, method)
-    return ancestors_from_offspring(offspring, num_samples)
+    ends, positive, _ = _ends(key, log_weights, num_samples, method)
+    return _ancestors(ends, positive, num_samples)

@@ -238,3 +238,209 @@ def test_errors():
     for method in particles.METHODS:
         with pytest.raises(ValueError, match=r"`log_weights` must hold at least one particle"):
             particles.resample(jax.random.key(0), jnp.zeros((0,)), 4, method)
+
+
+# ---- Size regimes (issue #18): each static size path obeys the same laws and, where the
+# arithmetic is the same, draws the same ancestors from the same key.
+
+
+def test_threefry_block_matches_known_answers():
+    # Random123's known-answer vectors for threefry-2x32 with 20 rounds (also jax's tests).
+    cases = [
+        ((0, 0), (0, 0), (0x6B200159, 0x99BA4EFE)),
+        ((0xFFFFFFFF,) * 2, (0xFFFFFFFF,) * 2, (0x1CB996FC, 0xBB002BE7)),
+        ((0x13198A2E, 0x03707344), (0x243F6A88, 0x85A308D3), (0xC4923A9C, 0x483DF7A0)),
+    ]
+    for key, block, expected in cases:
+        k0, k1 = (jnp.uint32(v) for v in key)
+        x0, x1 = (jnp.asarray([v], jnp.uint32) for v in block)
+        out = resampling._threefry2x32(k0, k1, x0, x1)
+        assert [int(o[0]) for o in out] == list(expected)
+
+
+@pytest.mark.parametrize("size", [1, 7, 300, 5000])
+def test_uniforms_at_reads_the_materialised_stream(size):
+    key = jax.random.key(3)
+    stream = np.asarray(resampling._uniforms(key, size, jnp.float32))
+    assert stream.shape[0] >= size and stream.shape[0] % 128 == 0
+    index = jnp.asarray(np.random.default_rng(0).integers(0, size, 64), jnp.int32)
+    at = resampling._uniforms_at(key, index, size, jnp.float32)
+    np.testing.assert_array_equal(at, stream[np.asarray(index)])
+    assert ((stream >= 0) & (stream < 1)).all()
+
+
+def test_uniforms_are_uniform_and_key_dependent():
+    draws = np.asarray(resampling._uniforms(jax.random.key(0), 200_000, jnp.float32))
+    # Mean and variance of U[0, 1) within ~5 standard errors; deciles within 5 sigma.
+    assert abs(draws.mean() - 0.5) < 5 * np.sqrt(1 / 12 / draws.size)
+    assert abs(draws.var() - 1 / 12) < 5 * np.sqrt(1 / 180 / draws.size)
+    deciles = np.bincount((draws * 10).astype(int), minlength=10) / draws.size
+    np.testing.assert_allclose(deciles, 0.1, atol=5 * np.sqrt(0.09 / draws.size))
+    other = np.asarray(resampling._uniforms(jax.random.key(1), 1000, jnp.float32))
+    assert not np.array_equal(draws[:1000], other)
+
+
+@pytest.mark.parametrize("m", [1, 5, 64, 450, 5000])
+def test_count_below_search_matches_bucket_merge_and_searchsorted(m):
+    rng = np.random.default_rng(m)
+    active = max(m - m // 10, 1)
+    u = np.concatenate([np.sort(rng.uniform(size=active)), np.full(m - active, 2.0)])
+    u = u.astype(np.float32)
+    u[: min(3, active)] = 0.0  # ties at 0
+    cdf = np.sort(rng.uniform(size=300)).astype(np.float32)
+    cdf[:2] = u[active // 2]  # a cdf entry equal to a position
+    cdf[-1] = 1.0
+    expected = np.searchsorted(u, cdf, side="left")
+    np.testing.assert_array_equal(jax.jit(resampling._count_below_search)(u, cdf), expected)
+    np.testing.assert_array_equal(jax.jit(resampling._count_below)(u, cdf), expected)
+
+
+def test_ancestors_and_offspring_from_non_monotone_ends():
+    # Ends as a float32 prefix scan can produce them: a dip (0 -> 1) and a zero-weight
+    # particle (2) past its predecessor. Position j goes to the first positive particle
+    # whose end exceeds j; the offspring count exactly that assignment.
+    ends = jnp.asarray([3, 2, 5, 5, 4, 8], jnp.int32)
+    positive = jnp.asarray([True, True, False, True, True, True])
+    ancestors = resampling._ancestors(ends, positive, 8)
+    offspring = resampling._offspring(ends, positive, 8)
+    np.testing.assert_array_equal(ancestors, [0, 0, 0, 3, 3, 5, 5, 5])
+    np.testing.assert_array_equal(offspring, [3, 0, 0, 2, 0, 3])
+    np.testing.assert_array_equal(np.bincount(ancestors, minlength=6), offspring)
+
+
+def test_one_reduction_weights_match_weights_module():
+    inf, nan = np.inf, np.nan
+    cases = [
+        [0.0, 1.0, -2.0],
+        [-inf, -inf],
+        [nan, -inf],
+        [nan, 0.0, inf, -1.0, inf],
+        [inf],
+        [-inf, 3.0, nan],
+        [-1000.0, 0.0],
+    ]
+    for values in cases:
+        for dtype in (jnp.float32, jnp.bfloat16):
+            lw = jnp.asarray(values, dtype)
+            w, flag = resampling._unnormalised_weights(lw)
+            w_ref, flag_ref = resampling._weights.unnormalised_weights(lw)
+            assert w.dtype == w_ref.dtype
+            np.testing.assert_array_equal(w, w_ref)
+            assert bool(flag) == bool(flag_ref)
+
+
+@pytest.fixture
+def large_size_paths(monkeypatch):
+    """Every size takes the large-N code paths (parallel scans, bucket merge, per-index
+    shifts): the law tests then cover them at sizes that compile quickly."""
+    monkeypatch.setattr(resampling, "_SCAN_MIN_LENGTH", 1)
+    monkeypatch.setattr(resampling, "_SEARCH_MAX_LENGTH", 0)
+
+
+def _fresh_counts(keys, log_weights, num_samples):
+    # A new function object (and no inner jit), so tracing sees the patched thresholds.
+    def counts(keys, log_weights):
+        row = lambda k: all_methods.__wrapped__(k, log_weights, num_samples)[0]
+        return jax.vmap(row, out_axes=1)(keys)
+
+    return jax.jit(counts)(keys, log_weights)
+
+
+def test_large_size_paths_keep_the_laws(large_size_paths):
+    w = FIXED_WEIGHTS / FIXED_WEIGHTS.sum()
+    keys = jax.random.split(jax.random.key(0), REPLICATES)
+    counts = np.asarray(_fresh_counts(keys, _float32_log_weights(w), M))
+    tol = 4 * np.sqrt(M * w * (1 - w) / REPLICATES) + 1e-6
+    for method, row in METHOD_ROW.items():
+        assert (counts[row].sum(axis=1) == M).all(), method
+        assert (counts[row][:, w == 0] == 0).all(), method
+        np.testing.assert_array_less(np.abs(counts[row].mean(axis=0) - M * w), tol + 1e-9)
+    systematic = counts[METHOD_ROW["systematic"]]
+    assert np.isin(systematic - np.floor(M * w), [0, 1]).all()
+    assert (counts[METHOD_ROW["residual"]] >= np.floor(M * w + 1e-6)).all()
+
+
+def test_large_size_paths_identity_and_invariants(large_size_paths):
+    for n in (1, 5, 13):
+        lw = jnp.full((n,), -3.7, jnp.float32)
+        _, ancestors, _ = jax.jit(lambda k, lw, n=n: all_methods.__wrapped__(k, lw, n))(
+            jax.random.key(0), lw
+        )
+        for method in ("systematic", "stratified", "residual"):
+            np.testing.assert_array_equal(ancestors[METHOD_ROW[method]], np.arange(n))
+    rng = np.random.default_rng(1)
+    w = rng.exponential(size=40) * (rng.uniform(size=40) < 0.7)
+    w[5] = 1.0
+    lw = _float32_log_weights(w)
+    offspring, ancestors, _ = jax.jit(lambda k, lw: all_methods.__wrapped__(k, lw, 33))(
+        jax.random.key(2), lw
+    )
+    for row in METHOD_ROW.values():
+        o, a = np.asarray(offspring[row]), np.asarray(ancestors[row])
+        assert o.sum() == 33 and (o[w == 0] == 0).all() and (np.diff(a) >= 0).all()
+        np.testing.assert_array_equal(np.bincount(a, minlength=40), o)
+
+
+def test_search_and_bucket_paths_draw_the_same_ancestors(monkeypatch):
+    # Same scans, so the same cdf and positions: the binary search and the bucket merge
+    # count exactly, and stratified shifts are the same stream either way.
+    rng = np.random.default_rng(4)
+    w = rng.exponential(size=300) * (rng.uniform(size=300) < 0.8)
+    lw = _float32_log_weights(w)
+
+    def draw(n):
+        return jax.jit(lambda k, lw: all_methods.__wrapped__(k, lw, n))(jax.random.key(7), lw)
+
+    for num_samples in (100, 300, 700):
+        small = draw(num_samples)
+        monkeypatch.setattr(resampling, "_SEARCH_MAX_LENGTH", 0)
+        large = draw(num_samples)
+        monkeypatch.undo()
+        for a, b in zip(small, large, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_scan_paths_draw_the_same_ancestors_for_exact_sums(monkeypatch):
+    # Dyadic weights sum exactly in float32, so the windowed and the parallel scan give the
+    # same cdf, and systematic/stratified the same ancestors from the same key.
+    w = np.asarray([3, 0, 1, 5, 0, 0, 2, 7, 1, 0, 4, 1] * 5, np.float64) / 64
+    lw = _float32_log_weights(w)
+
+    def draw():
+        return jax.jit(lambda k, lw: all_methods.__wrapped__(k, lw, 50))(jax.random.key(9), lw)
+
+    small = draw()
+    monkeypatch.setattr(resampling, "_SCAN_MIN_LENGTH", 1)
+    large = draw()
+    for method in ("systematic", "stratified"):
+        row = METHOD_ROW[method]
+        np.testing.assert_array_equal(small[1][row], large[1][row])
+        np.testing.assert_array_equal(small[0][row], large[0][row])
+
+
+def test_float64_log_weights_keep_the_invariants():
+    with jax.enable_x64(True):
+        w = np.asarray([0.0, 0.2, 0.5, 0.0, 0.3])
+        lw = jnp.log(jnp.asarray(w, jnp.float64))
+        for method in particles.METHODS:
+            offspring, _ = particles.offspring_counts(jax.random.key(0), lw, 9, method)
+            ancestors = particles.resample(jax.random.key(0), lw, 9, method)
+            assert offspring.sum() == 9 and (np.asarray(offspring)[w == 0] == 0).all()
+            np.testing.assert_array_equal(np.bincount(ancestors, minlength=5), offspring)
+
+
+def test_every_key_implementation_drives_the_stream():
+    # Typed threefry keys, raw uint32[2] keys and other implementations (rbg: 4 words,
+    # drawn through jax.random) all give valid, key-dependent draws.
+    w = np.asarray([0.0, 0.2, 0.5, 0.0, 0.3])
+    lw = _float32_log_weights(w)
+    keys = [jax.random.key(0), jax.random.PRNGKey(0), jax.random.key(0, impl="rbg")]
+    for key in keys:
+        words = [int(x) for x in resampling._key_words(key)]
+        other = jax.random.split(key)[1]
+        assert words != [int(x) for x in resampling._key_words(other)]
+        for method in particles.METHODS:
+            offspring, _ = particles.offspring_counts(key, lw, 9, method)
+            ancestors = particles.resample(key, lw, 9, method)
+            assert offspring.sum() == 9 and (np.asarray(offspring)[w == 0] == 0).all()
+            np.testing.assert_array_equal(np.bincount(ancestors, minlength=5), offspring)

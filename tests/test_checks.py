@@ -83,6 +83,7 @@ def test_a_plain_jit_pays_nothing_for_the_checks():
     """Outside `checked` a traced check is not emitted: the program has no effect, so JAX
     keeps it on its fast dispatch path (an effect cost ~40 us per call, issue 18). Traced
     again under `checked`, the same function gets its check back."""
+
     def f(x):
         checks.check_value(x > 0, "`x` must be > 0; got {low}", low=jnp.min(x))
         return x + 1

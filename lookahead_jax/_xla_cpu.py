@@ -38,7 +38,10 @@ from __future__ import annotations
 import os
 import re
 
-import jax._src.xla_bridge as _xla_bridge
+try:  # private: whether JAX already created its backends (then XLA_FLAGS is read)
+    import jax._src.xla_bridge as _xla_bridge
+except ImportError:  # pragma: no cover - moved in some JAX version
+    _xla_bridge = None
 
 OPTION = "xla_cpu_small_while_loop_byte_threshold"
 THRESHOLD_BYTES = 16 * 1024
@@ -61,7 +64,7 @@ def with_small_loop_threshold(flags: str, threshold: int = THRESHOLD_BYTES) -> s
 
 
 def _backends_initialized() -> bool:
-    initialized = getattr(_xla_bridge, "backends_are_initialized", None)
+    initialized = getattr(_xla_bridge, "backends_are_initialized", None)  # None-safe
     return bool(initialized()) if initialized is not None else False
 
 

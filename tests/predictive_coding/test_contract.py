@@ -148,3 +148,27 @@ def test_scan_compiles_to_one_kernel_on_cpu(updates):
         .compile()
     )
     assert "xla_cpu_small_call" in compiled.as_text()
+
+
+def test_rematerialised_exactly_where_the_scan_is_not_one_kernel(monkeypatch):
+    """One series on CPU with the small-loop option: residuals kept (the scan is one
+    kernel); under vmap (a batched loop, not one kernel): rematerialised."""
+    structure, params, beliefs = _continuous3("unbounded")
+    decisions = []
+    cached = core._cached_scan_body
+
+    def spy(structure, robust, rematerialise):
+        decisions.append(rematerialise)
+        return cached(structure, robust, rematerialise)
+
+    monkeypatch.setattr(core, "_cached_scan_body", spy)
+
+    def loss(omega, x):
+        p = params._replace(tonic_volatility=params.tonic_volatility.at[2].set(omega))
+        return pc.filter_series(structure, p, beliefs, x)[1].beliefs.mean.sum()
+
+    x = jnp.ones((5, 3, 1), jnp.float32)
+    jax.make_jaxpr(jax.grad(loss))(-4.0, x[0])
+    jax.make_jaxpr(jax.vmap(jax.grad(loss), in_axes=(None, 0)))(-4.0, x)
+    one_kernel = jax.default_backend() == "cpu"
+    assert decisions == [not one_kernel, True]

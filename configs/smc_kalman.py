@@ -18,6 +18,10 @@ def get_config() -> ml_collections.ConfigDict:
     # after one compile; blackjax's resamplers side by side on the same weights.
     config.resample_sizes = (100, 1000, 10000, 100000, 1000000)
     config.repeats = 11
+    # Up to 1e3 particles a call takes ~10-100 us, where one scheduler hiccup moves a median
+    # of 11: those sizes take `small_repeats` interleaved calls instead.
+    config.small_repeats = 300
+    config.small_max_n = 1000
     config.peer = True
     config.methods = ("systematic", "stratified", "multinomial", "residual")
     config.seed = 0

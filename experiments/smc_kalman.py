@@ -13,7 +13,8 @@ Usage::
    error of log Z^ against the Kalman log-likelihood (mean = bias, RMSE), the
    relative error of the filtering means, and how often each filter resampled.
 2. Throughput: one ``resample`` call (N log-weights -> N ancestors) per method and
-   N, median wall time of ``repeats`` calls after compiling once, and blackjax's
+   N, median wall time of ``repeats`` calls (``small_repeats`` up to ``small_max_n``)
+   after compiling once, and blackjax's
    resampler of the same name on the same weights in the same run, the calls
    interleaved so both see the same machine load. Ours starts
    from log-weights (normalisation included); blackjax is timed twice: on
@@ -154,7 +155,8 @@ def throughput(config) -> list[dict]:
             # Like for like: the same call starting from log-weights (softmax inside).
             from_log = jax.jit(lambda k, lw, n=n, f=peer_fn: f(k, jax.nn.softmax(lw), n))
             fns["peer_from_log"] = functools.partial(from_log, key, log_weights)
-        seconds = _median_seconds(fns, config.repeats)
+        repeats = config.small_repeats if n <= config.small_max_n else config.repeats
+        seconds = _median_seconds(fns, repeats)
         row = {"method": method, "n": n, "ours_ms": 1e3 * seconds["ours"]}
         if peer is not None:
             row["peer"] = f"blackjax {blackjax.__version__}"

@@ -33,6 +33,7 @@ def test_tiny_run(tmp_path):
         x64=False,
         resample_sizes=(64,),
         repeats=1,
+        small_repeats=1,
         peer=False,
         methods=("systematic",),
     )

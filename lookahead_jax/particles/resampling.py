@@ -11,13 +11,13 @@ cdf with sorted uniforms by bucketing (expected O(N + M), no binary search; see
 ``_count_below``).
 
 Speed on CPU (issue #18) comes from doing few passes and few kernels: one prefix
-scan for the cdf (no repair scan), one scatter and one scan for the ancestors,
-the weights from one reduction, and a threefry-2x32 stream evaluated in one fused
-pass (``_uniforms``; stratified evaluates it at the strata it needs). Sizes pick
-static code paths with the same laws: from ``_SCAN_MIN_LENGTH`` on the scans are
-parallel (``associative_scan``), below it XLA's windowed scans (fewer kernels); up
-to ``_SEARCH_MAX_LENGTH`` positions the merge is an unrolled binary search, above
-it the bucket merge.
+scan for the cdf (no repair scan), one scatter and one scan for the ancestors, the
+weights from one reduction (``weights.unnormalised_weights``), and a threefry-2x32
+stream evaluated in one fused pass (``_uniforms``; stratified evaluates it at the
+strata it needs). Sizes pick static code paths with the same laws: from
+``_SCAN_MIN_LENGTH`` on the scans are parallel (``associative_scan``), below it XLA's
+windowed scans (fewer kernels); up to ``_SEARCH_MAX_LENGTH`` positions the merge is
+an unrolled binary search, above it the bucket merge.
 
 dtype: the weights, the cdf and the positions are computed in float32 for
 bfloat16/float16 log-weights (float64 for float64; ``weights.accumulation_dtype``):
@@ -189,26 +189,6 @@ def _uniforms_at(key: jax.Array, index: jax.Array, size: int, dtype) -> jax.Arra
     return _unit_float32(jnp.where(upper, low, high))
 
 
-def _unnormalised_weights(log_weights: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """:func:`weights.unnormalised_weights` (same values and flag) from one reduction.
-
-    The maximum of the log-weights with NaN as -inf decides every case of
-    :func:`weights.sanitize`: +inf (those particles share the mass), -inf (all
-    undefined: uniform, flagged) or finite (``exp(lw - max)``). Three dependent
-    reductions become one, which matters at small N where each is a dispatch.
-    """
-    lw = _weights.widen(log_weights)
-    lw = jnp.where(jnp.isnan(lw), -jnp.inf, lw)
-    top = jnp.max(lw)
-    degenerate = top == -jnp.inf
-    w = jnp.where(
-        top == jnp.inf,
-        (lw == jnp.inf).astype(lw.dtype),
-        jnp.exp(lw - jnp.where(jnp.isfinite(top), top, 0.0)),
-    )
-    return jnp.where(degenerate, 1.0, w), degenerate
-
-
 def robust_cdf(w: jax.Array) -> jax.Array:
     """Normalised cdf [N] of non-negative weights ``w [N]`` with at least one positive.
 
@@ -359,7 +339,7 @@ def _ends(key, log_weights, num_samples, method):
     _check_num_samples(num_samples)
     check_method(method)
     # Float32 (or float64) weights: see the module docstring.
-    w, degenerate = _unnormalised_weights(log_weights)
+    w, degenerate = _weights.unnormalised_weights(log_weights)
     positive = w > 0
     if method == "residual":
         return _residual(key, w, num_samples), positive, degenerate

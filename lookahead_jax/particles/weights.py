@@ -62,9 +62,22 @@ def unnormalised_weights(log_weights: jax.Array) -> tuple[jax.Array, jax.Array]:
     """``exp(lw - max lw)`` after :func:`sanitize`: [N] in [0, 1] with max 1; plus the flag.
 
     Computed and returned in :func:`accumulation_dtype` (float32 for bfloat16 input).
+    The same values and flag as ``sanitize`` then ``exp(lw - max lw)``, from one
+    reduction: the maximum of the log-weights with NaN as -inf decides every case of
+    :func:`sanitize` (+inf: those particles share the mass; -inf: all undefined, uniform
+    and flagged; finite: ``exp(lw - max)``). At small N each dependent reduction is a
+    kernel dispatch (issue 18).
     """
-    lw, degenerate = sanitize(widen(log_weights))
-    return jnp.exp(lw - jnp.max(lw)), degenerate
+    lw = widen(log_weights)
+    lw = jnp.where(jnp.isnan(lw), -jnp.inf, lw)
+    top = jnp.max(lw)
+    degenerate = top == -jnp.inf
+    w = jnp.where(
+        top == jnp.inf,
+        (lw == jnp.inf).astype(lw.dtype),
+        jnp.exp(lw - jnp.where(jnp.isfinite(top), top, 0.0)),
+    )
+    return jnp.where(degenerate, 1.0, w), degenerate
 
 
 def normalize(log_weights: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -14,7 +14,6 @@ own Python 3.12 environment, skipped with a message when that cannot be made).
 import pathlib
 import sys
 
-from absl import app
 from tqdm import tqdm
 
 # Run as `python experiments/NAME.py` from anywhere: the repository root goes on
@@ -35,4 +34,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _common.run(main)

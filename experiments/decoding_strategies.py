@@ -15,7 +15,6 @@ published direction of effect is checked.
 import pathlib
 import sys
 
-from absl import app
 from tqdm import tqdm
 
 # Run as `python experiments/NAME.py` from anywhere: the repository root goes on
@@ -37,4 +36,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _common.run(main)

@@ -14,7 +14,7 @@ tables. See ``experiments/benchmarks/leap_verify.py`` for what each figure means
 import pathlib
 import sys
 
-from absl import app, logging
+from absl import logging
 from tqdm import tqdm
 
 # Run as `python experiments/NAME.py` from anywhere: the repository root goes on
@@ -36,4 +36,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _common.run(main)

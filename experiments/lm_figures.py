@@ -27,7 +27,6 @@ import time
 
 import jax
 import numpy as np
-from absl import app
 from tqdm import tqdm
 
 from lookahead_jax import data, models
@@ -170,10 +169,10 @@ def main(argv):
     ax.set_yscale("log")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out_dir / "figures.png", dpi=120)
+    _common.save_figure(fig, out_dir / "figures.png")
     print(f"wrote {out_dir / 'figures.json'} and {out_dir / 'figures.png'}")
 
 
 if __name__ == "__main__":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    app.run(main)
+    _common.run(main)

@@ -14,7 +14,6 @@ import os
 import pathlib
 import sys
 
-from absl import app
 from tqdm import tqdm
 
 # Run as `python experiments/NAME.py` from anywhere: the repository root goes on
@@ -37,4 +36,4 @@ def main(argv):
 
 if __name__ == "__main__":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    app.run(main)
+    _common.run(main)

@@ -42,7 +42,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app
 from tqdm import tqdm
 
 from lookahead_jax import particles
@@ -212,7 +211,7 @@ def plot(figures: dict, path: pathlib.Path) -> None:
     right.set_title("solid: lookahead_jax, dashed: blackjax")
     right.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _common.save_figure(fig, path)
 
 
 # Issue #18: speedup over blackjax (given normalised weights) that each method must reach
@@ -299,4 +298,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _common.run(main)

@@ -17,7 +17,6 @@ import os
 import pathlib
 import sys
 
-from absl import app
 from tqdm import tqdm
 
 # Run as `python experiments/NAME.py` from anywhere: the repository root goes on
@@ -40,4 +39,4 @@ def main(argv):
 
 if __name__ == "__main__":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    app.run(main)
+    _common.run(main)

@@ -54,7 +54,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from lookahead_jax import checkpoint, metrics
+from lookahead_jax import checkpoint, distributed, metrics
 from lookahead_jax.data import (
     batch_for_step,
     eval_windows,
@@ -313,7 +313,8 @@ def _save_plot(
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    if distributed.is_primary():  # one process writes shared files
+        fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
@@ -438,8 +439,9 @@ def train_and_evaluate(
             heldout_bytes_evaluated=int(data.token_bytes[windows[:, 1:]].sum()),
             train_tokens=int(train_data.shape[0]),
         )
-    with open(os.path.join(workdir, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=1)
+    if distributed.is_primary():
+        with open(os.path.join(workdir, "metrics.json"), "w") as f:
+            json.dump(metrics, f, indent=1)
     _save_plot(
         os.path.join(workdir, "loss.png"),
         losses,
@@ -472,7 +474,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
 
     # The default resolves from the repository root whatever the working directory; the
     # root goes on sys.path so that `experiments` resolves.
@@ -482,4 +484,4 @@ if __name__ == "__main__":
 
     _common.define_config(os.path.join(_root, "configs", "train_lm.py"))
     flags.DEFINE_string("workdir", None, "Output directory (checkpoints, metrics, export).")
-    app.run(main)
+    _common.run(main)

@@ -38,6 +38,7 @@ import ml_collections
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
+from lookahead_jax import distributed
 from lookahead_jax.data import documents
 
 
@@ -129,11 +130,14 @@ def train_tokenizer(
     train_bytes, train_tokens = bytes_per_token(tokenizer, train)
     heldout_bytes, heldout_tokens = bytes_per_token(tokenizer, heldout)
 
-    os.makedirs(workdir, exist_ok=True)
-    tokenizer.save(os.path.join(workdir, "tokenizer.json"))
-    with open(os.path.join(workdir, "tokenizer_config.json"), "w") as f:
-        json.dump(tokenizer_config(config), f, indent=1)
-        f.write("\n")
+    # Several processes train the same tokenizer (no JAX here); one writes it.
+    primary = distributed.is_primary()
+    if primary:
+        os.makedirs(workdir, exist_ok=True)
+        tokenizer.save(os.path.join(workdir, "tokenizer.json"))
+        with open(os.path.join(workdir, "tokenizer_config.json"), "w") as f:
+            json.dump(tokenizer_config(config), f, indent=1)
+            f.write("\n")
     record = {
         "name": config.name,
         "command": command,
@@ -155,9 +159,10 @@ def train_tokenizer(
         "hardware": f"{platform.machine()}, {os.cpu_count()} CPU cores",
         "config": config.to_dict(),
     }
-    with open(os.path.join(workdir, "training.json"), "w") as f:
-        json.dump(record, f, indent=1)
-        f.write("\n")
+    if primary:
+        with open(os.path.join(workdir, "training.json"), "w") as f:
+            json.dump(record, f, indent=1)
+            f.write("\n")
     return record
 
 
@@ -179,7 +184,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
 
     # The default resolves from the repository root whatever the working directory; the
     # root goes on sys.path so that `experiments` resolves.
@@ -189,4 +194,4 @@ if __name__ == "__main__":
 
     _common.define_config(os.path.join(_root, "configs", "train_tokenizer.py"))
     flags.DEFINE_string("workdir", None, "Output folder (tokenizer.json and friends).")
-    app.run(main)
+    _common.run(main)

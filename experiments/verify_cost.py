@@ -11,7 +11,6 @@ Writes ``results.json`` and ``results.png`` to ``config.output_dir``; see
 import pathlib
 import sys
 
-from absl import app
 from tqdm import tqdm
 
 # Run as `python experiments/NAME.py` from anywhere: the repository root goes on
@@ -31,4 +30,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _common.run(main)

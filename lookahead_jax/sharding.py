@@ -6,14 +6,13 @@ splits one axis of each array over it. Computation then runs under ``jax.jit``
 and XLA keeps each row on its device; results equal the 1-device results
 (up to float reassociation inside XLA kernels, which tests bound).
 
-Multi-host pods: call :func:`initialize_distributed` once at the start of an
-experiment script (or set ``LOOKAHEAD_JAX_DISTRIBUTED=1``) before building a
-mesh; ``jax.devices()`` then spans every host and the same code runs unchanged.
+Multi-host pods: call :func:`lookahead_jax.distributed.initialize` once at the start
+of a script before building a mesh; ``jax.devices()`` then spans every process and the
+same code runs unchanged (each process feeding only its rows: see that module).
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
@@ -21,24 +20,19 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 BATCH_AXIS = "batch"
-DISTRIBUTED_ENV = "LOOKAHEAD_JAX_DISTRIBUTED"
+DISTRIBUTED_ENV = "LOOKAHEAD_JAX_DISTRIBUTED"  # read by distributed.initialize
 
 
 def initialize_distributed(enabled: bool | None = None, **kwargs: Any) -> bool:
-    """Calls ``jax.distributed.initialize(**kwargs)`` when asked; returns whether it did.
+    """Joins the other processes of a multi-process run; returns whether there are several.
 
-    Args:
-      enabled: ``True`` to initialise, ``False`` not to; ``None`` (default) reads the
-        environment variable ``LOOKAHEAD_JAX_DISTRIBUTED`` (``1``/``true`` switch it on),
-        so one experiment script runs on a laptop and on a multi-host pod.
-      **kwargs: forwarded to ``jax.distributed.initialize`` (coordinator address,
-        process count and id); on managed TPU/GPU clusters none are needed.
+    Kept for existing scripts: :func:`lookahead_jax.distributed.initialize` does the work
+    (explicit arguments, ``JAX_COORDINATOR_ADDRESS``, SLURM and TPU pods, or
+    ``LOOKAHEAD_JAX_DISTRIBUTED=1``) and says more about the result.
     """
-    if enabled is None:
-        enabled = os.environ.get(DISTRIBUTED_ENV, "").strip().lower() in ("1", "true", "yes")
-    if enabled:
-        jax.distributed.initialize(**kwargs)
-    return bool(enabled)
+    from lookahead_jax import distributed
+
+    return distributed.initialize(enabled=enabled, **kwargs).source != "single"
 
 
 def make_mesh(num_devices: int | None = None, axis_name: str = BATCH_AXIS) -> Mesh:

@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax.sharding import NamedSharding, PartitionSpec
 
-from lookahead_jax import checkpoint
+from lookahead_jax import checkpoint, models, sharding
 
 
 def _state(seed: int):
@@ -115,3 +116,98 @@ def test_restore_casts_when_asked(tmp_path):
     np.testing.assert_array_equal(
         jax.random.key_data(mixed["rng"]), jax.random.key_data(state["rng"])
     )
+
+
+# ---- resharding on restore (issue 20) ---------------------------------------------------------
+
+
+def _layout_state(shardings):
+    """A state whose array leaves are placed with ``shardings`` (``w``, ``rows``) or replicated."""
+    w = jnp.arange(16 * 8, dtype=jnp.float32).reshape(16, 8) / 7.0
+    rows = jnp.arange(16, dtype=jnp.int32) * 3
+    return {
+        "params": {"w": jax.device_put(w, shardings[0])},
+        "rows": jax.device_put(rows, shardings[1]),
+        "rng": jax.random.key(5),
+        "step": jnp.asarray(9, jnp.int32),
+    }
+
+
+def _spec_sharding(mesh, *spec):
+    return NamedSharding(mesh, PartitionSpec(*spec))
+
+
+def test_restore_reshards_a_checkpoint_written_under_another_mesh(tmp_path):
+    eight = sharding.make_mesh()
+    saved = _layout_state([_spec_sharding(eight, "batch"), _spec_sharding(eight, "batch")])
+    assert len(saved["params"]["w"].sharding.device_set) == 8
+    checkpoint.save(tmp_path, 1, saved)
+    grid = models.make_model_mesh(2, 4)
+    four = sharding.make_mesh(4)
+    layouts = {
+        "data x model": [_spec_sharding(grid, "data", "model"), _spec_sharding(grid, "data")],
+        "4 devices": [_spec_sharding(four, None, "batch"), _spec_sharding(four, "batch")],
+        "replicated": [_spec_sharding(eight), _spec_sharding(eight)],
+    }
+    for name, shardings in layouts.items():
+        state = _layout_state(shardings)
+        # Zeros with each leaf's sharding, and the abstract form: restore fills in the values.
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
+        )
+        like = jax.tree.map(
+            lambda x: jax.device_put(jnp.zeros(x.shape, x.dtype), x.sharding),
+            {k: v for k, v in state.items() if k != "rng"},
+        )
+        like["rng"] = jax.random.key(0)
+        for target in (like, abstract):
+            restored = checkpoint.restore(tmp_path, target)
+            _assert_equal(restored, saved)
+            for leaf, want in zip(
+                (restored["params"]["w"], restored["rows"]), shardings, strict=True
+            ):
+                assert leaf.sharding == want, name
+                assert len(leaf.addressable_shards) == len(want.device_set), name
+
+
+def test_restore_without_a_sharding_uses_a_device_every_process_has(tmp_path, monkeypatch):
+    eight = sharding.make_mesh()
+    saved = _layout_state([_spec_sharding(eight, "batch"), _spec_sharding(eight, "batch")])
+    checkpoint.save(tmp_path, 1, saved)
+    # NumPy leaves carry no sharding (a typed key cannot be a NumPy array).
+    host = jax.tree.map(
+        lambda x: np.zeros(x.shape, x.dtype), {k: v for k, v in saved.items() if k != "rng"}
+    )
+    host["rng"] = jax.random.key(0)
+    # One process: the first device, as before.
+    restored = checkpoint.restore(tmp_path, host)
+    _assert_equal(restored, saved)
+    assert restored["params"]["w"].sharding == jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    # Several processes: jax.devices()[0] belongs to process 0 alone, so the default is
+    # replication over every device (tests/test_multiprocess.py restores this way for real).
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    target = checkpoint._abstract(np.zeros((16, 8), np.float32))
+    assert target.sharding.is_fully_replicated
+    assert target.sharding.device_set == set(jax.devices())
+
+
+def test_restore_names_the_leaf_it_cannot_place(tmp_path):
+    eight = sharding.make_mesh()
+    saved = _layout_state([_spec_sharding(eight, "batch"), _spec_sharding(eight, "batch")])
+    checkpoint.save(tmp_path, 1, saved)
+    shorter = {**saved, "rows": jnp.zeros((8,), jnp.int32)}
+    with pytest.raises(
+        ValueError, match=r"`\['rows'\]` was saved with shape \(16,\) but .* \(8,\)"
+    ):
+        checkpoint.restore(tmp_path, shorter)
+    # 16 rows cannot be split over 3 devices: named before orbax starts reading.
+    three = jax.ShapeDtypeStruct(
+        (16,), jnp.int32, sharding=_spec_sharding(sharding.make_mesh(3), "batch")
+    )
+    with pytest.raises(ValueError, match=r"`\['rows'\]` of shape \(16,\) cannot be restored .*3"):
+        checkpoint.restore(tmp_path, {**saved, "rows": three})
+    renamed = {("count" if k == "step" else k): v for k, v in saved.items()}
+    with pytest.raises(
+        ValueError, match=r"only in the checkpoint: \[step\]; .* only in `like`: \[count\]"
+    ):
+        checkpoint.restore(tmp_path, renamed)

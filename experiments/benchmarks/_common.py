@@ -1,5 +1,13 @@
-"""What every benchmark and experiment script shares: config flags, JSON output, edit
-distance.
+"""What every benchmark and experiment script shares: config flags, the multi-process
+setup, JSON and figure output, edit distance.
+
+Every script runs through :func:`run` (instead of ``absl.app.run``), so each accepts
+the standard multi-process setup: ``--coordinator_address``, ``--num_processes``,
+``--process_id`` (and ``--local_device_ids``), or the environment a TPU pod, SLURM or
+``JAX_COORDINATOR_ADDRESS`` provides (``lookahead_jax.distributed.initialize``). Shared
+files (:func:`write_json`, :func:`save_figure`, :func:`write_text`) are written by the
+primary process only; checkpoints are written by every process (orbax coordinates them).
+docs/launch.md says how to start each script on a pod, on multi-GPU and under SLURM.
 
 Scoring continuations is the library's ``lookahead_jax.models.continuation_log_probs``.
 """
@@ -14,6 +22,25 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from absl import flags
+
+from lookahead_jax import distributed
+
+# The standard multi-process setup; unset flags fall back to the environment.
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address",
+    None,
+    "host:port of process 0 (multi-process runs; or JAX_COORDINATOR_ADDRESS).",
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "processes running this script (or JAX_NUM_PROCESSES, SLURM, TPU pod)."
+)
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "this process's index in [0, num_processes) (or JAX_PROCESS_ID)."
+)
+_LOCAL_DEVICE_IDS = flags.DEFINE_list(
+    "local_device_ids", None, "local devices this process drives (one process per GPU: its rank)."
+)
 
 
 def config_override_errors(argv: Sequence[str], config) -> list[str]:
@@ -63,6 +90,30 @@ def define_config(path: pathlib.Path | str, default_config: Callable[[], Any] | 
         ) from None
 
 
+def initialize_processes() -> distributed.ProcessSetup:
+    """Joins the other processes from the flags (or the environment); one process otherwise."""
+    ids = _LOCAL_DEVICE_IDS.value
+    return distributed.initialize(
+        _COORDINATOR.value,
+        _NUM_PROCESSES.value,
+        _PROCESS_ID.value,
+        local_device_ids=None if ids is None else [int(i) for i in ids],
+    )
+
+
+def run(main: Callable[[list[str]], Any]) -> None:
+    """``absl.app.run(main)`` after :func:`initialize_processes` (before any device is used)."""
+    from absl import app
+
+    def with_processes(argv: list[str]) -> Any:
+        setup = initialize_processes()
+        if setup.process_count > 1:
+            print(setup, flush=True)
+        return main(argv)
+
+    app.run(with_processes)
+
+
 def _jsonable(x: Any) -> Any:
     if isinstance(x, np.generic | np.ndarray):
         return x.tolist()
@@ -72,11 +123,34 @@ def _jsonable(x: Any) -> Any:
 
 
 def write_json(results: Any, path: pathlib.Path | str, indent: int = 2) -> pathlib.Path:
-    """Writes ``results`` (NumPy scalars and arrays as lists) to ``path``; makes its folder."""
+    """Writes ``results`` (NumPy scalars and arrays as lists) to ``path``; makes its folder.
+
+    Only the primary process writes (every process computes the same global results).
+    """
     path = pathlib.Path(path)
+    if not distributed.is_primary():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
         json.dump(results, f, indent=indent, default=_jsonable)
+    return path
+
+
+def save_figure(fig: Any, path: pathlib.Path | str, dpi: int = 120) -> pathlib.Path:
+    """``fig.savefig(path)`` on the primary process; makes the folder."""
+    path = pathlib.Path(path)
+    if distributed.is_primary():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=dpi)
+    return path
+
+
+def write_text(path: pathlib.Path | str, text: str) -> pathlib.Path:
+    """Writes ``text`` to ``path`` on the primary process; makes the folder."""
+    path = pathlib.Path(path)
+    if distributed.is_primary():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
     return path
 
 

@@ -751,7 +751,7 @@ def _write(results: dict[str, Any], out_dir: pathlib.Path) -> None:
         f"{results['config']['max_new_tokens']} new tokens (metrics on bytes)"
     )
     fig.tight_layout()
-    fig.savefig(out_dir / "results.png", dpi=120)
+    _common.save_figure(fig, out_dir / "results.png")
     plt.close(fig)
 
 

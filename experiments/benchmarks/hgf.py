@@ -850,12 +850,12 @@ def _write(results: dict[str, Any], out_dir: pathlib.Path) -> None:
         ax.set_title(network)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out_dir / "speed.png", dpi=120)
+    _common.save_figure(fig, out_dir / "speed.png")
     plt.close(fig)
     net = build(pc.Network, CONTINUOUS3, "unbounded")
     net.input_data(pc.load_data("continuous"))
     fig = net.plot_trajectories()
-    fig.savefig(out_dir / "trajectories.png", dpi=120)
+    _common.save_figure(fig, out_dir / "trajectories.png")
     plt.close(fig)
 
 

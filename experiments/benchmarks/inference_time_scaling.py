@@ -647,7 +647,7 @@ def _write(results: dict[str, Any], out_dir: pathlib.Path) -> None:
         axes[3].set_xlabel("target log-likelihood per byte of the answer")
         axes[3].set_title(f"LM demo, N = {lm_rows[0]['num_particles']}")
     fig.tight_layout()
-    fig.savefig(out_dir / "results.png", dpi=120)
+    _common.save_figure(fig, out_dir / "results.png")
     plt.close(fig)
 
 

@@ -601,7 +601,7 @@ def _plots(results: dict[str, Any], out_dir: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "regimes.png"), dpi=120)
+    _common.save_figure(fig, os.path.join(out_dir, "regimes.png"))
     plt.close(fig)
 
     ks = [str(k) for k in results["config"]["ks"]]
@@ -623,7 +623,7 @@ def _plots(results: dict[str, Any], out_dir: str) -> None:
         ax.set_yticks(range(len(PREDICTORS)), PREDICTORS, fontsize=8)
     fig.suptitle("Acceptance (%) by regime, predictor and K")
     fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "acceptance.png"), dpi=120)
+    _common.save_figure(fig, os.path.join(out_dir, "acceptance.png"))
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -656,7 +656,7 @@ def _plots(results: dict[str, Any], out_dir: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "online.png"), dpi=120)
+    _common.save_figure(fig, os.path.join(out_dir, "online.png"))
     plt.close(fig)
 
 

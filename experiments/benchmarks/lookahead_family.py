@@ -861,7 +861,7 @@ def _write(results: dict[str, Any], out_dir: pathlib.Path) -> None:
             ax.set_title(f"{name}: {title}", fontsize=9)
             fig.colorbar(image, ax=ax, fraction=0.04)
     fig.tight_layout()
-    fig.savefig(out_dir / "results.png", dpi=120)
+    _common.save_figure(fig, out_dir / "results.png")
     plt.close(fig)
 
 

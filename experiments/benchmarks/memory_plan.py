@@ -188,5 +188,5 @@ def _plot(results: dict[str, Any], path: pathlib.Path) -> None:
     ax.set_title("generation memory plan, default vs exact")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _common.save_figure(fig, path)
     plt.close(fig)

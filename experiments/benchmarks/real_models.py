@@ -595,7 +595,7 @@ def _write(results: dict[str, Any], out_dir: pathlib.Path) -> None:
         )
         _plot_calls(axes.pop(0), results["qwen_shape"]["calls"], ("batch",))
     fig.tight_layout()
-    fig.savefig(out_dir / "results.png", dpi=120)
+    _common.save_figure(fig, out_dir / "results.png")
     plt.close(fig)
 
 

@@ -836,7 +836,7 @@ def run(config: ml_collections.ConfigDict, progress=None) -> dict[str, Any]:
 def write(results: dict[str, Any], out_dir: pathlib.Path) -> None:
     """``results.json``, ``results.png`` (heat map) and ``results.md`` (table) in ``out_dir``."""
     _common.write_json(results, out_dir / "results.json")
-    (out_dir / "results.md").write_text(format_table(results) + "\n")
+    _common.write_text(out_dir / "results.md", format_table(results) + "\n")
     plot(results, out_dir / "results.png")
 
 
@@ -885,7 +885,7 @@ def plot(results: dict[str, Any], path: pathlib.Path) -> None:
         fig.colorbar(image, ax=ax, fraction=0.04)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    _common.save_figure(fig, path)
     plt.close(fig)
 
 

@@ -618,7 +618,7 @@ def _write(results: dict[str, Any], out_dir: pathlib.Path) -> None:
             ax.set_xlabel("tokens/s / our autoregressive (median)")
             ax.set_title(f"{name}\nbatch {batch}, temperature {temperature}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(out_dir / "results.png", dpi=120)
+    _common.save_figure(fig, out_dir / "results.png")
     plt.close(fig)
 
 

@@ -180,5 +180,5 @@ def _plot(results: dict[str, Any], path: pathlib.Path) -> None:
     ax.set_ylabel("tree / chain verification time")
     ax.legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _common.save_figure(fig, path)
     plt.close(fig)

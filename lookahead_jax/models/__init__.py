@@ -24,6 +24,14 @@ from lookahead_jax.models.partitioning import (
     param_specs,
     shard_params,
 )
+from lookahead_jax.models.plan import (
+    PRESETS,
+    GenerationPlan,
+    ModelPlan,
+    check_mesh,
+    plan_generation,
+    preset,
+)
 from lookahead_jax.models.pretrained import available_pretrained, load_pretrained
 from lookahead_jax.models.scoring import (
     bits_per_byte,
@@ -46,9 +54,12 @@ from lookahead_jax.models.transformer import (
 __all__ = [
     "FAMILIES",
     "MODEL_TYPES",
+    "PRESETS",
     "ByteTokenizer",
+    "GenerationPlan",
     "KVCache",
     "Model",
+    "ModelPlan",
     "Params",
     "Tokenizer",
     "TransformerConfig",
@@ -57,6 +68,7 @@ __all__ = [
     "batch_sharding",
     "bits_per_byte",
     "cache_shardings",
+    "check_mesh",
     "config_from_hf",
     "continuation_log_probs",
     "final_norm",
@@ -82,6 +94,8 @@ __all__ = [
     "param_shapes",
     "param_shardings",
     "param_specs",
+    "plan_generation",
+    "preset",
     "qwen2",
     "qwen3",
     "rewind",

@@ -172,7 +172,10 @@ def fit_subjects(
 
     To spread subjects over devices, place the batched arguments first with
     ``sharding.shard((theta0, inputs), sharding.make_mesh())`` and call this under
-    ``jax.jit``: XLA keeps each subject on its device.
+    ``jax.jit``: XLA keeps each subject on its device. Over several processes, each
+    builds only its subjects: ``rows = distributed.process_rows(S, mesh, "batch")``, then
+    ``distributed.global_array((theta0_rows, inputs_rows), mesh, "batch", S)``
+    (``experiments/pod_workloads.py`` does this).
     """
 
     def one(theta, x, o, t):

@@ -138,8 +138,7 @@ def _load(out: pathlib.Path, stage: str, pid: int) -> dict:
         return dict(data)
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def _run_everything(tmp_path_factory):
     """``{"one": main 1x8, "two": main 2x4 (process 0), "two_1": process 1, "resumed": ...}``."""
     one = tmp_path_factory.mktemp("one_process")
     two = tmp_path_factory.mktemp("two_processes")
@@ -178,14 +177,14 @@ def _equal(a: dict, b: dict, prefix: str, layouts: bool = False) -> None:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
-def test_every_process_gathers_the_same_global_results(runs):
+def _every_process_gathers_the_same_global_results(runs):
     # to_host all-gathers: both processes hold every row, whichever rows they computed.
     assert sorted(runs["two"]) == sorted(runs["two_1"])
     _equal(runs["two"], runs["two_1"], "", layouts=True)
     _equal(runs["resumed"], runs["resumed_1"], "", layouts=True)
 
 
-def test_speculative_generation_equals_one_process(runs):
+def _speculative_generation_equals_one_process(runs):
     one, two = runs["one"], runs["two"]
     # Each process fed one block of prompt rows (data = 2), and the tokens stay split so.
     assert str(two["gen_prompt_layout"]) == "data over 2 process(es)"
@@ -195,7 +194,7 @@ def test_speculative_generation_equals_one_process(runs):
     assert one["gen_accepted"].sum() > 0  # the drafts were used, not only the bonus tokens
 
 
-def test_particle_filter_equals_one_process(runs):
+def _particle_filter_equals_one_process(runs):
     one, two = runs["one"], runs["two"]
     assert str(two["pf_particles_layout"]) == "batch over 2 process(es)"
     assert one["pf_resampled"].sum() >= 3  # the ancestry covers real resampling
@@ -205,7 +204,7 @@ def test_particle_filter_equals_one_process(runs):
     np.testing.assert_allclose(two["pf_means"], one["pf_means"], rtol=1e-5, atol=1e-6)
 
 
-def test_particle_filter_resumes_from_a_two_process_checkpoint(runs):
+def _particle_filter_resumes_from_a_two_process_checkpoint(runs):
     two, resumed = runs["two"], runs["resumed"]
     half = len(two["pf_half_ancestors"])
     for key in ("particles", "log_likelihood"):
@@ -216,7 +215,7 @@ def test_particle_filter_resumes_from_a_two_process_checkpoint(runs):
     assert str(resumed["pf_other_layout"]) == "data over 2 process(es)"
 
 
-def test_a_two_process_checkpoint_restores_in_one_process(runs):
+def _a_two_process_checkpoint_restores_in_one_process(runs):
     # This pytest process: 1 process x 8 devices; the checkpoint was written by 2 x 4.
     grid = models.make_model_mesh(2, 4)
     rows = NamedSharding(grid, PartitionSpec(("data", "model"), None))
@@ -233,7 +232,7 @@ def test_a_two_process_checkpoint_restores_in_one_process(runs):
     assert float(state.log_likelihood) == float(runs["two"]["pf_half_log_likelihood"])
 
 
-def test_hgf_fit_equals_one_process(runs):
+def _hgf_fit_equals_one_process(runs):
     one, two = runs["one"], runs["two"]
     assert str(two["hgf_theta_layout"]) == "batch over 2 process(es)"
     assert one["hgf_theta"].shape == (64, 1) and np.all(np.isfinite(one["hgf_surprises"]))
@@ -244,7 +243,7 @@ def _leap(run: dict, prefix: str) -> dict:
     return {k.split(prefix, 1)[1]: v for k, v in run.items() if k.startswith(prefix)}
 
 
-def test_leap_verify_resumed_by_fresh_processes_equals_uninterrupted(runs):
+def _leap_verify_resumed_by_fresh_processes_equals_uninterrupted(runs):
     straight = _leap(runs["two"], "leap_a")
     resumed = _leap(runs["resumed"], "leap_b")
     assert sorted(resumed) == sorted(straight)
@@ -261,7 +260,7 @@ def test_leap_verify_resumed_by_fresh_processes_equals_uninterrupted(runs):
     _equal(_leap(runs["resumed"], "leap_default"), _leap(runs["two"], "leap_half"), "")
 
 
-def test_leap_verify_equals_one_process(runs):
+def _leap_verify_equals_one_process(runs):
     # Replicated batch: the same arithmetic on every device, so bit for bit.
     _equal(_leap(runs["one"], "leap_replicated"), _leap(runs["two"], "leap_replicated"), "")
     # Data parallel: the gradient all-reduce differs in association (module docstring).
@@ -272,3 +271,17 @@ def test_leap_verify_equals_one_process(runs):
             np.testing.assert_array_equal(two[key], one[key], err_msg=key)
         else:  # the data-parallel gradient sum: see the module docstring
             np.testing.assert_allclose(two[key], one[key], rtol=0, atol=1e-6, err_msg=key)
+
+
+# One test, not one per check: a module-scoped fixture runs once per xdist worker, and
+# these processes are the expensive part (each check names what it compares).
+def test_two_processes_equal_one_process(tmp_path_factory):
+    runs = _run_everything(tmp_path_factory)
+    _every_process_gathers_the_same_global_results(runs)
+    _speculative_generation_equals_one_process(runs)
+    _particle_filter_equals_one_process(runs)
+    _particle_filter_resumes_from_a_two_process_checkpoint(runs)
+    _a_two_process_checkpoint_restores_in_one_process(runs)
+    _hgf_fit_equals_one_process(runs)
+    _leap_verify_resumed_by_fresh_processes_equals_uninterrupted(runs)
+    _leap_verify_equals_one_process(runs)

@@ -82,12 +82,32 @@ def define_config(path: pathlib.Path | str, default_config: Callable[[], Any] | 
     except (KeyError, AttributeError) as error:
         config = default_config()
         errors = config_override_errors(sys.argv[1:], config) or [str(error)]
-        raise SystemExit(
-            "error: "
-            + "; ".join(errors)
-            + "\nvalid fields (--config.FIELD=VALUE): "
-            + ", ".join(sorted(config))
-        ) from None
+        raise SystemExit(_override_message(errors, config)) from None
+
+
+def _override_message(errors: list[str], config) -> str:
+    return (
+        "error: "
+        + "; ".join(errors)
+        + "\nvalid fields (--config.FIELD=VALUE): "
+        + ", ".join(sorted(config))
+    )
+
+
+def named_config_errors(argv: Sequence[str]) -> str | None:
+    """The message for ``--config.FIELD`` overrides that the config named by ``--config=PATH``
+    lacks (``None`` when all are fields, or no config file is named).
+
+    ml_collections applies those overrides while absl parses the flags, where a typo is a
+    traceback; :func:`run` checks them first (the default config is checked by
+    :func:`define_config`).
+    """
+    path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if not path or not pathlib.Path(path).is_file():
+        return None  # ml_collections reports a missing file itself
+    config = _config_from_file(path)
+    errors = config_override_errors(argv, config)
+    return _override_message(errors, config) if errors else None
 
 
 def initialize_processes() -> distributed.ProcessSetup:
@@ -104,6 +124,10 @@ def initialize_processes() -> distributed.ProcessSetup:
 def run(main: Callable[[list[str]], Any]) -> None:
     """``absl.app.run(main)`` after :func:`initialize_processes` (before any device is used)."""
     from absl import app
+
+    message = named_config_errors(sys.argv[1:])
+    if message:
+        raise SystemExit(message)
 
     def with_processes(argv: list[str]) -> Any:
         setup = initialize_processes()

@@ -32,6 +32,15 @@ def test_edit_distance_matches_dynamic_programming(a, b):
     assert _common.edit_distance(a, b) == levenshtein(a, b)
 
 
+def test_overrides_of_a_config_named_on_the_command_line_are_checked():
+    named = f"--config={_ROOT / 'configs' / 'pod_qwen2_5_7b.py'}"
+    message = _common.named_config_errors([named, "--config.dry_runn=True"])
+    assert '--config.dry_runn: no such config field (did you mean "dry_run"?)' in message
+    assert "valid fields" in message
+    assert _common.named_config_errors([named, "--config.dry_run=True"]) is None
+    assert _common.named_config_errors(["--config.dry_runn=True"]) is None  # default: elsewhere
+
+
 def test_write_json_makes_the_folder_and_writes_numpy_values(tmp_path):
     path = _common.write_json(
         {"a": np.float32(1.5), "b": np.arange(3), "c": (1, 2)}, tmp_path / "new" / "r.json"

@@ -86,5 +86,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.max_checkpoints = 2
     config.export_hf = True  # write workdir/hf/{config.json, model.safetensors} at the end
     config.progress_bar = True
+    # Batch rows split over all devices: "auto" (when several processes run the script;
+    # docs/launch.md), "on" (also one process with several devices) or "off".
+    config.data_parallel = "auto"
+    config.stop_after = 0  # > 0: stop after this many steps, as if killed (resume: run again)
     config.workdir = ""  # output directory; the --workdir flag takes precedence
     return config

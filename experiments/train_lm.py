@@ -32,6 +32,14 @@ bits per byte, wall time, parameter count), ``loss.png`` and ``hf/``
 with a BPE tokenizer also ``tokenizer.json`` + ``tokenizer_config.json``, so the
 folder is a complete HuggingFace model folder).
 
+Several processes (a TPU pod slice, one process per GPU, SLURM; docs/launch.md):
+``config.data_parallel`` (``"auto"``: on when several processes run the script) splits
+every batch's rows over a 1-D mesh of all processes' devices, each process building
+only its rows; parameters and optimiser state are replicated, the gradient is summed
+across devices by XLA, every process writes its part of each checkpoint and process 0
+writes ``metrics.json``, the plot and the export. On one device (``"off"``) the script
+runs exactly as it always has.
+
 The script is importable without running: tests use ``train_and_evaluate``.
 """
 
@@ -54,7 +62,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from lookahead_jax import checkpoint, distributed, metrics
+from lookahead_jax import checkpoint, distributed, metrics, sharding
 from lookahead_jax.data import (
     batch_for_step,
     eval_windows,
@@ -318,6 +326,26 @@ def _save_plot(
     plt.close(fig)
 
 
+def data_parallel_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh | None:
+    """The 1-D mesh batches are split over, or ``None`` (one device, no mesh).
+
+    ``config.data_parallel``: ``"auto"`` (several processes: all their devices),
+    ``"on"`` (all devices, also in one process) or ``"off"``.
+    """
+    mode = str(config.get("data_parallel", "auto"))
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"`config.data_parallel` must be 'auto', 'on' or 'off'; got {mode!r}.")
+    if mode == "off" or (mode == "auto" and jax.process_count() == 1):
+        return None
+    mesh = sharding.make_mesh()
+    if config.batch_size % mesh.devices.size:
+        raise ValueError(
+            f"`config.batch_size` ({config.batch_size}) must be divisible by the "
+            f"{mesh.devices.size} devices its rows are split over (data_parallel={mode!r})."
+        )
+    return mesh
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -352,6 +380,9 @@ def train_and_evaluate(
     optimizer = make_optimizer(config)
     ckpt_dir = os.path.join(workdir, "checkpoints")
     state = init_state(config, model, optimizer)
+    mesh = data_parallel_mesh(config)
+    if mesh is not None:  # every process holds the whole (identical) initial state
+        state = sharding.replicate(state, mesh)
     start = checkpoint.latest_step(ckpt_dir)
     if start is not None:
         state = checkpoint.restore(ckpt_dir, state, step=start)
@@ -390,6 +421,11 @@ def train_and_evaluate(
     )
     for step in bar:
         batch = batch_for_step(train_data, config.seed, step, config.batch_size, config.seq_len)
+        if mesh is not None:  # this process's rows only; the global batch spans the mesh
+            rows = distributed.process_rows(config.batch_size, mesh, sharding.BATCH_AXIS)
+            batch = distributed.global_array(
+                batch[rows], mesh, sharding.BATCH_AXIS, config.batch_size
+            )
         state, loss = train_step(state, batch)
         done = step + 1
         if done % config.log_every == 0 or done == end:
@@ -449,7 +485,7 @@ def train_and_evaluate(
         f"{config.model}: {metrics['num_params']:,} params, held-out {evals[-1][1]:.3f} bits/byte",
         unit="byte" if data.tokenizer is None else "token",
     )
-    if config.export_hf:
+    if config.export_hf and distributed.is_primary():
         export_hf(os.path.join(workdir, "hf"), config, model, state.params)
     return metrics
 
@@ -465,7 +501,12 @@ def main(argv: list[str]) -> None:
     if not workdir:
         raise ValueError("pass --workdir (or --config.workdir).")
     os.makedirs(workdir, exist_ok=True)
-    metrics = train_and_evaluate(config, workdir, command=" ".join(sys.argv))
+    metrics = train_and_evaluate(
+        config, workdir, stop_after=config.get("stop_after") or None, command=" ".join(sys.argv)
+    )
+    if metrics is None:
+        print(f"Stopped after step {config.stop_after} (resume by running again).", flush=True)
+        return
     print(
         f"Done: {metrics['num_params']:,} params, held-out {metrics['heldout_bpb']:.4f} "
         f"bits/byte, {metrics['wall_time_s']:.0f} s.",

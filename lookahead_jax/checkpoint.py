@@ -94,6 +94,17 @@ def _default_sharding() -> jax.sharding.Sharding:
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
 
+def _to_global(x: Any) -> Any:
+    """Several processes: a leaf held by this process alone (NumPy, a Python scalar, a
+    one-device array such as a wall-clock time) as a global array replicated over all
+    devices, which orbax can save (it refuses process-local arrays). The processes'
+    values should agree; orbax writes replicated arrays once (process 0's)."""
+    if jax.process_count() == 1 or (isinstance(x, jax.Array) and not x.is_fully_addressable):
+        return x
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, _default_sharding(), lambda i: host[i])
+
+
 def _abstract(x: Any) -> jax.ShapeDtypeStruct:
     """The restore target of one leaf: shape, dtype and sharding (``like``'s, or a default)."""
     if _is_typed_key(x):
@@ -136,7 +147,7 @@ def save(
     """
     if int(step) < 0:
         raise ValueError(f"`step` must be >= 0; got {step}.")
-    storable = jax.tree.map(_to_storable, state)
+    storable = jax.tree.map(_to_global, jax.tree.map(_to_storable, state))
     with _manager(directory, max_to_keep, create=True) as manager:
         manager.save(int(step), args=ocp.args.StandardSave(storable), force=True)
         manager.wait_until_finished()

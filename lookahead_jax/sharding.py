@@ -68,6 +68,10 @@ def shard(tree: Any, mesh: Mesh, axes: Any = 0) -> Any:
       axes: the batch axis of each leaf: an int for all leaves, or a pytree prefix
         of ``tree`` holding ints (or ``None`` to replicate), e.g.
         ``models.KVCache(keys=1, values=1, lengths=0)`` for a KV cache.
+    Over several processes (a mesh spanning them) every process passes the same full
+    values and keeps its shards; to give each process only its rows, use
+    ``lookahead_jax.distributed.global_array`` instead.
+
     Raises:
       ValueError: when a batch axis is not divisible by the number of devices.
     """
@@ -80,7 +84,18 @@ def shard(tree: Any, mesh: Mesh, axes: Any = 0) -> Any:
                 f"the batch axis {axis} of an array of shape {leaf.shape} must be divisible "
                 f"by the {size} devices of the mesh."
             )
-        return jax.device_put(leaf, axis_sharding(mesh, leaf.ndim, axis))
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            # Key arrays travel as their raw data (one more trailing axis) and are rewrapped.
+            data = place(None if axis is None else axis % leaf.ndim, jax.random.key_data(leaf))
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
+        target = axis_sharding(mesh, leaf.ndim, axis)
+        if not target.is_fully_addressable:
+            # A mesh over several processes: each process builds the shards its own devices
+            # hold from its (identical) full copy. (device_put refuses device arrays here,
+            # and compares host values across processes, where NaN != NaN.)
+            host = np.asarray(leaf)
+            return jax.make_array_from_callback(host.shape, target, lambda index: host[index])
+        return jax.device_put(leaf, target)
 
     if isinstance(axes, int) or axes is None:
         return jax.tree.map(lambda leaf: place(axes, leaf), tree)

@@ -2,6 +2,12 @@
 
 import contextlib
 import itertools
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -98,3 +104,92 @@ def ragged_prompts(vocab, batch, width, seed, *, min_length=1, period=None):
     else:
         prompt = rng.integers(0, vocab, (batch, width))
     return jnp.asarray(prompt, jnp.int32), jnp.asarray(lengths, jnp.int32)
+
+
+# ---- several processes of one script (tests/test_multiprocess.py, train_lm) ----------------
+# Set by a cluster or a user; the processes started here get their setup from flags only.
+_CLEARED_ENV = (
+    "JAX_COORDINATOR_ADDRESS",
+    "JAX_NUM_PROCESSES",
+    "JAX_PROCESS_ID",
+    "LOOKAHEAD_JAX_DISTRIBUTED",
+    "XLA_FLAGS",
+    "LOOKAHEAD_JAX_KEEP_XLA_FLAGS",
+)
+PROCESS_TIMEOUT_S = 300  # per launch
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def start_processes(args, processes: int, devices: int, logs: pathlib.Path, name: str) -> list:
+    """Starts ``python *args`` as ``processes`` processes of ``devices`` CPU devices each,
+    joined on localhost through the scripts' ``--coordinator_address/--num_processes/
+    --process_id`` flags (none for one process). Returns ``[(Popen, log path), ...]``.
+
+    Every run gets the same XLA flags, the fast tier's (tests/conftest.py) with its own
+    device count; ``import lookahead_jax`` adds the small-loop threshold.
+    """
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k not in _CLEARED_ENV}
+    env["XLA_FLAGS"] = (
+        f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"
+    )
+    env["JAX_PLATFORMS"] = "cpu"
+    started = []
+    for pid in range(processes):
+        command = [sys.executable, *map(str, args)]
+        if processes > 1:
+            command += [
+                f"--coordinator_address=localhost:{port}",
+                f"--num_processes={processes}",
+                f"--process_id={pid}",
+            ]
+        log = pathlib.Path(logs) / f"{name}_{pid}.log"
+        with open(log, "wb") as f:
+            started.append(
+                (subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, env=env), log)
+            )
+    return started
+
+
+def _tail(log: pathlib.Path, chars: int = 4000) -> str:
+    # gloo announces every connection; those lines would hide the traceback.
+    lines = [x for x in log.read_text(errors="replace").splitlines() if "[Gloo]" not in x]
+    return "\n".join(lines)[-chars:]
+
+
+def _kill(started: list) -> None:
+    for p, _ in started:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def wait_processes(started: list, what: str, timeout_s: float = PROCESS_TIMEOUT_S) -> None:
+    """Waits for every process; on a failure or the timeout kills the rest and fails with
+    each process's output (a process left alone would wait at a barrier until the timeout)."""
+    import pytest
+
+    deadline = time.monotonic() + timeout_s
+    failed = None
+    try:
+        while failed is None and any(p.poll() is None for p, _ in started):
+            failed = next((log for p, log in started if p.poll() not in (None, 0)), None)
+            if time.monotonic() > deadline:
+                failed = "timeout"
+            time.sleep(0.2)
+    finally:  # also when pytest itself is interrupted: no orphaned processes
+        if failed is not None or any(p.poll() is None for p, _ in started):
+            _kill(started)
+    failed = failed or next((log for p, log in started if p.returncode != 0), None)
+    if failed is None:
+        return
+    report = "\n".join(
+        f"--- {log.name} (exit code {p.returncode}) ---\n{_tail(log)}" for p, log in started
+    )
+    reason = f"timed out after {timeout_s} s" if failed == "timeout" else f"{failed.name} failed"
+    pytest.fail(f"{what} {reason}:\n{report}", pytrace=False)

@@ -27,11 +27,7 @@ devices and as 1 process x 8 devices (the same XLA flags, set here) and compares
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import socket
-import subprocess
-import sys
 import time
 
 import jax
@@ -40,97 +36,28 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from lookahead_jax import checkpoint, models, particles
+from tests.helpers import start_processes, wait_processes
 
 pytestmark = pytest.mark.slow
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "pod_workloads.py"
 CONFIG = ROOT / "configs" / "pod_workloads.py"
-TIMEOUT_S = 300  # per launch; the module takes ~40 s on 2 idle cores
-# Set by a cluster or a user; the script's processes get their setup from its flags only.
-_CLEARED_ENV = (
-    "JAX_COORDINATOR_ADDRESS",
-    "JAX_NUM_PROCESSES",
-    "JAX_PROCESS_ID",
-    "LOOKAHEAD_JAX_DISTRIBUTED",
-    "XLA_FLAGS",
-    "LOOKAHEAD_JAX_KEEP_XLA_FLAGS",
-)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
 
 
 def _start(out: pathlib.Path, processes: int, devices: int, stage: str) -> list:
-    """Starts every process of one run: ``[(Popen, log path), ...]``."""
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k not in _CLEARED_ENV}
-    # The same XLA flags in every compared run: the fast tier's (tests/conftest.py), with
-    # this run's device count; `import lookahead_jax` adds the small-loop threshold.
-    env["XLA_FLAGS"] = (
-        f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"
-    )
-    env["JAX_PLATFORMS"] = "cpu"
-    started = []
-    for pid in range(processes):
-        log = out / f"{stage}_{pid}.log"
-        args = [
-            sys.executable, str(SCRIPT), f"--config={CONFIG}", f"--config.stage={stage}",
-            f"--config.output_dir={out}", "--config.data=2",
-            # plain greedy once, in the 1-process run (the greedy law; saves a compile)
-            f"--config.compare_plain_greedy={processes == 1}",
-        ]  # fmt: skip
-        if processes > 1:
-            args += [
-                f"--coordinator_address=localhost:{port}",
-                f"--num_processes={processes}",
-                f"--process_id={pid}",
-            ]
-        with open(log, "wb") as f:
-            started.append(
-                (subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT, env=env), log)
-            )
-    return started
-
-
-def _tail(log: pathlib.Path, chars: int = 4000) -> str:
-    # gloo announces every connection; those lines would hide the traceback.
-    lines = [x for x in log.read_text(errors="replace").splitlines() if "[Gloo]" not in x]
-    return "\n".join(lines)[-chars:]
-
-
-def _kill(started: list) -> None:
-    for p, _ in started:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+    """Starts every process of one run of the script."""
+    args = [
+        str(SCRIPT), f"--config={CONFIG}", f"--config.stage={stage}",
+        f"--config.output_dir={out}", "--config.data=2",
+        # plain greedy once, in the 1-process run (the greedy law; saves a compile)
+        f"--config.compare_plain_greedy={processes == 1}",
+    ]  # fmt: skip
+    return start_processes(args, processes, devices, out, stage)
 
 
 def _wait(started: list) -> None:
-    """Waits for every process; on a failure or the timeout kills the rest and fails with
-    each process's output (a process left alone would wait at a barrier until the timeout)."""
-    deadline = time.monotonic() + TIMEOUT_S
-    failed = None
-    try:
-        while failed is None and any(p.poll() is None for p, _ in started):
-            failed = next((log for p, log in started if p.poll() not in (None, 0)), None)
-            if time.monotonic() > deadline:
-                failed = "timeout"
-            time.sleep(0.2)
-    finally:  # also when pytest itself is interrupted: no orphaned workers
-        if failed is not None or any(p.poll() is None for p, _ in started):
-            _kill(started)
-    failed = failed or next((log for p, log in started if p.returncode != 0), None)
-    if failed is None:
-        return
-    report = "\n".join(
-        f"--- {log.name} (exit code {p.returncode}) ---\n{_tail(log)}" for p, log in started
-    )
-    reason = f"timed out after {TIMEOUT_S} s" if failed == "timeout" else f"{failed.name} failed"
-    pytest.fail(f"experiments/pod_workloads.py {reason}:\n{report}", pytrace=False)
+    wait_processes(started, "experiments/pod_workloads.py")
 
 
 def _load(out: pathlib.Path, stage: str, pid: int) -> dict:

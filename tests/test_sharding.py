@@ -1,5 +1,6 @@
 """Mesh helpers: placement, divisibility errors, the distributed switch."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -28,3 +29,17 @@ def test_errors_and_switch(monkeypatch):
         sharding.shard(np.zeros((6, 2)), sharding.make_mesh())
     monkeypatch.delenv(sharding.DISTRIBUTED_ENV, raising=False)
     assert sharding.initialize_distributed() is False
+
+
+def test_typed_keys_are_placed_as_keys():
+    mesh = sharding.make_mesh()
+    keys = jax.random.split(jax.random.key(3), 8)
+    placed = sharding.shard({"keys": keys}, mesh, axes=0)
+    assert jax.dtypes.issubdtype(placed["keys"].dtype, jax.dtypes.prng_key)
+    assert placed["keys"].sharding.spec == jax.sharding.PartitionSpec(sharding.BATCH_AXIS)
+    np.testing.assert_array_equal(jax.random.key_data(placed["keys"]), jax.random.key_data(keys))
+    replicated = sharding.replicate(jax.random.key(4), mesh)
+    assert replicated.sharding.is_fully_replicated
+    np.testing.assert_array_equal(
+        jax.random.key_data(replicated), jax.random.key_data(jax.random.key(4))
+    )

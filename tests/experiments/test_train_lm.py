@@ -10,6 +10,7 @@ import pytest
 
 from lookahead_jax import checkpoint
 from lookahead_jax.models import Model, load_hf, load_hf_gpt2, load_tokenizer, next_token_nll
+from tests.helpers import start_processes, wait_processes
 
 _ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -93,6 +94,69 @@ def test_outputs_are_written(runs):
     final = _final_state(config, straight)
     for x, y in zip(jax.tree.leaves(hf_params), jax.tree.leaves(final.params), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+# _tiny_config() as command-line overrides, for the multi-process runs.
+_TINY_FLAGS = [
+    f"--config={_ROOT / 'configs' / 'train_lm.py'}", "--config.model=draft",
+    "--config.draft.num_layers=1", "--config.draft.num_heads=2", "--config.draft.d_model=16",
+    "--config.draft.max_length=32", "--config.seq_len=32", "--config.batch_size=4",
+    "--config.num_steps=6", "--config.warmup_steps=2", "--config.eval_every=3",
+    "--config.eval_max_windows=8", "--config.eval_batch_size=8", "--config.checkpoint_every=3",
+    "--config.log_every=1", "--config.progress_bar=False",
+]  # fmt: skip
+
+
+def _launch(workdir, processes, devices, *extra):
+    args = [_ROOT / "experiments" / "train_lm.py", f"--workdir={workdir}", *_TINY_FLAGS, *extra]
+    return start_processes(args, processes, devices, workdir.parent, workdir.name)
+
+
+@pytest.mark.slow  # four launches of the script, two of them as 2 processes (~40 s)
+def test_two_processes_train_and_resume_like_one_process(tmp_path):
+    one, two, killed = tmp_path / "one", tmp_path / "two", tmp_path / "killed"
+    # 1 x 4 devices and 2 x 2 devices, batch rows split over all 4 (data parallel).
+    started = _launch(one, 1, 4, "--config.data_parallel=on") + _launch(two, 2, 2)
+    started += _launch(killed, 2, 2, "--config.stop_after=3")
+    wait_processes(started, "experiments/train_lm.py")
+    assert checkpoint.latest_step(killed / "checkpoints") == 3
+    assert not (killed / "metrics.json").exists()
+    wait_processes(_launch(killed, 2, 2), "experiments/train_lm.py (resumed)")
+
+    config = _tiny_config()
+    a, b, c = (_final_state(config, w) for w in (two, killed, one))
+    # Killed after 3 steps and resumed by fresh processes: bit for bit the straight run.
+    same = {"elapsed": 0.0, "rng": jax.random.key_data(a.rng)}  # wall-clock time differs
+    assert np.array_equal(jax.random.key_data(a.rng), jax.random.key_data(b.rng))
+    for x, y in zip(
+        jax.tree.leaves(a._replace(**same)), jax.tree.leaves(b._replace(**same)), strict=True
+    ):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    # Against one process: the gradient's sum over the 4 devices associates differently
+    # across processes (gloo) than inside one, so floats agree to rounding, not bitwise
+    # (measured 1.6e-7 on the parameters).
+    assert int(a.step) == int(c.step) == 6
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(c.params), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(a.losses), np.asarray(c.losses), rtol=1e-6)
+    # Each process wrote its part of every checkpoint; process 0 the shared files.
+    step = two / "checkpoints" / "6" / "default"
+    assert (step / "ocdbt.process_0").is_dir() and (step / "ocdbt.process_1").is_dir()
+    assert json.loads((two / "metrics.json").read_text())["num_steps"] == 6
+    assert (two / "hf" / "model.safetensors").is_file()
+
+
+def test_data_parallel_setting_is_checked():
+    config = _tiny_config()
+    config.data_parallel = "sometimes"
+    with pytest.raises(ValueError, match=r"`config\.data_parallel` must be"):
+        train_lm.data_parallel_mesh(config)
+    config.data_parallel = "on"
+    config.batch_size = 6  # the tests' 8 devices
+    with pytest.raises(ValueError, match=r"`config.batch_size` \(6\) must be divisible by the 8"):
+        train_lm.data_parallel_mesh(config)
+    config.data_parallel = "auto"  # one process: no mesh, the historical path
+    assert train_lm.data_parallel_mesh(config) is None
 
 
 def test_unknown_model_raises():

@@ -27,6 +27,7 @@
 # a wheel path.
 
 # %%
+import dataclasses
 import glob
 import importlib.util
 import os
@@ -146,3 +147,25 @@ half = models.Model(half_config, half_params)
 print(half.dtype, half_params["layers"]["attn"]["q_kernel"].sharding.spec)
 half_out = plain(half, prompt, lengths)
 print(tokenizer.decode(half_out.tokens, half_out.lengths)[0][:120])
+
+# %% [markdown]
+# ## Planning a pod run before booking it
+# `models.plan_generation` says what a `(data, model)` mesh puts on each device for a
+# target and a draft model — parameter and KV-cache bytes per device, rows per process —
+# from shapes alone (no accelerator, no weights). Here a Qwen2.5-7B-shaped target with a
+# 0.5B-shaped draft on 32 chips; `models.check_mesh` refuses a `model` axis that does not
+# divide the 28 query heads. `docs/launch.md` shows how to run the same script on a TPU
+# pod slice, one process per GPU, or SLURM.
+
+# %%
+target_shape = models.preset("qwen2.5-7b")
+# The 0.5B model's vocabulary (151,936 rows) padded to the 7B's: drafter and target share ids.
+draft_shape = dataclasses.replace(models.preset("qwen2.5-0.5b"), vocab_size=target_shape.vocab_size)
+plan = models.plan_generation(
+    target_shape, draft_shape, data=8, model=4, num_processes=8, batch_size=64, max_len=2308
+)
+print(plan)
+try:
+    models.check_mesh(target_shape, data=4, model=8, batch_size=64)
+except ValueError as error:
+    print("refused:", error)

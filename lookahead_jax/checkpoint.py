@@ -25,11 +25,12 @@ not divide the shape.
 **Several processes** (a TPU pod slice, one process per GPU, a SLURM job: see
 :mod:`lookahead_jax.distributed`): call ``save``, ``restore``, ``latest_step`` and
 ``all_steps`` on *every* process alike, with the same arguments and a ``directory``
-every process sees (a shared file system or a bucket). Orbax coordinates them: each
-process writes only the shards its devices hold (replicated shards once), process 0
-writes the metadata and commits the step, and all processes wait for each other, so
-a step that ``latest_step`` reports is complete. A step written by N processes
-restores under any other number of processes or mesh (restore reshards, above).
+every process sees (a shared file system; local paths, not ``gs://`` URLs). Orbax
+coordinates them: each process writes only the shards its devices hold (replicated
+shards once), process 0 writes the metadata and commits the step, and all processes wait
+for each other, so a step that ``latest_step`` reports is complete. A step written by N
+processes restores under any other number of processes or mesh (restore reshards,
+above).
 
 Example::
 

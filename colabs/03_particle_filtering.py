@@ -70,14 +70,7 @@ from lookahead_jax import particles
 # continue from a previous run's `final_state`.
 
 # %%
-lgssm = particles.LinearGaussianSSM(
-    transition_matrix=0.9 * jnp.eye(3) + 0.03,
-    transition_cov=0.1 * jnp.eye(3) + 0.02,
-    observation_matrix=jnp.asarray([[1.0, 0.0, 0.5], [0.0, 1.0, -0.5]]),
-    observation_cov=jnp.asarray([[1.0, 0.1], [0.1, 0.8]]),
-    initial_mean=jnp.zeros(3),
-    initial_cov=jnp.eye(3),
-)
+lgssm = particles.example_lgssm()
 states, observations = lgssm.sample(jax.random.key(0), NUM_STEPS)
 exact = particles.kalman_filter(lgssm, observations)
 model = lgssm.to_state_space_model()

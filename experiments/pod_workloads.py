@@ -55,6 +55,7 @@ _ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(_ROOT))
 
 from experiments.benchmarks import _common  # noqa: E402
+from experiments.benchmarks import hgf as hgf_benchmark  # noqa: E402
 from lookahead_jax import (  # noqa: E402
     checkpoint,
     decoding,
@@ -117,14 +118,7 @@ def _filter_setup(c: ml_collections.ConfigDict):
     """``(run, model, observations, config)``: the jitted ``bootstrap_run`` on the 1-D mesh."""
     # tests/particles/test_filters.py's discriminating model: partitioned (not replicated)
     # log-weights change the ancestors from step 3 on.
-    lgssm = particles.LinearGaussianSSM(
-        transition_matrix=0.9 * jnp.eye(3) + 0.03,
-        transition_cov=0.1 * jnp.eye(3) + 0.02,
-        observation_matrix=jnp.asarray([[1.0, 0.0, 0.5], [0.0, 1.0, -0.5]]),
-        observation_cov=jnp.asarray([[1.0, 0.1], [0.1, 0.8]]),
-        initial_mean=jnp.zeros(3),
-        initial_cov=jnp.eye(3),
-    )
+    lgssm = particles.example_lgssm()
     _, observations = lgssm.sample(jax.random.key(0), c.filter_steps)  # same on every process
     config = particles.BootstrapConfig(
         c.num_particles, mesh=sharding.make_mesh(), keep_ancestors=True
@@ -207,15 +201,8 @@ def _subject_series(c: ml_collections.ConfigDict, index: int) -> np.ndarray:
 
 
 def _hgf(c: ml_collections.ConfigDict) -> dict:
-    model = (
-        pc.Network(volatility_updates="standard")
-        .add_nodes(precision=1e2)
-        .add_nodes(value_children=0, mean=1.0, precision=1e2, tonic_volatility=-5.0)
-        .add_nodes(volatility_children=1, mean=0.0, precision=1e4, tonic_volatility=-12.0)
-    )
-    structure, params, beliefs = model.compile(jnp.float32)
-    theta0, unpack = pc.free_parameters(params, beliefs, {"tonic_volatility": [1]})
-    loss = pc.map_loss(structure, unpack, prior_mean=theta0, prior_precision=0.1)
+    # The fit of experiments/benchmarks/hgf.py's `fit_recovery`, split across processes.
+    structure, theta0, unpack, loss = hgf_benchmark.omega_fit_model()
 
     mesh = sharding.make_mesh()
     rows = distributed.process_rows(c.num_subjects, mesh, sharding.BATCH_AXIS)

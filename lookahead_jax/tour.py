@@ -250,14 +250,7 @@ def real_models_section(args: argparse.Namespace) -> dict[str, Any]:
 def particles_section(args: argparse.Namespace) -> dict[str, Any]:
     """Bootstrap filter vs the exact Kalman filter; global resampling over all devices."""
     print("\n== Particles: a bootstrap filter against the exact Kalman filter ==")
-    lgssm = particles.LinearGaussianSSM(
-        transition_matrix=0.9 * jnp.eye(3) + 0.03,
-        transition_cov=0.1 * jnp.eye(3) + 0.02,
-        observation_matrix=jnp.asarray([[1.0, 0.0, 0.5], [0.0, 1.0, -0.5]]),
-        observation_cov=jnp.asarray([[1.0, 0.1], [0.1, 0.8]]),
-        initial_mean=jnp.zeros(3),
-        initial_cov=jnp.eye(3),
-    )
+    lgssm = particles.example_lgssm()
     _, observations = lgssm.sample(jax.random.key(0), 20)
     exact = particles.kalman_filter(lgssm, observations)
     run = jax.jit(

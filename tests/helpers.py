@@ -1,6 +1,7 @@
 """Reference helpers shared by several test files (naive trees, exact laws, perturbed weights)."""
 
 import contextlib
+import importlib.util
 import itertools
 import os
 import pathlib
@@ -14,6 +15,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from lookahead_jax.sampling import Sampling, log_probs
+
+
+def load_module(name: str, path: pathlib.Path):
+    """Import a script (an experiment or a config, not a package module) from its file path."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def perturbed(params, scale, seed):

@@ -629,6 +629,30 @@ def _ours(config, draws: Any, progress=None) -> dict[str, Any]:
     return out
 
 
+def omega_fit_model() -> tuple[Any, Any, Callable, Callable]:
+    """The MAP fit of ``omega_1`` of a 3-level continuous HGF (standard updates, float32).
+
+    Returns ``(structure, theta0, unpack, loss)``: ``theta0`` holds the free parameter
+    (``tonic_volatility`` of node 1, the prior mean), ``unpack(theta) -> (params,
+    beliefs)`` and ``loss(theta, inputs [T, 1])`` the MAP loss (prior precision 0.1).
+    Used by :func:`fit_recovery` and by ``experiments/pod_workloads.py``.
+    """
+    import jax.numpy as jnp
+
+    from lookahead_jax import predictive_coding as pc
+
+    model = (
+        pc.Network(volatility_updates="standard")
+        .add_nodes(precision=1e2)
+        .add_nodes(value_children=0, mean=1.0, precision=1e2, tonic_volatility=-5.0)
+        .add_nodes(volatility_children=1, mean=0.0, precision=1e4, tonic_volatility=-12.0)
+    )
+    structure, params, beliefs = model.compile(jnp.float32)
+    theta0, unpack = pc.free_parameters(params, beliefs, {"tonic_volatility": [1]})
+    loss = pc.map_loss(structure, unpack, prior_mean=theta0, prior_precision=0.1)
+    return structure, theta0, unpack, loss
+
+
 def fit_recovery(num_subjects: int, steps: int, fit_steps: int, seed: int = 0) -> dict[str, Any]:
     """An optax MAP fit of ``num_subjects`` synthetic subjects at once (``vmap``).
 
@@ -651,15 +675,7 @@ def fit_recovery(num_subjects: int, steps: int, fit_steps: int, seed: int = 0) -
     true_omega = np.linspace(-7.0, -3.0, num_subjects)
     walk = np.exp(true_omega[:, None] / 2) * rng.standard_normal((num_subjects, steps))
     observations = 1.0 + np.cumsum(walk, axis=1) + 0.1 * rng.standard_normal(walk.shape)
-    model = (
-        pc.Network(volatility_updates="standard")
-        .add_nodes(precision=1e2)
-        .add_nodes(value_children=0, mean=1.0, precision=1e2, tonic_volatility=-5.0)
-        .add_nodes(volatility_children=1, mean=0.0, precision=1e4, tonic_volatility=-12.0)
-    )
-    structure, params, beliefs = model.compile(jnp.float32)
-    theta0, unpack = pc.free_parameters(params, beliefs, {"tonic_volatility": [1]})
-    loss = pc.map_loss(structure, unpack, prior_mean=theta0, prior_precision=0.1)
+    _, theta0, _, loss = omega_fit_model()
     starts = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_subjects, *x.shape)), theta0)
     inputs = jnp.asarray(observations[..., None], jnp.float32)
     fit_many = jax.jit(

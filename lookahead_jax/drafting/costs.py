@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -228,13 +228,13 @@ def _depend(args, outputs):
     return jax.tree.unflatten(treedef, leaves)
 
 
-def loop_seconds(fn, args, repeats: int, inner: int = 16) -> float:
-    """Seconds of one ``fn(*args)`` inside a compiled loop (as the generation loop runs it).
+def compiled_loop(fn: Callable, inner: int = 16) -> Callable:
+    """A jitted ``(*args) -> outputs`` running ``fn(*args)`` ``inner + 1`` times in one loop.
 
-    ``inner + 1`` calls run in one ``fori_loop``, so the per-call dispatch of a jitted
-    function, which the generation loop does not pay, is amortised; each call's inputs
-    depend on the previous call's outputs (:func:`_depend`), so none is hoisted out of
-    the loop. Median of ``repeats`` loops.
+    What a timing of one call inside a compiled loop needs (as the generation loop runs
+    it): the per-call dispatch of a jitted function is amortised, and each call's inputs
+    depend on the previous call's outputs (:func:`_depend`), so no call is hoisted out of
+    the loop. Divide a loop's time by ``inner + 1``.
     """
 
     def looped(*args):
@@ -244,7 +244,13 @@ def loop_seconds(fn, args, repeats: int, inner: int = 16) -> float:
 
         return lax.fori_loop(0, inner, body, fn(*args))
 
-    looped = jax.jit(looped)
+    return jax.jit(looped)
+
+
+def loop_seconds(fn, args, repeats: int, inner: int = 16) -> float:
+    """Seconds of one ``fn(*args)`` inside a compiled loop (:func:`compiled_loop`), the
+    median of ``repeats`` loops."""
+    looped = compiled_loop(fn, inner)
     jax.block_until_ready(looped(*args))  # compile and warm
     times = []
     for _ in range(repeats):

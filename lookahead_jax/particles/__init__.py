@@ -53,7 +53,7 @@ from lookahead_jax.particles.smc import (
     run,
     step,
 )
-from lookahead_jax.particles.ssm import LinearGaussianSSM, StateSpaceModel
+from lookahead_jax.particles.ssm import LinearGaussianSSM, StateSpaceModel, example_lgssm
 from lookahead_jax.particles.weights import ess, log_mean_exp, normalize
 
 __all__ = [
@@ -88,6 +88,7 @@ __all__ = [
     "check_rewards",
     "entropic_temperature",
     "ess",
+    "example_lgssm",
     "init",
     "island_bootstrap_filter",
     "kalman_filter",

@@ -114,6 +114,24 @@ class LinearGaussianSSM(NamedTuple):
         return jnp.concatenate([x0, xs]), jnp.concatenate([y0[None], ys])
 
 
+def example_lgssm(dtype: jnp.dtype = jnp.float32) -> LinearGaussianSSM:
+    """The 3-D state, 2-D observation model of the tour, notebook 03 and the filter tests.
+
+    F = 0.9 I + 0.03, Q = 0.1 I + 0.02, H = [[1, 0, 0.5], [0, 1, -0.5]],
+    R = [[1, 0.1], [0.1, 0.8]], x_1 ~ N(0, I). Correlated noise and a mixing H make it
+    a useful check: with the seed used in the tests, a filter whose resampling is wrong
+    across devices picks different ancestors from step 3 on.
+    """
+    return LinearGaussianSSM(
+        transition_matrix=(0.9 * jnp.eye(3) + 0.03).astype(dtype),
+        transition_cov=(0.1 * jnp.eye(3) + 0.02).astype(dtype),
+        observation_matrix=jnp.asarray([[1.0, 0.0, 0.5], [0.0, 1.0, -0.5]], dtype),
+        observation_cov=jnp.asarray([[1.0, 0.1], [0.1, 0.8]], dtype),
+        initial_mean=jnp.zeros(3, dtype),
+        initial_cov=jnp.eye(3, dtype=dtype),
+    )
+
+
 def _observe(observation_matrix: jax.Array, chol_r: jax.Array, key: jax.Array, x: jax.Array):
     eps = jax.random.normal(key, (1, observation_matrix.shape[0]), x.dtype)
     return x @ observation_matrix.T + eps @ chol_r.T

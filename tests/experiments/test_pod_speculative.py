@@ -1,6 +1,5 @@
 """experiments/pod_speculative.py: dry-run plans, mesh errors, and a run on a data x model mesh."""
 
-import importlib.util
 import json
 import pathlib
 import subprocess
@@ -8,21 +7,16 @@ import sys
 
 import pytest
 
+from tests.helpers import load_module
+
 _ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
-def _load(name: str, path: pathlib.Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-pod = _load("experiments_pod_speculative", _ROOT / "experiments" / "pod_speculative.py")
+pod = load_module("experiments_pod_speculative", _ROOT / "experiments" / "pod_speculative.py")
 
 
 def _config(name: str = "pod_speculative", **fields):
-    config = _load(f"configs_{name}", _ROOT / "configs" / f"{name}.py").get_config()
+    config = load_module(f"configs_{name}", _ROOT / "configs" / f"{name}.py").get_config()
     config.update(**fields)
     return config
 

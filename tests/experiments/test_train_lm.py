@@ -1,6 +1,5 @@
 """experiments/train_lm.py: an interrupted-then-resumed run equals an uninterrupted one."""
 
-import importlib.util
 import json
 import pathlib
 
@@ -10,20 +9,13 @@ import pytest
 
 from lookahead_jax import checkpoint
 from lookahead_jax.models import Model, load_hf, load_hf_gpt2, load_tokenizer, next_token_nll
-from tests.helpers import start_processes, wait_processes
+from tests.helpers import load_module, start_processes, wait_processes
 
 _ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
-def _load(name: str, path: pathlib.Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-train_lm = _load("experiments_train_lm", _ROOT / "experiments" / "train_lm.py")
-config_module = _load("configs_train_lm", _ROOT / "configs" / "train_lm.py")
+train_lm = load_module("experiments_train_lm", _ROOT / "experiments" / "train_lm.py")
+config_module = load_module("configs_train_lm", _ROOT / "configs" / "train_lm.py")
 
 
 def _tiny_config():

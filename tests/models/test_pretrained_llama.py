@@ -1,6 +1,5 @@
 """The shipped Llama-family pair (tiny-llama-target / tiny-llama-draft) on the BPE tokenizer."""
 
-import importlib.util
 import json
 import math
 import pathlib
@@ -19,20 +18,14 @@ from lookahead_jax.models import (
     load_tokenizer,
     param_shapes,
 )
+from tests.helpers import load_module
 
 _ROOT = pathlib.Path(__file__).resolve().parents[2]
 PRETRAINED = _ROOT / "lookahead_jax" / "models" / "pretrained"
 NAMES = ("tiny-llama-target", "tiny-llama-draft")
 
 
-def _load(name: str, path: pathlib.Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-train_lm = _load("experiments_train_lm_pretrained", _ROOT / "experiments" / "train_lm.py")
+train_lm = load_module("experiments_train_lm_pretrained", _ROOT / "experiments" / "train_lm.py")
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """Tokenizers: round trips, the ragged batch layout, parity with transformers, bad input."""
 
-import importlib.util
 import json
 import pathlib
 import shutil
@@ -14,6 +13,7 @@ from hypothesis import strategies as st
 from lookahead_jax import data
 from lookahead_jax.models import tokenizer as tokenizer_module
 from lookahead_jax.models.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
+from tests.helpers import load_module
 
 _ROOT = pathlib.Path(__file__).resolve().parents[2]
 SHIPPED = _ROOT / "lookahead_jax" / "models" / "pretrained" / "tiny-llama-tokenizer"
@@ -333,16 +333,13 @@ def test_ids_beyond_the_row_length_are_not_checked(byte):
 # ----------------------------------------------------------------------------- training
 
 
-def _load(name: str, path: pathlib.Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_training_script_on_a_tiny_slice(tmp_path):
-    script = _load("experiments_train_tokenizer", _ROOT / "experiments" / "train_tokenizer.py")
-    config = _load("configs_train_tokenizer", _ROOT / "configs" / "train_tokenizer.py").get_config()
+    script = load_module(
+        "experiments_train_tokenizer", _ROOT / "experiments" / "train_tokenizer.py"
+    )
+    config = load_module(
+        "configs_train_tokenizer", _ROOT / "configs" / "train_tokenizer.py"
+    ).get_config()
     config.update(vocab_size=320, max_train_documents=100, max_heldout_documents=10, name="t")
     record = script.train_tokenizer(config, str(tmp_path / "out"))
     files = sorted(p.name for p in (tmp_path / "out").iterdir())

@@ -171,14 +171,7 @@ def test_sharded_bootstrap_filter_equals_one_device():
     # This model, seed and size discriminate: with partitioned instead of replicated
     # log-weights (the per-device cumsum re-associates), the ancestors differ from
     # step 3 on; with replicated weights every step matches bit for bit.
-    lgssm = particles.LinearGaussianSSM(
-        transition_matrix=0.9 * jnp.eye(3) + 0.03,
-        transition_cov=0.1 * jnp.eye(3) + 0.02,
-        observation_matrix=jnp.asarray([[1.0, 0.0, 0.5], [0.0, 1.0, -0.5]]),
-        observation_cov=jnp.asarray([[1.0, 0.1], [0.1, 0.8]]),
-        initial_mean=jnp.zeros(3),
-        initial_cov=jnp.eye(3),
-    )
+    lgssm = particles.example_lgssm()
     _, observations = lgssm.sample(jax.random.key(0), 8)
     model = lgssm.to_state_space_model()
     kwargs = dict(method="systematic", keep_ancestors=True)

@@ -1,23 +1,17 @@
 """experiments/smc_kalman.py runs end to end on a tiny config and writes sane figures."""
 
-import importlib.util
 import pathlib
 
 import numpy as np
 import pytest
 
+from tests.helpers import load_module
+
 _ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
-def _load(name: str, path: pathlib.Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-smc_kalman = _load("experiments_smc_kalman", _ROOT / "experiments" / "smc_kalman.py")
-config_module = _load("configs_smc_kalman", _ROOT / "configs" / "smc_kalman.py")
+smc_kalman = load_module("experiments_smc_kalman", _ROOT / "experiments" / "smc_kalman.py")
+config_module = load_module("configs_smc_kalman", _ROOT / "configs" / "smc_kalman.py")
 
 
 # A benchmark smoke run (minutes on 2 cores): the slow tier (`pytest -m slow`).

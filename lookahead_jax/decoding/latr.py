@@ -64,6 +64,12 @@ class LATRConfig:
       growth: the rollouts' own token while branching: "greedy" (the spec: top-1, so
         tau_abs = 1 is greedy decoding) or "sample" (from ``sampling``, so tau_abs = 1
         is plain sampling).
+      rules: "paper" (as the paper's text and our spec: branch when ``p_1 - p_i <
+        tau_rel``; hand off once every slot holds a checked rollout, for good) or
+        "reference_code" (the authors' public code as read for issue 19: branch when
+        ``p_1 - p_i > tau_rel``; hand off while every slot holds a rollout, checked or
+        not, and resume branching when a pruned child frees a slot). A named variant
+        for reproductions; ``experiments/fidelity_strategies.py`` compares the two.
       max_new_tokens: tokens per rollout at most.
       sampling: the distribution after the hand-off.
       eos_id: ends a rollout (``None``: never).
@@ -77,6 +83,7 @@ class LATRConfig:
     tau_ed: float = 0.4
     prune_window: int = 20
     growth: str = "greedy"
+    rules: str = "paper"
     max_new_tokens: int = 32
     sampling: Sampling = Sampling(temperature=1.0)
     eos_id: int | None = None
@@ -149,6 +156,8 @@ def _check_config(model, config: LATRConfig) -> None:
     common.check_int("prune_window", config.prune_window, 1)
     if config.growth not in ("greedy", "sample"):
         raise ValueError(f"`growth` must be 'greedy' or 'sample'; got {config.growth!r}.")
+    if config.rules not in ("paper", "reference_code"):
+        raise ValueError(f"`rules` must be 'paper' or 'reference_code'; got {config.rules!r}.")
 
 
 def latr_init(
@@ -223,9 +232,10 @@ def latr_step(
     pruned = state.pruned + jnp.sum(drop, axis=1, dtype=jnp.int32)
 
     # 2. Hand-off once all n slots hold checked rollouts.
-    full = jnp.all(alive & checked, axis=1)
+    code_rules = params.rules == "reference_code"
+    full = jnp.all(alive if code_rules else alive & checked, axis=1)
     handoff_now = full & ~state.sampling_mode
-    sampling_mode = state.sampling_mode | full
+    sampling_mode = full if code_rules else state.sampling_mode | full
     handoff_step = jnp.where(handoff_now, t, state.handoff_step)
 
     # 3. One token per live rollout: top-1 while branching (a sample with growth="sample"),
@@ -247,7 +257,11 @@ def latr_step(
         & ~sampling_mode[:, None, None]
         & (top_tok != own[..., None])
         & (top_p > params.tau_abs)
-        & (top_p[..., :1] - top_p < params.tau_rel)
+        & (
+            (top_p[..., :1] - top_p > params.tau_rel)
+            if code_rules
+            else (top_p[..., :1] - top_p < params.tau_rel)
+        )
     )  # [B, n, m]; with greedy growth rank 0 is the rollout's own token
     flat = cand.reshape(batch, -1)
     num_cand = jnp.sum(flat, axis=1)

@@ -42,7 +42,7 @@ def bigram_model(seed: int, scale: float, sink: float = 0.0) -> TableModel:
     return TableModel.create(table, np.zeros((WIDTH, VOCAB)))
 
 
-def near_tie_model(seed: int, ties: tuple[int, ...]) -> TableModel:
+def near_tie_model(seed: int, ties: tuple[int, ...], runner_up: float = 2.8) -> TableModel:
     """A bigram model with a clear favourite after every token, and a close runner-up after
     the tokens in ``ties`` (where the LATR predicate holds)."""
     rng = np.random.default_rng(seed)
@@ -51,13 +51,13 @@ def near_tie_model(seed: int, ties: tuple[int, ...]) -> TableModel:
         favourite = (3 * a + 1) % VOCAB
         table[a, favourite] = 3.0
         if a in ties:
-            runner_up = (5 * a + 2) % VOCAB
-            table[a, runner_up if runner_up != favourite else (favourite + 1) % VOCAB] = 2.8
+            second = (5 * a + 2) % VOCAB
+            table[a, second if second != favourite else (favourite + 1) % VOCAB] = runner_up
     return TableModel.create(table, np.zeros((WIDTH, VOCAB)))
 
 
 @functools.partial(jax.jit, static_argnames=("params", "max_new", "eos_id"))
-@chex.assert_max_traces(n=6)  # one per LATRConfig used below: compiled once per shape
+@chex.assert_max_traces(n=7)  # one per LATRConfig used below: compiled once per shape
 def run(model, prompt, lengths, key, params, max_new, eos_id=None):
     return decoding.latr(
         model, prompt, lengths, key, max_new_tokens=max_new, params=params, eos_id=eos_id
@@ -87,9 +87,17 @@ def test_normalized_edit_distance_matches_dynamic_programming(data):
     assert got == pytest.approx(levenshtein(a, b) / r)
 
 
-def test_branches_exactly_when_the_predicate_holds():
-    model = near_tie_model(seed=0, ties=(0, 3))
-    params = decoding.LATRConfig(num_rollouts=16, tau_abs=0.25, tau_rel=0.15, tau_ed=0.0)
+@pytest.mark.parametrize(
+    "rules, runner_up, tau_abs",
+    [("paper", 2.8, 0.25), ("reference_code", 2.2, 0.1)],
+)
+def test_branches_exactly_when_the_predicate_holds(rules, runner_up, tau_abs):
+    # The authors' code branches on a clear runner-up (p_1 - p_i > tau_rel), the paper on
+    # a close one: each rule's model has runner-ups its predicate selects.
+    model = near_tie_model(seed=0, ties=(0, 3), runner_up=runner_up)
+    params = decoding.LATRConfig(
+        num_rollouts=16, tau_abs=tau_abs, tau_rel=0.15, tau_ed=0.0, rules=rules
+    )
     prompt, lengths = ragged_prompts(VOCAB, 3, 5, seed=0)
     max_new = 10
     out = run(model, prompt, lengths, jax.random.key(0), params, max_new)
@@ -115,7 +123,9 @@ def test_branches_exactly_when_the_predicate_holds():
                 order = np.argsort(-lp, kind="stable")
                 p = np.exp(lp[order])
                 assert gen[s][t] == int(order[0])  # top-1 while branching
-                if p[1] > params.tau_abs and p[0] - p[1] < params.tau_rel:
+                gap = p[0] - p[1]
+                close = gap < params.tau_rel if rules == "paper" else gap > params.tau_rel
+                if p[1] > params.tau_abs and close:
                     expected.add((int(s), t, int(order[1])))
         assert actual == expected
         assert int(out.branches[b]) == len(actual) == len(valid) - 1
@@ -246,6 +256,7 @@ def test_errors():
         (decoding.LATRConfig(tau_ed=float("nan")), "tau_ed"),
         (decoding.LATRConfig(prune_window=0), "prune_window"),
         (decoding.LATRConfig(growth="beam"), "growth"),
+        (decoding.LATRConfig(rules="code"), "rules"),
     ]:
         with pytest.raises(ValueError, match=name):
             decoding.latr(model, prompt, lengths, key, max_new_tokens=4, params=params)

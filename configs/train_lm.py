@@ -19,7 +19,7 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
-    config.model = "target"  # "target" | "draft" | "llama_target" | "llama_draft"
+    config.model = "target"  # "target" | "draft" | "llama_target" | "llama_draft" | "llama_large"
     # "bytes": ids are the corpus bytes (the GPT-2 pair); or a load_tokenizer name or
     # folder, e.g. "tiny-llama" (byte-level BPE, 4096 ids) for the llama_* models.
     config.tokenizer = "bytes"
@@ -56,6 +56,24 @@ def get_config() -> ml_collections.ConfigDict:
             num_kv_heads=1,
             d_model=128,
             mlp_dim=344,
+            max_length=256,
+            tie_embeddings=True,
+            rope_theta=10000.0,
+        )
+    )
+
+    # A larger Llama (~21.5M params) for the model-size trends of the research-fidelity
+    # experiments (issue 19): not shipped (86 MB in float32); train it with
+    # --config.model=llama_large --config.tokenizer=tiny-llama (flags in its training.json).
+    config.llama_large = ml_collections.ConfigDict(
+        dict(
+            family="llama",
+            vocab_size=4096,
+            num_layers=7,
+            num_heads=8,
+            num_kv_heads=2,
+            d_model=512,
+            mlp_dim=1376,
             max_length=256,
             tie_embeddings=True,
             rope_theta=10000.0,

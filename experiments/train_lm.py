@@ -81,7 +81,7 @@ from lookahead_jax.models import (
     load_tokenizer,
 )
 
-MODELS = ("target", "draft", "llama_target", "llama_draft")
+MODELS = ("target", "draft", "llama_target", "llama_draft", "llama_large")
 BYTES = "bytes"  # config.tokenizer of the byte-level models: ids are the corpus bytes
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 

@@ -3,6 +3,7 @@
 import contextlib
 import importlib.util
 import itertools
+import json
 import os
 import pathlib
 import socket
@@ -23,6 +24,30 @@ def load_module(name: str, path: pathlib.Path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def run_experiment(
+    name: str, output_dir: pathlib.Path, *overrides: str, timeout: float = 300
+) -> tuple[dict, str]:
+    """Runs ``experiments/NAME.py`` with ``configs/NAME.py``, ``--config.quick=True``, the
+    ``overrides`` and ``output_dir``, as a user would (a subprocess); returns its
+    ``results.json`` and stdout. Fails the test with the tail of stderr if it exits nonzero."""
+    root = pathlib.Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(root / "experiments" / f"{name}.py"),
+            f"--config={root / 'configs' / f'{name}.py'}",
+            "--config.quick=True",
+            *overrides,
+            f"--config.output_dir={output_dir}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads((pathlib.Path(output_dir) / "results.json").read_text()), done.stdout
 
 
 def perturbed(params, scale, seed):

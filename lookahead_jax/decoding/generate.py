@@ -184,7 +184,8 @@ class _Round(NamedTuple):
     num_drafted: jax.Array  # [B] int32
     num_accepted: jax.Array  # [B] int32
     next_token: jax.Array  # [B] int32, the target's token after the accepted drafts
-    cache: _models.KVCache  # the target cache after the verification pass
+    entries: _models.CacheEntries  # [L, B, D + 1, KV, Dh] the scored path's keys and values,
+    # root first (D = K, or the tree's max depth): the cache keeps the committed ones
     drafter_state: Any
     tree_draft: TreeDraft | None  # trees only: what the drafter's update needs
     tree_path: jax.Array | None  # [B, depth + 1] int32, trees only
@@ -375,7 +376,11 @@ def generation_init(
     plan = _plan(config, drafter, target, batch)
     prompt = jnp.asarray(prompt, jnp.int32)
     prompt_lengths = jnp.asarray(prompt_lengths, jnp.int32)
-    capacity = width + config.max_new_tokens + plan.num_slots
+    # The target cache holds committed tokens only (a round's block is scored without
+    # being written, and only its committed path is appended), so it needs no slots for
+    # drafts and every round attends over what a plain decoding step attends over. The
+    # drafter's own buffers keep room for a full block.
+    capacity = width + config.max_new_tokens
     tokens, cache, first = _prefill(key, target, prompt, prompt_lengths, config, capacity)
     lengths = prompt_lengths + 1
     finished = lengths - prompt_lengths >= config.max_new_tokens
@@ -387,7 +392,9 @@ def generation_init(
         lengths=lengths,
         prompt_lengths=prompt_lengths,
         target_cache=cache,
-        drafter_state=None if drafter is None else drafter.init(prompt, prompt_lengths, capacity),
+        drafter_state=None
+        if drafter is None
+        else drafter.init(prompt, prompt_lengths, capacity + plan.num_slots),
         controller_state=plan.controller.init(batch, plan.num_slots),
         finished=finished,
         stats=GenerationStats(
@@ -431,7 +438,7 @@ def _chain_round(draft_key, verify_key, state, target, config, drafter, plan, nu
     last = state.tokens[rows, state.lengths - 1]
     block = jnp.concatenate([last[:, None], draft.tokens], axis=1)  # [B, K + 1]
     used = jnp.arange(num_slots)[None, :] < draft.num_draft[:, None]
-    logits, cache, _ = _score_used(
+    logits, entries, _ = _score_used(
         target, block, state.target_cache, None, used, chain_block_sizes(num_slots), config
     )
     if plan.verify == "greedy":
@@ -445,7 +452,7 @@ def _chain_round(draft_key, verify_key, state, target, config, drafter, plan, nu
         num_drafted=draft.num_draft,
         num_accepted=verified.num_accepted,
         next_token=verified.next_token,
-        cache=cache,
+        entries=entries,  # a chain's path is its block
         drafter_state=drafter_state,
         tree_draft=None,
         tree_path=None,
@@ -458,8 +465,10 @@ def _score_used(target, block, cache, mask, used, sizes, config):
     ``sizes`` that holds every ``used`` one ([B, N] bool); logits past it are zeros.
 
     ``mask``: the block's tree mask [B, N + 1, N + 1], or ``None`` (causal: a chain).
-    Returns logits [B, N + 1, V], the cache with ``size + 1`` tokens appended and
-    ``size`` (tokens past it were not scored: the caller must not use them).
+    Returns logits [B, N + 1, V], the block's cache entries [L, B, N + 1, KV, Dh] (the
+    cache itself is only read: written after the round's conditionals, XLA would copy
+    it in and out of each) and ``size`` (tokens past it were not scored: the caller
+    must not use them).
     """
     num_nodes = block.shape[1] - 1
     sizes = tuple(sizes) if sizes else (num_nodes,)
@@ -467,10 +476,14 @@ def _score_used(target, block, cache, mask, used, sizes, config):
     def score(size):
         def branch(cache):
             tree_mask = None if mask is None else mask[:, : size + 1, : size + 1]
-            logits, cache = target(
-                block[:, : size + 1], cache, tree_mask=tree_mask, exact=config.exact
+            logits, entries = target(
+                block[:, : size + 1],
+                cache,
+                tree_mask=tree_mask,
+                exact=config.exact,
+                defer_write=True,
             )
-            return jnp.pad(logits, ((0, 0), (0, num_nodes - size), (0, 0))), cache
+            return _pad_tokens(logits, num_nodes + 1, 1), _pad_entries(entries, num_nodes + 1)
 
         return branch
 
@@ -478,8 +491,20 @@ def _score_used(target, block, cache, mask, used, sizes, config):
         return (*score(sizes[0])(cache), sizes[0])
     needed = jnp.max(jnp.where(used, jnp.arange(1, num_nodes + 1), 0))  # last used + 1
     choice = jnp.searchsorted(jnp.asarray(sizes), needed)  # the smallest size >= needed
-    logits, cache = lax.switch(choice, [score(size) for size in sizes], cache)
-    return logits, cache, jnp.asarray(sizes)[choice]
+    logits, entries = lax.switch(choice, [score(size) for size in sizes], cache)
+    return logits, entries, jnp.asarray(sizes)[choice]
+
+
+def _pad_tokens(x: jax.Array, width: int, axis: int) -> jax.Array:
+    """``x`` zero-padded along ``axis`` to ``width`` entries."""
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (0, width - x.shape[axis])
+    return jnp.pad(x, pad)
+
+
+def _pad_entries(entries: _models.CacheEntries, width: int) -> _models.CacheEntries:
+    """Cache entries [L, B, S, KV, Dh] zero-padded to ``width`` tokens."""
+    return jax.tree.map(lambda x: _pad_tokens(x, width, 2), entries)
 
 
 def _tree_round(draft_key, verify_key, state, target, config, drafter, plan, active, size):
@@ -497,22 +522,25 @@ def _tree_round(draft_key, verify_key, state, target, config, drafter, plan, act
     )
     tree = tree_draft.tree
     block = jnp.concatenate([last[:, None], tree.token], axis=1)  # [B, N + 1]
-    start = state.target_cache.lengths
     sizes = plan.controller.tree_sizes
     if tree_draft.mask is None:
         if sizes is not None:
             tree = tree._replace(valid=tree.valid & (jnp.arange(num_nodes) < size))
         mask = trees.block_mask(tree, drafter.max_depth)
         used = tree.valid & active[:, None]
-        logits, cache, scored = _score_used(
+        logits, entries, scored = _score_used(
             target, block, state.target_cache, mask, used, sizes or drafter.block_sizes, config
         )
         # Nodes past the scored block (only finished rows have any) are dropped.
         tree = tree._replace(valid=tree.valid & (jnp.arange(num_nodes) < scored))
         tree_draft = tree_draft._replace(tree=tree)
     else:  # the drafter's own mask: its invalid nodes are scored too (a lookahead window)
-        logits, cache = target(
-            block, state.target_cache, tree_mask=tree_draft.mask, exact=config.exact
+        logits, entries = target(
+            block,
+            state.target_cache,
+            tree_mask=tree_draft.mask,
+            exact=config.exact,
+            defer_write=True,
         )
     tree = tree_draft.tree
     if plan.verify == "greedy":
@@ -525,7 +553,10 @@ def _tree_round(draft_key, verify_key, state, target, config, drafter, plan, act
             jnp.exp(log_probs(logits, config.sampling)),
             replacement=drafter.replacement,
         )
-    cache = _models.keep_path(cache, start, verified.path, verified.path_length)
+    # The accepted path's entries, root first (the commit writes the committed ones).
+    path_rows = jnp.arange(verified.path.shape[0])[:, None]
+    path = verified.path[:, : plan.histogram_bins]  # a path holds at most max_depth + 1
+    entries = jax.tree.map(lambda x: x[:, path_rows, path], entries)
     accepted_within = None
     if sizes is not None:
         # Nodes the cut tree would have accepted at each size: the path's nodes below it
@@ -541,7 +572,7 @@ def _tree_round(draft_key, verify_key, state, target, config, drafter, plan, act
         num_drafted=jnp.sum(tree.valid, axis=1, dtype=jnp.int32),
         num_accepted=verified.num_accepted,
         next_token=verified.next_token,
-        cache=cache,
+        entries=entries,
         drafter_state=drafter_state,
         tree_draft=tree_draft,
         tree_path=verified.path,
@@ -665,7 +696,15 @@ def generation_step(
     num_draft = plan.controller.num_draft(state.controller_state, active)
     num_draft = jnp.where(active, jnp.clip(num_draft, 0, plan.num_slots), 0)
 
-    def speculative(state):
+    # The target cache goes into the round's conditionals read-only and is written once
+    # after them: written inside a branch, XLA copies the whole cache in and out of the
+    # conditional every round (which made a round that drafts nothing cost up to 1.3
+    # plain steps at batch 16).
+    cache = state.target_cache
+    state = state._replace(target_cache=None)
+
+    def speculative(state, cache):
+        state = state._replace(target_cache=cache)
         if plan.is_tree:
             size = jnp.max(num_draft)  # the batch's cut (rows draft alike)
             round_ = _tree_round(
@@ -675,35 +714,46 @@ def generation_step(
             round_ = _chain_round(
                 draft_key, verify_key, state, target, config, drafter, plan, num_draft
             )
-        return _finish_step(state, round_, target, config, drafter, plan, active, drafted=True)
+        return _finish_step(state, round_, config, drafter, plan, active, drafted=True)
 
-    def plain(state):
+    def plain(state, cache):
         # Exactly a step without a drafter: one token scored, nothing proposed or padded.
+        state = state._replace(target_cache=cache)
         plain_plan = plan._replace(num_slots=0)
         round_ = _chain_round(
             draft_key, verify_key, state, target, config, None, plain_plan, num_draft
         )
-        return _finish_step(state, round_, target, config, drafter, plan, active, drafted=False)
+        return _finish_step(state, round_, config, drafter, plan, active, drafted=False)
 
     if drafter is None:
-        return plain(state)
-    # A round that drafts nothing (the controller chose 0 for every row) costs a plain step.
-    return lax.cond(jnp.any(num_draft > 0), speculative, plain, state)
+        new_state, info, entries = plain(state, cache)
+    else:
+        # A round that drafts nothing (the controller chose 0 for every row) costs a plain
+        # step.
+        new_state, info, entries = lax.cond(
+            jnp.any(num_draft > 0), speculative, plain, state, cache
+        )
+    # The cache keeps the committed tokens but the newest one: the root and the committed
+    # drafts of the path (num_emitted of them; none for finished rows).
+    cache = _models.append(cache, entries, count=info.num_emitted)
+    return new_state._replace(target_cache=cache), info
 
 
-def _finish_step(state, round_, target, config, drafter, plan, active, *, drafted: bool):
-    """Commits a verified round and updates the drafter, the controller and the counters."""
+def _finish_step(state, round_, config, drafter, plan, active, *, drafted: bool):
+    """Commits a verified round and updates the drafter, the controller and the counters.
+
+    Returns the new state without its target cache, the round's info and the cache entries
+    of the path [L, B, D + 1, KV, Dh] (padded to the same width for every kind of round).
+    """
     num_slots = round_.drafts.shape[1]
     tokens, new_lengths, count, stop = _commit(state, round_, config, active, num_slots)
-    # Target cache: keep the committed tokens but the newest one.
-    cache = _models.rewind(round_.cache, jnp.where(active, new_lengths - 1, state.lengths - 1))
     committed_drafts = jnp.where(active, count - 1, 0)
     budget_spent = new_lengths - state.prompt_lengths >= config.max_new_tokens
     new_state = GenerationState(
         tokens=tokens,
         lengths=new_lengths,
         prompt_lengths=state.prompt_lengths,
-        target_cache=cache,
+        target_cache=None,
         drafter_state=_update_drafter(
             state, round_, drafter, plan, committed_drafts, tokens, new_lengths, drafted
         ),
@@ -717,7 +767,7 @@ def _finish_step(state, round_, target, config, drafter, plan, active, *, drafte
         num_accepted=jnp.where(active, round_.num_accepted, 0),
         num_emitted=count,
     )
-    return new_state, info
+    return new_state, info, _pad_entries(round_.entries, plan.histogram_bins)
 
 
 # ---- finalize and the whole loop ------------------------------------------------------------

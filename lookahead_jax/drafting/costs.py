@@ -314,20 +314,18 @@ def calibrate_costs(
     key = jax.random.key(0) if key is None else key
     is_tree = isinstance(drafter, TreeDrafter)
     slots = drafter.num_nodes if is_tree else max_draft
-    capacity = width + max_new_tokens + slots
+    # As in generation: the target cache holds committed tokens only, a round's block is
+    # scored without being written (the loop appends the committed path afterwards).
     cache = _models.init_cache(
-        target.config,
-        batch,
-        min(capacity, target.config.max_length),
-        extra_slots=max(0, capacity - target.config.max_length),
-        dtype=getattr(target, "dtype", None),
+        target.config, batch, width + max_new_tokens, dtype=getattr(target, "dtype", None)
     )
     _, cache = jax.jit(lambda m, p, c: m(p, c))(target, prompt, cache)
     cache = _models.rewind(cache, prompt_lengths - 1)
+    capacity = width + max_new_tokens + slots  # the drafter's buffers keep room for a block
     tokens = jnp.pad(prompt, ((0, 0), (0, max_new_tokens + slots)))
 
     def score(m, block, c):
-        return m(block, c)
+        return m(block, c, defer_write=True)
 
     target_tokens = _default_points(slots + 1)
     target_seconds = tuple(

@@ -110,17 +110,22 @@ def draft_model(model: _models.Model) -> Drafter:
                 token = jax.vmap(jax.random.categorical)(row_keys, jnp.log(probs)).astype(jnp.int32)
             draft_tokens = lax.dynamic_update_slice(draft_tokens, token[:, None], (0, i))
             draft_probs = lax.dynamic_update_slice(draft_probs, probs[:, None], (0, i, 0))
-            # Feed the token only if another one will be drafted after it.
-            logits, cache = lax.cond(
-                i + 1 < steps,
-                lambda: _feed(token, cache),
-                lambda: (logits, cache),
-            )
+            # Feed the token only if another one will be drafted after it. The cache is
+            # only read inside the conditional and written after it (written inside, XLA
+            # copies the whole cache in and out of the branch at every draft step).
+            feed = i + 1 < steps
+            logits, entries = lax.cond(feed, _feed, _skip, token, logits, cache)
+            cache = _models.append(cache, entries, count=jnp.full((batch,), feed, jnp.int32))
             return i + 1, key, logits, cache, draft_tokens, draft_probs
 
-        def _feed(token, cache):
-            step_logits, cache = model(token[:, None], cache)
-            return step_logits[:, 0], cache
+        def _feed(token, logits, cache):
+            step_logits, entries = model(token[:, None], cache, defer_write=True)
+            return step_logits[:, 0], entries
+
+        def _skip(token, logits, cache):
+            shape = (*cache.keys.shape[:2], 1, *cache.keys.shape[3:])
+            zeros = jnp.zeros(shape, cache.keys.dtype)
+            return logits, _models.CacheEntries(keys=zeros, values=zeros)
 
         carry = (jnp.int32(0), key, logits, cache, draft_tokens, draft_probs)
         _, _, _, cache, draft_tokens, draft_probs = lax.while_loop(

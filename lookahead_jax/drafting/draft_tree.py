@@ -95,7 +95,8 @@ def draft_model_tree(
 
         def expand(expanded: trees.TokenTree, frontier: jax.Array) -> jax.Array:
             block = jnp.concatenate([root[:, None], expanded.token], axis=1)
-            logits, _ = model(block, cache, tree_mask=trees.block_mask(expanded))
+            # Scored, not written (a written copy of the cache would be made per call).
+            logits, _ = model(block, cache, tree_mask=trees.block_mask(expanded), defer_write=True)
             scores = log_probs(logits, sampling) if not sampling.greedy else logits
             scores = jax.nn.log_softmax(scores, axis=-1)
             return jnp.take_along_axis(scores, (frontier + 1)[:, :, None], axis=1)

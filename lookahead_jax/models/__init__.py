@@ -1,6 +1,14 @@
 """One decoder for GPT-2, Llama/Mistral, Qwen2/3 and Gemma 2; KV cache, HF interop, tokenizers."""
 
-from lookahead_jax.models.cache import KVCache, init_cache, keep_path, overflowed, rewind
+from lookahead_jax.models.cache import (
+    CacheEntries,
+    KVCache,
+    append,
+    init_cache,
+    keep_path,
+    overflowed,
+    rewind,
+)
 from lookahead_jax.models.config import (
     FAMILIES,
     MODEL_TYPES,
@@ -56,6 +64,7 @@ __all__ = [
     "MODEL_TYPES",
     "PRESETS",
     "ByteTokenizer",
+    "CacheEntries",
     "GenerationPlan",
     "KVCache",
     "Model",
@@ -63,6 +72,7 @@ __all__ = [
     "Params",
     "Tokenizer",
     "TransformerConfig",
+    "append",
     "apply",
     "available_pretrained",
     "batch_sharding",

@@ -34,6 +34,65 @@ class KVCache(NamedTuple):
         return self.keys.shape[1]
 
 
+class CacheEntries(NamedTuple):
+    """Keys and values of new tokens, not yet in a cache (``apply(..., defer_write=True)``)."""
+
+    keys: jax.Array  # [L, B, S, KV, Dh] float, new token s of row b at layer l
+    values: jax.Array  # [L, B, S, KV, Dh] float
+
+
+def append(
+    cache: KVCache,
+    entries: CacheEntries,
+    keep: jax.Array | None = None,
+    count: jax.Array | None = None,
+) -> KVCache:
+    """Writes new tokens' entries after each row's committed length.
+
+    Row ``b`` gets ``entries[:, b, keep[b, i]]`` at slot ``cache.lengths[b] + i`` for
+    ``i < count[b]``, and its length grows by ``count[b]``. Slots past the capacity are
+    dropped (``overflowed`` reports it), never clamped onto committed entries.
+
+    Args:
+      cache: the cache to write into (in place under ``jit`` when it is not used again).
+      entries: ``[L, B, S, KV, Dh]`` keys and values, e.g. from ``apply(...,
+        defer_write=True)``.
+      keep: optional [B, P] int indices into the ``S`` entries, in the order to write
+        them (e.g. an accepted tree path, root first); default ``arange(S)``.
+      count: optional [B] int in [0, P]: how many of ``keep`` each row writes;
+        default all ``P``.
+    Returns:
+      The cache with ``lengths + count``.
+    """
+    batch = cache.batch_size
+    num_new = entries.keys.shape[2]
+    rows = jnp.arange(batch)[:, None]
+    if keep is None:
+        keys, values = entries.keys, entries.values  # [L, B, P = S, KV, Dh]
+        num_kept = num_new
+    else:
+        _checks.check_integer("keep", keep)
+        _checks.check_shape("keep", keep, (batch, None), "[batch, num_kept]")
+        keep = jnp.clip(jnp.asarray(keep, jnp.int32), 0, num_new - 1)
+        keys, values = entries.keys[:, rows, keep], entries.values[:, rows, keep]
+        num_kept = keep.shape[1]
+    if count is None:
+        count = jnp.full((batch,), num_kept, jnp.int32)
+    else:
+        _checks.check_integer("count", count)
+        _checks.check_shape("count", count, (batch,), "one count per row")
+        _checks.check_range("count", count, 0, num_kept + 1)
+        count = jnp.asarray(count, jnp.int32)
+    slots = cache.lengths[:, None] + jnp.arange(num_kept, dtype=jnp.int32)[None, :]
+    # Entries past the count are sent past the end so that the scatter drops them.
+    slots = jnp.where(jnp.arange(num_kept)[None, :] < count[:, None], slots, cache.capacity)
+    return KVCache(
+        keys=cache.keys.at[:, rows, slots].set(keys.astype(cache.keys.dtype), mode="drop"),
+        values=cache.values.at[:, rows, slots].set(values.astype(cache.values.dtype), mode="drop"),
+        lengths=cache.lengths + count,
+    )
+
+
 def init_cache(
     config: TransformerConfig,
     batch_size: int,

@@ -42,7 +42,7 @@ from einops import rearrange
 from jax import lax
 
 from lookahead_jax import _checks
-from lookahead_jax.models.cache import KVCache
+from lookahead_jax.models.cache import CacheEntries, KVCache, append
 from lookahead_jax.models.config import TransformerConfig
 
 Params = dict[str, Any]
@@ -209,7 +209,12 @@ def logits_from_hidden(config: TransformerConfig, params: Params, hidden: jax.Ar
     logits of an early exit after ``l`` blocks.
     """
     normed = final_norm(config, params, hidden)
-    logits = jnp.matmul(normed, _head(config, params), preferred_element_type=_F32)
+    if config.tie_embeddings:
+        # Against the embedding as stored ([V, D]): a transposed copy would be made at
+        # every call inside a conditional branch (XLA does not hoist out of branches).
+        logits = jnp.einsum("...d,vd->...v", normed, params["wte"], preferred_element_type=_F32)
+    else:
+        logits = jnp.matmul(normed, params["lm_head"], preferred_element_type=_F32)
     return _softcap(logits.astype(_F32), config.final_logit_softcap)
 
 
@@ -436,16 +441,15 @@ def _in_row_blocks_pair(fn, x: jax.Array, y: jax.Array, elements_per_row: int) -
     return out.reshape(num_blocks * block, *out.shape[2:])[:num]
 
 
-def _write(buffer: jax.Array, layer: jax.Array, update: jax.Array, starts: jax.Array) -> jax.Array:
-    """Writes ``update [B, S, KV, Dh]`` into ``buffer [L, B, T, KV, Dh]`` at ``layer``, ``starts``.
+def _write_layer(buffer: jax.Array, update: jax.Array, starts: jax.Array) -> jax.Array:
+    """Writes ``update [B, S, KV, Dh]`` into one layer's ``buffer [B, T, KV, Dh]`` at ``starts``.
 
-    Slots past the end are dropped (``cache.overflowed`` reports it) rather than
-    clamped, so an overflow can never overwrite committed entries.
+    Slots past the end are dropped rather than clamped (as in ``cache.append``).
     """
     num_new = update.shape[1]
     slots = starts[:, None] + jnp.arange(num_new, dtype=starts.dtype)[None, :]
-    rows = jnp.arange(buffer.shape[1])[:, None]
-    return buffer.at[layer, rows, slots].set(update.astype(buffer.dtype), mode="drop")
+    rows = jnp.arange(buffer.shape[0])[:, None]
+    return buffer.at[rows, slots].set(update.astype(buffer.dtype), mode="drop")
 
 
 def _check_inputs(
@@ -454,6 +458,7 @@ def _check_inputs(
     cache: KVCache | None,
     tree_mask: Any,
     positions: Any,
+    defer_write: bool = False,
 ) -> None:
     if not isinstance(config, TransformerConfig):
         raise ValueError(f"`config` must be a TransformerConfig; got {type(config).__name__}.")
@@ -482,6 +487,8 @@ def _check_inputs(
     _checks.check_shape("cache.keys", cache.keys, expected, meaning)
     _checks.check_shape("cache.values", cache.values, expected, meaning)
     _checks.check_shape("cache.lengths", cache.lengths, (batch,), "one length per row")
+    if defer_write:  # nothing is appended: the caller writes what it keeps
+        return
     if num_new > cache.capacity:
         raise ValueError(
             f"`tokens` appends {num_new} tokens per row but the cache holds only "
@@ -522,7 +529,8 @@ def apply(
     return_hidden: bool = False,
     exact: bool = False,
     logits_at: jax.Array | None = None,
-) -> tuple[jax.Array, KVCache | None] | tuple[jax.Array, KVCache | None, jax.Array]:
+    defer_write: bool = False,
+) -> tuple[jax.Array, Any] | tuple[jax.Array, Any, jax.Array]:
     """Runs the transformer on ``S`` new tokens per row, appending them to the cache.
 
     Args:
@@ -550,15 +558,21 @@ def apply(
         logits only there (``[B, K, V]``), e.g. at each prompt's last token in a
         prefill, instead of ``[B, S, V]`` (at a 50k vocabulary most of a prefill's
         memory). Every token still goes through every block and into the cache.
+      defer_write: return the new tokens' keys and values (a ``CacheEntries``,
+        ``[L, B, S, KV, Dh]`` each) instead of the cache with them appended, leaving
+        ``cache`` unwritten; ``cache.append`` writes them (all, or a chosen subset
+        such as an accepted tree path). Inside ``lax.cond`` / ``lax.switch`` this is
+        what keeps XLA from copying the whole cache in and out of the branch: write
+        after the conditional. Needs a cache.
 
     Returns:
       ``(logits [B, S, V] float32, cache)`` (``[B, K, V]`` with ``logits_at``), the
-      cache holding the new tokens with
-      ``lengths + S``; with ``return_hidden`` also ``hidden [L + 1, B, S, D]``
+      cache holding the new tokens with ``lengths + S`` (with ``defer_write``:
+      ``(logits, entries)``); with ``return_hidden`` also ``hidden [L + 1, B, S, D]``
       (``hidden[0]`` embeddings, ``hidden[l]`` after block ``l``, before the final
       norm; ``logits_from_hidden`` turns any of them into logits).
     """
-    _check_inputs(config, tokens, cache, tree_mask, positions)
+    _check_inputs(config, tokens, cache, tree_mask, positions, defer_write)
     if logits_at is not None:
         _checks.check_integer("logits_at", logits_at)
         _checks.check_rank("logits_at", logits_at, 2, "[batch, num_positions]")
@@ -566,6 +580,8 @@ def apply(
         _checks.check_range("logits_at", logits_at, 0, jnp.shape(tokens)[1])
     if exact and cache is None:
         raise ValueError("`exact=True` needs a `cache` (it attends over the cache's fixed width).")
+    if defer_write and cache is None:
+        raise ValueError("`defer_write=True` needs a `cache` (it returns the entries to append).")
     batch, num_new = tokens.shape
     dtype = param_dtype(params)
     causal = jnp.tril(jnp.ones((num_new, num_new), bool))
@@ -603,12 +619,20 @@ def apply(
     if any_sliding:
         window_new = new_mask & (positions[:, None, :] > positions[:, :, None] - window)
     if exact:
+        # Exact attention runs over each layer's slots with the new tokens written in
+        # place, in a local copy with num_new more slots (so a block fits even where the
+        # cache itself has no room for it: with ``defer_write`` the caller keeps only part
+        # of it). Masked slots add exact zeros to the fixed-order sums, so the result does
+        # not depend on how many slots there are.
+        exact_slots = cache.capacity + num_new
+        slot = jnp.arange(exact_slots)[None, :]
+        prefix_mask = (slot < starts[:, None])[:, None, :]  # [B, 1, T + S]
         # Slot j holds new token j - start: visible per the tree mask, or committed.
-        relative = jnp.arange(cache.capacity)[None, :] - starts[:, None]  # [B, T]
+        relative = slot - starts[:, None]  # [B, T + S]
         in_block = (relative >= 0) & (relative < num_new)
         clipped = jnp.clip(relative, 0, num_new - 1)
         block_mask = jnp.take_along_axis(
-            new_mask, jnp.broadcast_to(clipped[:, None], (batch, num_new, cache.capacity)), axis=2
+            new_mask, jnp.broadcast_to(clipped[:, None], (batch, num_new, exact_slots)), axis=2
         )
         visible = prefix_mask | (in_block[:, None, :] & block_mask)
         if any_sliding:
@@ -626,9 +650,8 @@ def apply(
             out = out + p[f"{name}_bias"]
         return rearrange(out, "b s (n d) -> b s n d", d=head_dim)
 
-    def block(carry, layer):
-        x, keys, values = carry
-        p, index, is_sliding = layer
+    def block(x, layer):
+        p, is_sliding, layer_keys, layer_values = layer
         h = norm(config, p["ln_1"], x, exact)
         a = p["attn"]
         q, k, v = project(a, "q", h), project(a, "k", h), project(a, "v", h)
@@ -637,14 +660,12 @@ def apply(
             k = norm(config, a["k_norm"], k, exact, kind="rms_norm")
         if rope is not None:
             q, k = _apply_rope(q, *rope), _apply_rope(k, *rope)
-        layer_keys = layer_values = None
-        if keys is not None:
-            # Write first, in place into the carried cache, then read this layer's
-            # slots: the prefix mask hides the new slots from the fast path.
-            keys, values = _write(keys, index, k, starts), _write(values, index, v, starts)
-            layer_keys = lax.dynamic_index_in_dim(keys, index, keepdims=False)
-            layer_values = lax.dynamic_index_in_dim(values, index, keepdims=False)
         if exact:
+            # Exact attention reads every slot of this layer, the new ones included: a
+            # local write into the layer's copy (the shared cache is written after the scan).
+            room = ((0, 0), (0, num_new), (0, 0), (0, 0))
+            layer_keys = _write_layer(jnp.pad(layer_keys, room), k, starts)
+            layer_values = _write_layer(jnp.pad(layer_values, room), v, starts)
             layer_visible = visible
             if any_sliding:
                 layer_visible = jnp.where(is_sliding, window_visible, visible)
@@ -655,6 +676,8 @@ def apply(
                 layer_new = jnp.where(is_sliding, window_new, new_mask)
                 if cache is not None:
                     layer_prefix = jnp.where(is_sliding, window_prefix, prefix_mask)
+            # The cache as it was before this call: the prefix mask covers committed slots
+            # only, and the new tokens are attended to from k and v directly.
             attended = _attention(
                 config, q, k, v, layer_new, layer_keys, layer_values, layer_prefix
             )
@@ -670,13 +693,16 @@ def apply(
             out = norm(config, p["ln_post_mlp"], out, exact)
         x = x + out
         # Per-layer outputs only when asked for: a [L, B, S, D] stack otherwise unused.
-        return (x, keys, values), (x if return_hidden else None)
+        new_entries = None if cache is None else (k, v)
+        return x, (new_entries, x if return_hidden else None)
 
-    # The cache rides in the scan carry so that XLA updates it in place; as a
-    # scanned input/output it would be copied whole at every call.
-    init = (x, None, None) if cache is None else (x, cache.keys, cache.values)
-    layers = (params["layers"], jnp.arange(config.num_layers), jnp.asarray(sliding))
-    (x_final, new_keys, new_values), per_layer = lax.scan(block, init, layers)
+    # The cache is only read inside the scan (one layer's slots per step) and the new
+    # tokens' keys and values come out of it; they are written once afterwards. A cache
+    # that is read but not written can be passed into a conditional (lax.cond / switch)
+    # without XLA copying it, which ``defer_write`` lets the generation loop use.
+    no_cache = (None, None) if cache is None else (cache.keys, cache.values)
+    layers = (params["layers"], jnp.asarray(sliding), *no_cache)
+    x_final, (new_entries, per_layer) = lax.scan(block, x, layers)
     if logits_at is not None:
         x_final = jnp.take_along_axis(x_final, jnp.asarray(logits_at)[..., None], axis=1)
     if exact:
@@ -687,7 +713,8 @@ def apply(
         logits = logits_from_hidden(config, params, x_final)
     new_cache = None
     if cache is not None:
-        new_cache = KVCache(new_keys, new_values, cache.lengths + num_new)
+        entries = CacheEntries(keys=new_entries[0], values=new_entries[1])
+        new_cache = entries if defer_write else append(cache, entries)
     if return_hidden:
         hidden = jnp.concatenate([x[None], per_layer], axis=0)
         return logits, new_cache, hidden

@@ -46,6 +46,10 @@ class TableModel:
         logits = self.token_table[tokens] + self.position_table[positions]
         if kwargs.get("logits_at") is not None:  # the model protocol: logits only there
             logits = jnp.take_along_axis(logits, kwargs["logits_at"][..., None], axis=1)
+        if kwargs.get("defer_write"):  # the model protocol: the new entries, cache unwritten
+            layers, _, _, heads, dim = cache.keys.shape
+            zeros = jnp.zeros((layers, batch, num_new, heads, dim), cache.keys.dtype)
+            return logits, models.CacheEntries(keys=zeros, values=zeros)
         if cache is not None:
             cache = cache._replace(lengths=cache.lengths + num_new)
         return logits, cache

@@ -344,3 +344,84 @@ def test_exact_mode_works_through_rows_in_blocks_without_changing_a_bit(params, 
     np.testing.assert_array_equal(blocked[0], whole[0])
     np.testing.assert_array_equal(blocked[1].keys, whole[1].keys)
     np.testing.assert_array_equal(blocked[1].values, whole[1].values)
+
+
+@functools.partial(jax.jit, static_argnames=("exact",))
+def deferred_step(params, tokens, cache, tree_mask=None, exact=False):
+    return models.apply(
+        CONFIG, params, tokens, cache, tree_mask=tree_mask, exact=exact, defer_write=True
+    )
+
+
+@jax.jit
+def append_path(cache, entries, keep, count):
+    return models.append(cache, entries, keep, count)
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_defer_write_returns_what_a_written_call_appends(params, exact):
+    """Same logits as a written call; the entries are the slots it writes; the cache is
+    untouched; appending them all gives the written call's cache (bitwise)."""
+    tokens = random_tokens(10, (3, 12))
+    cache = models.init_cache(CONFIG, 3, CAPACITY)
+    step = exact_step if exact else cached_step
+    _, cache = step(params, tokens[:, :7], cache)
+    cache = models.rewind(cache, jnp.asarray([7, 4, 6], jnp.int32))  # ragged rows
+    written_logits, written = step(params, tokens[:, 7:12], cache)
+    logits, entries = deferred_step(params, tokens[:, 7:12], cache, exact=exact)
+    chex.assert_shape(entries.keys, (CONFIG.num_layers, 3, 5, CONFIG.num_heads, 8))
+    if exact:
+        np.testing.assert_array_equal(logits, written_logits)
+    else:
+        np.testing.assert_allclose(logits, written_logits, atol=1e-6, rtol=0)
+    appended = models.append(cache, entries)
+    np.testing.assert_array_equal(appended.lengths, written.lengths)
+    for row, start in enumerate([7, 4, 6]):
+        np.testing.assert_array_equal(
+            appended.keys[:, row, : start + 5], written.keys[:, row, : start + 5]
+        )
+        np.testing.assert_array_equal(
+            appended.values[:, row, : start + 5], written.values[:, row, : start + 5]
+        )
+
+
+def test_defer_write_fits_a_block_the_cache_has_no_room_for(params):
+    """Exact mode scores a block past the cache's capacity (only its kept part is
+    appended) with the bits of a cache that has room."""
+    tokens = random_tokens(11, (2, 14))
+    small = models.init_cache(CONFIG, 2, 10)
+    roomy = models.init_cache(CONFIG, 2, CAPACITY)
+    _, small = exact_step(params, tokens[:, :8], small)
+    _, roomy = exact_step(params, tokens[:, :8], roomy)
+    want, _ = exact_step(params, tokens[:, 8:14], roomy)  # 6 tokens: 8 + 6 > 10 slots
+    got, entries = deferred_step(params, tokens[:, 8:14], small, exact=True)
+    np.testing.assert_array_equal(got, want)
+    kept = models.append(small, entries, count=jnp.asarray([2, 1], jnp.int32))
+    np.testing.assert_array_equal(kept.lengths, [10, 9])
+    np.testing.assert_array_equal(kept.keys[:, 0, 8:10], entries.keys[:, 0, :2])
+
+
+def test_append_keeps_a_tree_path_like_keep_path(params):
+    """Appending a path's entries equals writing the whole tree and keeping the path."""
+    tokens = random_tokens(12, (2, 13))
+    cache = models.init_cache(CONFIG, 2, CAPACITY)
+    _, cache = cached_step(params, tokens[:, :8], cache)
+    # Root (node 0) with children 1, 2; node 3 under 2; node 4 under 1.
+    parent = jnp.asarray([-1, 0, 0, 2, 1])
+    mask = jnp.asarray(naive_ancestor_mask(np.asarray(parent)))[None].repeat(2, 0)
+    block = tokens[:, 8:13]
+    _, whole = tree_step(params, block, cache, mask)
+    _, entries = deferred_step(params, block, cache, mask)
+    path = jnp.asarray([[0, 2, 3], [0, 1, 4]], jnp.int32)
+    path_lengths = jnp.asarray([3, 2], jnp.int32)
+    kept = models.keep_path(whole, cache.lengths, path, path_lengths)
+    appended = append_path(cache, entries, path, path_lengths)
+    np.testing.assert_array_equal(appended.lengths, kept.lengths)
+    for row, length in enumerate([11, 10]):
+        np.testing.assert_allclose(
+            appended.keys[:, row, :length], kept.keys[:, row, :length], atol=1e-6, rtol=0
+        )
+    with pytest.raises(ValueError, match=r"`count` must lie in \[0, 4\)"):
+        models.append(cache, entries, path, jnp.asarray([4, 1], jnp.int32))
+    with pytest.raises(ValueError, match="`defer_write=True` needs a `cache`"):
+        models.apply(CONFIG, params, block, defer_write=True)

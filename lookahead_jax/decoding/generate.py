@@ -156,6 +156,7 @@ class GenerationState(NamedTuple):
     controller_state: Any  # the draft-length controller's own pytree
     finished: jax.Array  # [B] bool, rows that hit EOS or their budget
     stats: GenerationStats  # running per-row counters, [B] / [B, K + 1] int32
+    observed: jax.Array  # [B] int32, committed tokens the drafter's observe hook has seen
 
 
 class GenerationStepInfo(NamedTuple):
@@ -403,6 +404,7 @@ def generation_init(
             accepted=zeros,
             accept_histogram=jnp.zeros((batch, plan.histogram_bins), jnp.int32),
         ),
+        observed=prompt_lengths,  # init took the prompt
     )
 
 
@@ -614,13 +616,10 @@ def _update_drafter(
     """Tells the drafter which drafts were committed (EOS / budget may cut the path).
 
     ``update`` only follows rounds that called ``propose`` (``drafted``, static); a tree
-    drafter's ``observe`` sees every round's commit.
+    drafter's ``observe`` is called by :func:`generation_step` (:func:`_observe`).
     """
-    if drafter is None:
-        return round_.drafter_state
-    if not drafted:
-        if plan.is_tree and drafter.observe is not None:
-            return drafter.observe(round_.drafter_state, tokens, new_lengths)
+    del tokens, new_lengths
+    if drafter is None or not drafted:
         return round_.drafter_state
     if plan.is_tree:
         committed = TreeVerified(
@@ -629,12 +628,9 @@ def _update_drafter(
             path=round_.tree_path,
             path_length=committed_drafts + 1,
         )
-        drafter_state = drafter.update(
+        return drafter.update(
             round_.drafter_state, state.lengths, round_.tree_draft, committed, round_.logits
         )
-        if drafter.observe is not None:
-            drafter_state = drafter.observe(drafter_state, tokens, new_lengths)
-        return drafter_state
     return drafter.update(round_.drafter_state, state.lengths, committed_drafts)
 
 
@@ -702,6 +698,9 @@ def generation_step(
     # plain steps at batch 16).
     cache = state.target_cache
     state = state._replace(target_cache=None)
+    drafting = jnp.any(num_draft > 0)
+    if _observes(drafter):  # a proposal sees every committed token
+        state = _observe(drafter, state, drafting & jnp.any(state.lengths > state.observed))
 
     def speculative(state, cache):
         state = state._replace(target_cache=cache)
@@ -730,13 +729,43 @@ def generation_step(
     else:
         # A round that drafts nothing (the controller chose 0 for every row) costs a plain
         # step.
-        new_state, info, entries = lax.cond(
-            jnp.any(num_draft > 0), speculative, plain, state, cache
-        )
+        new_state, info, entries = lax.cond(drafting, speculative, plain, state, cache)
     # The cache keeps the committed tokens but the newest one: the root and the committed
     # drafts of the path (num_emitted of them; none for finished rows).
     cache = _models.append(cache, entries, count=info.num_emitted)
+    if _observes(drafter):
+        pending = new_state.lengths - new_state.observed
+        due = jnp.any(pending >= _observe_after(drafter)) | jnp.all(new_state.finished)
+        new_state = _observe(drafter, new_state, due & jnp.any(pending > 0))
     return new_state._replace(target_cache=cache), info
+
+
+def _observes(drafter) -> bool:
+    return isinstance(drafter, TreeDrafter) and drafter.observe is not None
+
+
+def _observe_after(drafter: TreeDrafter) -> int:
+    """Pending tokens that make the loop call ``observe`` (1: after every round)."""
+    return 1 if drafter.observe_tokens is None else drafter.observe_tokens - 1
+
+
+def _observe(drafter: TreeDrafter, state: GenerationState, when: jax.Array) -> GenerationState:
+    """``state`` after ``drafter.observe`` of its committed tokens if ``when`` ([] bool).
+
+    A drafter with ``observe_tokens`` (memories whose update costs about the same for one
+    token as for many) learns committed tokens in batches: after plain rounds they wait
+    until a row holds ``observe_tokens - 1`` of them, a proposal or the end of the
+    generation. A one-trip ``while_loop`` rather than ``lax.cond``: the memory is updated
+    in place (a conditional would copy it in and out).
+    """
+
+    def body(carry):
+        _, drafter_state = carry
+        return jnp.bool_(False), drafter.observe(drafter_state, state.tokens, state.lengths)
+
+    _, drafter_state = lax.while_loop(lambda c: c[0], body, (when, state.drafter_state))
+    observed = jnp.where(when, state.lengths, state.observed)
+    return state._replace(drafter_state=drafter_state, observed=observed)
 
 
 def _finish_step(state, round_, config, drafter, plan, active, *, drafted: bool):
@@ -760,6 +789,7 @@ def _finish_step(state, round_, config, drafter, plan, active, *, drafted: bool)
         controller_state=_update_controller(state, round_, plan, active),
         finished=state.finished | stop | budget_spent,
         stats=_accumulate(state.stats, round_, active, plan.histogram_bins),
+        observed=state.observed,
     )
     info = GenerationStepInfo(
         active=active,

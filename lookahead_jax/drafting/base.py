@@ -95,6 +95,11 @@ class TreeDrafter(NamedTuple):
         did not advance keep theirs): how a memory learns the text as it is committed
         (drafters keep their own count of what they have seen). Not called at ``init``,
         which gets the prompt.
+      observe_tokens: optional static bound on the tokens per row one ``observe`` call
+        learns, for memories whose update costs about the same for one token as for
+        that many: the loop then calls ``observe`` only once a row holds
+        ``observe_tokens - 1`` unseen tokens, before a ``propose`` and when every row
+        has finished (``None``: after every round).
       block_sizes: optional increasing static node counts the loop may score instead
         of all ``num_nodes`` (the last must be ``num_nodes``; 0 = a plain decoding
         step): each round scores the smallest one that holds every unfinished row's
@@ -114,6 +119,7 @@ class TreeDrafter(NamedTuple):
     max_depth: int
     replacement: bool = True
     observe: Callable[..., DrafterState] | None = None
+    observe_tokens: int | None = None
     block_sizes: tuple[int, ...] | None = None
     model_config: Any = None
 

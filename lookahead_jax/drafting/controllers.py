@@ -434,7 +434,8 @@ def tree_cost_aware_controller(
     in place of ``num_accepted`` (``Controller.tree_sizes`` tells the loop).
     """
     sizes = tree_sizes(num_nodes, block_sizes)
-    drafting = float(costs.draft(num_nodes)) + costs.upkeep_seconds
+    # A drafting round also pays one observe call (the memory learns pending tokens first).
+    drafting = float(costs.draft(num_nodes)) + costs.upkeep_seconds + costs.observe_seconds
     seconds = tuple(
         float(costs.round_seconds(0)) if n == 0 else float(costs.target(n + 1)) + drafting
         for n in sizes

@@ -70,7 +70,10 @@ class CostModel:
       draft_tokens: increasing draft lengths ``k >= 1`` (chains) or node counts (trees).
       draft_seconds: the drafter's proposal at each of ``draft_tokens`` (0 at k = 0).
       upkeep_seconds: the drafter's other work per drafting round (its ``update``).
-      observe_seconds: the drafter's work paid every round, drafting or not (``observe``).
+      observe_seconds: one call of the drafter's ``observe`` (learning committed tokens),
+        paid by every drafting round and every ``observe_rounds``-th plain round.
+      observe_rounds: plain rounds per ``observe`` call (``TreeDrafter.observe_tokens - 1``
+        for a drafter that learns tokens in batches; 1: every round).
       batch_size: the batch the figures hold for (``None``: not measured).
       source: ``"calibrated"`` or ``"estimated"`` (for reports).
     """
@@ -81,6 +84,7 @@ class CostModel:
     draft_seconds: tuple[float, ...] = (0.0,)
     upkeep_seconds: float = 0.0
     observe_seconds: float = 0.0
+    observe_rounds: int = 1
     batch_size: int | None = None
     source: str = "estimated"
 
@@ -98,6 +102,9 @@ class CostModel:
             if not (np.isfinite(value) and value >= 0):
                 raise ValueError(f"`{name}` must be finite and >= 0; got {value!r}.")
             object.__setattr__(self, name, float(value))
+        rounds = self.observe_rounds
+        if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
+            raise ValueError(f"`observe_rounds` must be an int >= 1; got {rounds!r}.")
 
     def target(self, num_tokens) -> np.ndarray:
         """Seconds of one target call scoring ``num_tokens`` (array-like) per row."""
@@ -112,9 +119,9 @@ class CostModel:
     def round_seconds(self, num_draft) -> np.ndarray:
         """Seconds of a round drafting ``num_draft`` tokens (0: a plain decoding step)."""
         num_draft = np.asarray(num_draft, np.float64)
-        drafting = self.draft(num_draft) + self.upkeep_seconds
-        paid = self.target(num_draft + 1) + self.observe_seconds
-        return paid + np.where(num_draft > 0, drafting, 0.0)
+        drafting = self.draft(num_draft) + self.upkeep_seconds + self.observe_seconds
+        plain = self.observe_seconds / self.observe_rounds  # observe calls come in batches
+        return self.target(num_draft + 1) + np.where(num_draft > 0, drafting, plain)
 
     def draft_cost_ratio(self, num_draft: int) -> float:
         """``c``: the drafter's time per drafted token (upkeep included) over a plain step."""
@@ -390,6 +397,9 @@ def calibrate_costs(
         draft_seconds=draft_seconds,
         upkeep_seconds=upkeep,
         observe_seconds=observe,
+        observe_rounds=(
+            1 if not is_tree or drafter.observe_tokens is None else drafter.observe_tokens - 1
+        ),
         batch_size=batch,
         source="calibrated",
     )
@@ -406,4 +416,5 @@ def describe(costs: CostModel) -> dict[str, Any]:
         "draft_relative": {k: float(costs.draft(k)) / plain for k in costs.draft_tokens},
         "upkeep_relative": costs.upkeep_seconds / plain,
         "observe_relative": costs.observe_seconds / plain,
+        "observe_rounds": costs.observe_rounds,
     }

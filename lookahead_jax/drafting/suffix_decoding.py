@@ -249,5 +249,6 @@ def suffix_decoding(
         max_depth=spec_depth,
         replacement=True,
         observe=observe,
+        observe_tokens=max_new,  # an insertion costs about the same for 1 token as for max_new
         block_sizes=block_sizes,
     )

@@ -267,5 +267,6 @@ def trie_retrieval(
         max_depth=branch_length,
         replacement=True,
         observe=observe,
+        observe_tokens=max_new,  # an insertion costs about the same for 1 token as for max_new
         block_sizes=block_sizes,
     )

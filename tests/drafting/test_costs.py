@@ -45,6 +45,11 @@ def test_block_sizes_and_round_seconds():
     assert CHEAP_TARGET.draft_cost_ratio(4) == pytest.approx(0.2)
     both = CostModel((1,), (2.0,), upkeep_seconds=0.5, observe_seconds=0.25)
     np.testing.assert_allclose(both.round_seconds([0, 3]), [2.25, 2.75])
+    # A memory learning tokens in batches: plain rounds pay a share of one observe call.
+    batched = CostModel((1,), (2.0,), upkeep_seconds=0.5, observe_seconds=0.25, observe_rounds=5)
+    np.testing.assert_allclose(batched.round_seconds([0, 3]), [2.05, 2.75])
+    with pytest.raises(ValueError, match="observe_rounds"):
+        CostModel((1,), (1.0,), observe_rounds=0)
 
 
 def test_bad_cost_models_raise():

@@ -272,3 +272,49 @@ def test_memory_of_another_vocabulary_raises_eagerly_and_when_checked():
     )
     with pytest.raises(ValueError, match="memory"):
         build(memory)
+
+
+def _paths(trie, memory):
+    """``{root-to-node token path: count}`` of one memory's live nodes (layout-free)."""
+    token, parent, count = (np.asarray(x[memory]) for x in (trie.token, trie.parent, trie.count))
+    paths = {}
+    for node in np.flatnonzero(count > 0):
+        path, walk = [], node
+        while walk > 0:
+            path.append(int(token[walk]))
+            walk = parent[walk]
+        paths[tuple(reversed(path))] = int(count[node])
+    return paths
+
+
+@functools.partial(jax.jit, static_argnames=("batched",))
+def never_drafting(target, prompt, lengths, batched):
+    drafter = suffix_decoding(CONFIG.vocab_size, capacity=CAPACITY, memory=empty())
+    if not batched:
+        drafter = drafter._replace(observe_tokens=None)
+    return generate(
+        target,
+        prompt,
+        lengths,
+        jax.random.key(0),
+        max_new_tokens=MAX_NEW,
+        drafter=drafter,
+        controller=_always_draft(0),
+        eos_id=EOS,
+    )
+
+
+def test_batched_observe_learns_every_committed_token(target):
+    """Rounds that draft nothing leave tokens for the next observe call (an insertion costs
+    about the same for 1 token as for observe_tokens): at the end the memories hold exactly
+    what observing after every round gives (paths and counts; capacity never binds)."""
+    prompt, lengths = ragged_prompts(3, seed=8)
+    batched = never_drafting(target, prompt, lengths, True)
+    every_round = never_drafting(target, prompt, lengths, False)
+    np.testing.assert_array_equal(batched.tokens, every_round.tokens)
+    np.testing.assert_array_equal(batched.drafter_state.seen, batched.lengths)
+    for field in ("request", "memory"):
+        tries = [getattr(out.drafter_state, field) for out in (batched, every_round)]
+        for memory in range(tries[0].token.shape[0]):
+            assert _paths(tries[0], memory) == _paths(tries[1], memory)
+    assert len(_paths(batched.drafter_state.memory, 0)) > MAX_NEW  # outputs were learnt

@@ -4,11 +4,12 @@ One verification step as the generation loop runs it, timed inside a compiled lo
 (``drafting.costs.loop_seconds``: no per-call dispatch, nothing hoisted), on each pair's
 target with a prefilled cache of held-out prompts:
 
-* ``chain``: one target call over the last token and ``n`` drafts (causal), greedy
-  verification, and the cache rewound to the accepted prefix;
+* ``chain``: one target call over the last token and ``n`` drafts (causal, the cache read,
+  not written: ``defer_write``), greedy verification, and the accepted prefix's entries
+  appended to the cache (``models.append``);
 * ``tree_chain_shaped``: the same ``n`` tokens as a tree whose node ``i`` hangs below node
   ``i - 1``: the tree mask built from parents (``trees.block_mask``), the target call under
-  it, tree verification and the accepted path compacted in the cache (``keep_path``);
+  it, tree verification and the accepted path's entries appended to the cache;
 * ``tree_wide``: ``n`` nodes as 4 branches of ``n / 4`` below the root (shallower, so the
   mask and the path differ from a chain's).
 
@@ -78,16 +79,18 @@ def _shapes(n: int, batch: int) -> dict[str, tuple[trees.TokenTree, int]]:
 
 def _chain_step(model, block, cache):
     num_draft = jnp.full((block.shape[0],), block.shape[1] - 1)
-    logits, appended = model(block, cache)
+    logits, entries = model(block, cache, defer_write=True)
     verified = greedy(block[:, 1:], logits, num_draft)
-    return models.rewind(appended, cache.lengths + verified.num_accepted + 1), verified.next_token
+    return models.append(cache, entries, count=verified.num_accepted + 1), verified.next_token
 
 
 def _tree_step(max_depth: int):
     def step(model, block, cache, tree):
-        logits, appended = model(block, cache, tree_mask=trees.block_mask(tree, max_depth))
+        mask = trees.block_mask(tree, max_depth)
+        logits, entries = model(block, cache, tree_mask=mask, defer_write=True)
         verified = tree_greedy(tree, logits)
-        kept = models.keep_path(appended, cache.lengths, verified.path, verified.path_length)
+        path = verified.path[:, : max_depth + 1]  # as the loop keeps it
+        kept = models.append(cache, entries, path, verified.path_length)
         return kept, verified.next_token
 
     return step

@@ -282,7 +282,10 @@ def _insert_block(
         origin >= 0,
         jnp.full((num, width, 2), -1, jnp.int32),
     )
-    trie, _, _, nodes = lax.fori_loop(0, width, body, carry)
+    # Only as deep as the longest sequence (a few new tokens after a round need a few
+    # steps, not `width`): deeper steps would change nothing.
+    deepest = jnp.max(jnp.where(origin >= 0, lengths, 0), initial=0)
+    trie, _, _, nodes = lax.fori_loop(0, deepest, body, carry)
     return trie._replace(clock=clock), nodes
 
 

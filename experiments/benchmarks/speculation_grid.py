@@ -26,6 +26,9 @@ trees run nothing extra (drafters with ``block_sizes`` choose their size themsel
 ``config.calibrated_prompts`` (default batch 1, short): calibrated greedy on the cell's
 prompts once and reused at both temperatures (each calibration compiles a dozen small
 programs, which is why it is not run everywhere).
+With ``config.floor=True`` every drafter also runs with every round plain
+(``drafting.constant(0)``, its K unchanged; ``floor_ratio`` in ``cells``): what speculation
+costs when it drafts nothing, the ceiling of "never slower".
 
 Per row (cell x controller): tokens/s (median over ``config.repeats`` timed runs, compile
 and a first run excluded; the runs of one (pair, batch, temperature, prompt) group, plain
@@ -131,6 +134,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.calibrated = True  # also cost_aware(calibrate_costs(...)) where named below
     config.calibrated_batches = (1,)  # calibrations cost compiles: batch 1, short prompts
     config.calibrated_prompts = ("short",)
+    # Also run each drafter with every round plain (controller constant(0), same K): what
+    # speculation costs when it drafts nothing, i.e. the ceiling of "never slower".
+    config.floor = False
     config.repeats = 3
     config.cost_repeats = 16  # propose / plain step calls per compiled timing loop (3 loops)
     config.seed = 0
@@ -316,7 +322,9 @@ def runner(config, name: str | None, k: int, temperature: float, controller=None
     def run(target, draft, prompt, lengths, key):
         drafter = None if name is None else make_drafter(name, target, draft, config)
         kwargs = {}
-        if isinstance(controller, tuple):
+        if controller == ("floor",):  # every round plain, the drafter's K unchanged
+            kwargs["controller"] = drafting.constant(0)
+        elif isinstance(controller, tuple):
             kwargs["controller"] = drafting.constant(controller[1])
         elif controller is not None:
             kwargs["controller"] = controller
@@ -421,6 +429,16 @@ def _jobs(config, pair_label: str, setup: dict[str, Any]) -> list[dict[str, Any]
                             "fn": runner(config, name, k, temperature),
                         }
                     )
+                    if config.floor:
+                        jobs.append(
+                            {
+                                **group,
+                                "drafter": name,
+                                "controller": "floor",
+                                "k": k,
+                                "fn": runner(config, name, k, temperature, ("floor",)),
+                            }
+                        )
                     if chain and batch in config.fixed_k_batches and kind == "short":
                         for fixed in config.fixed_k:
                             jobs.append(
@@ -579,6 +597,7 @@ def cells(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         fixed = [f for f in rows if f["controller"] == "fixed" and _same_cell(r, f)]
         best = max(fixed, key=lambda f: f["ratio_vs_plain"]) if fixed else None
         calibrated = [f for f in rows if f["controller"] == "calibrated" and _same_cell(r, f)]
+        floor = [f for f in rows if f["controller"] == "floor" and _same_cell(r, f)]
         out.append(
             {
                 **{key: r[key] for key in ("pair", "batch", "temperature", "prompt", "drafter")},
@@ -592,6 +611,7 @@ def cells(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 if best is None
                 else r["ratio_vs_plain"] / best["ratio_vs_plain"],
                 "calibrated_ratio": calibrated[0]["ratio_vs_plain"] if calibrated else None,
+                "floor_ratio": floor[0]["ratio_vs_plain"] if floor else None,
                 "accepted_per_call": r["accepted_per_call"],
                 "target_calls_per_token": r["target_calls_per_token"],
                 "a": r["a"],

@@ -96,6 +96,7 @@ def test_quick_run_end_to_end(tmp_path):
             sys.executable,
             str(_ROOT / "experiments" / "speculation_grid.py"),
             "--config.quick=True",
+            "--config.floor=True",
             f"--config.output_dir={out}",
         ],
         capture_output=True,
@@ -113,7 +114,7 @@ def test_quick_run_end_to_end(tmp_path):
     for key in ("min_ratio", "draft_model_efficiency_batch1_greedy", "default_vs_best_fixed"):
         assert key in saved["goals"], key
     rows = saved["rows"]
-    assert {r["controller"] for r in rows} >= {"plain", "default", "fixed"}
+    assert {r["controller"] for r in rows} >= {"plain", "default", "fixed", "floor"}
     for r in rows:
         assert np.isfinite(r["tokens_per_s"]) and r["tokens_per_s"] > 0
         assert np.isfinite(r["ratio_vs_plain"]) and r["ratio_vs_plain"] > 0
@@ -127,3 +128,4 @@ def test_quick_run_end_to_end(tmp_path):
     for cell in saved["cells"]:
         for key in ("default_ratio", "best_fixed_ratio", "default_over_best_fixed", "efficiency"):
             assert key in cell, key
+        assert cell["floor_ratio"] > 0  # every drafter also ran with every round plain

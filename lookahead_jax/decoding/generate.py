@@ -610,15 +610,12 @@ def _commit(state: GenerationState, round_: _Round, config: GenerationConfig, ac
     return tokens, lengths + count, count, stop
 
 
-def _update_drafter(
-    state, round_: _Round, drafter, plan: _Plan, committed_drafts, tokens, new_lengths, drafted
-):
+def _update_drafter(state, round_: _Round, drafter, plan: _Plan, committed_drafts, drafted):
     """Tells the drafter which drafts were committed (EOS / budget may cut the path).
 
     ``update`` only follows rounds that called ``propose`` (``drafted``, static); a tree
     drafter's ``observe`` is called by :func:`generation_step` (:func:`_observe`).
     """
-    del tokens, new_lengths
     if drafter is None or not drafted:
         return round_.drafter_state
     if plan.is_tree:
@@ -783,9 +780,7 @@ def _finish_step(state, round_, config, drafter, plan, active, *, drafted: bool)
         lengths=new_lengths,
         prompt_lengths=state.prompt_lengths,
         target_cache=None,
-        drafter_state=_update_drafter(
-            state, round_, drafter, plan, committed_drafts, tokens, new_lengths, drafted
-        ),
+        drafter_state=_update_drafter(state, round_, drafter, plan, committed_drafts, drafted),
         controller_state=_update_controller(state, round_, plan, active),
         finished=state.finished | stop | budget_spent,
         stats=_accumulate(state.stats, round_, active, plan.histogram_bins),

@@ -187,13 +187,16 @@ def estimate_costs(
         return CostModel(tokens, seconds, source="estimated", batch_size=batch_size)
     ratio = model_config.num_params() / target_config.num_params()
     if isinstance(drafter, TreeDrafter):
-        # A model-drafted tree expands one level per call: max_depth calls of a wide block.
-        per_call = ratio * (1.0 + beta * drafter.num_nodes / max(drafter.max_depth, 1))
+        # A model-drafted tree: one catch-up call (max_depth + 2 tokens, the root's scores)
+        # and one call per deeper level over that level's nodes (about N / max_depth).
+        depth = max(drafter.max_depth, 1)
+        per_level = max(1.0, drafter.num_nodes / depth)
+        calls = (1.0 + beta * (depth + 1)) + (depth - 1) * (1.0 + beta * (per_level - 1))
         return CostModel(
             tokens,
             seconds,
             draft_tokens=(drafter.num_nodes,),
-            draft_seconds=(per_call * (drafter.max_depth + 1),),
+            draft_seconds=(ratio * calls,),
             batch_size=batch_size,
         )
     # A chain of k drafts: one catch-up call (two tokens) and k - 1 single-token calls.

@@ -33,6 +33,7 @@ and the logits come back in float32.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -280,6 +281,8 @@ def _attention(
     k_prefix: jax.Array | None,  # [B, T, KV, Dh] cache before this call
     v_prefix: jax.Array | None,
     prefix_mask: jax.Array | None,  # [B, S or 1, T] bool: query i sees slot t
+    context: tuple[jax.Array, jax.Array, jax.Array] | None = None,  # keys, values [B, E, KV,
+    # Dh] and mask [B, S, E]: entries outside the cache this call also attends to
 ) -> jax.Array:
     # Query head h reads key/value head h // group (transformers' repeat_kv order).
     q = rearrange(q, "b s (k g) d -> b s k g d", k=config.num_kv_heads)
@@ -295,18 +298,21 @@ def _attention(
         return jnp.einsum("bkgij,bjkd->bikgd", weights, values.astype(_F32))
 
     scores = scores_against(k_new, new_mask)
-    if k_prefix is None:
+    if k_prefix is None and context is None:
         attended = mix(jax.nn.softmax(scores, axis=-1), v_new)
         return rearrange(attended, "b s k g d -> b s (k g) d").astype(q.dtype)
-    # One softmax over prefix and new keys, without concatenating the cache
+    # One softmax over prefix, context and new keys, without concatenating the cache
     # (a concatenation would copy this layer's whole cache at every call).
-    prefix_scores = scores_against(k_prefix, prefix_mask)
-    top = jnp.maximum(jnp.max(scores, -1, keepdims=True), jnp.max(prefix_scores, -1, keepdims=True))
-    new_weights = jnp.exp(scores - top)
-    prefix_weights = jnp.exp(prefix_scores - top)
-    total = jnp.sum(new_weights, -1) + jnp.sum(prefix_weights, -1)  # [B, KV, G, S]
-    attended = mix(new_weights, v_new) + mix(prefix_weights, v_prefix)  # [B, S, KV, G, Dh]
-    attended = attended / rearrange(total, "b k g s -> b s k g 1")
+    sources = [(scores, v_new)]
+    if k_prefix is not None:
+        sources.append((scores_against(k_prefix, prefix_mask), v_prefix))
+    if context is not None:
+        sources.append((scores_against(context[0], context[2]), context[1]))
+    top = functools.reduce(jnp.maximum, [jnp.max(x, -1, keepdims=True) for x, _ in sources])
+    weights = [jnp.exp(x - top) for x, _ in sources]
+    total = sum(jnp.sum(w, -1) for w in weights)  # [B, KV, G, S]
+    attended = sum(mix(w, v) for w, (_, v) in zip(weights, sources, strict=True))
+    attended = attended / rearrange(total, "b k g s -> b s k g 1")  # [B, S, KV, G, Dh]
     return rearrange(attended, "b s k g d -> b s (k g) d").astype(q.dtype)
 
 
@@ -502,6 +508,24 @@ def _check_inputs(
         )
 
 
+def _check_context(config, tokens, context, context_mask, positions, exact) -> None:
+    if context is None or context_mask is None:
+        raise ValueError("`context` and `context_mask` must be given together.")
+    if exact:
+        raise ValueError("`context` is not supported with `exact=True`.")
+    if positions is None:
+        raise ValueError("`context` needs `positions` (depths below context entries are unknown).")
+    if not isinstance(context, CacheEntries):
+        raise ValueError(f"`context` must be a CacheEntries; got {type(context).__name__}.")
+    batch, num_new = jnp.shape(tokens)
+    expected = (config.num_layers, batch, None, config.num_kv_heads, config.head_dim)
+    _checks.check_shape("context.keys", context.keys, expected, "[L, B, E, KV, Dh]")
+    _checks.check_shape("context.values", context.values, expected, "[L, B, E, KV, Dh]")
+    _checks.check_bool("context_mask", context_mask)
+    entries = jnp.shape(context.keys)[2]
+    _checks.check_shape("context_mask", context_mask, (batch, num_new, entries), "[B, S, E]")
+
+
 def _mlp(config: TransformerConfig, p: Params, h: jax.Array, exact: bool) -> jax.Array:
     act = jax.nn.silu if config.activation == "silu" else _gelu_tanh
 
@@ -530,6 +554,8 @@ def apply(
     exact: bool = False,
     logits_at: jax.Array | None = None,
     defer_write: bool = False,
+    context: CacheEntries | None = None,
+    context_mask: jax.Array | None = None,
 ) -> tuple[jax.Array, Any] | tuple[jax.Array, Any, jax.Array]:
     """Runs the transformer on ``S`` new tokens per row, appending them to the cache.
 
@@ -564,6 +590,13 @@ def apply(
         such as an accepted tree path). Inside ``lax.cond`` / ``lax.switch`` this is
         what keeps XLA from copying the whole cache in and out of the branch: write
         after the conditional. Needs a cache.
+      context: optional ``CacheEntries`` ``[L, B, E, KV, Dh]``: keys and values of tokens
+        that are not in the cache (e.g. a token tree's nodes scored by earlier calls,
+        from ``defer_write``) which the new tokens also attend to, per ``context_mask``
+        ``[B, S, E]`` bool (new token ``i`` sees context entry ``e``). Pass
+        ``positions``: depths are only counted within ``tree_mask``. The caller's mask
+        decides visibility alone (no sliding window is applied to context entries).
+        Not with ``exact=True``.
 
     Returns:
       ``(logits [B, S, V] float32, cache)`` (``[B, K, V]`` with ``logits_at``), the
@@ -580,6 +613,8 @@ def apply(
         _checks.check_range("logits_at", logits_at, 0, jnp.shape(tokens)[1])
     if exact and cache is None:
         raise ValueError("`exact=True` needs a `cache` (it attends over the cache's fixed width).")
+    if context is not None or context_mask is not None:
+        _check_context(config, tokens, context, context_mask, positions, exact)
     if defer_write and cache is None:
         raise ValueError("`defer_write=True` needs a `cache` (it returns the entries to append).")
     batch, num_new = tokens.shape
@@ -651,7 +686,7 @@ def apply(
         return rearrange(out, "b s (n d) -> b s n d", d=head_dim)
 
     def block(x, layer):
-        p, is_sliding, layer_keys, layer_values = layer
+        p, is_sliding, layer_keys, layer_values, context_keys, context_values = layer
         h = norm(config, p["ln_1"], x, exact)
         a = p["attn"]
         q, k, v = project(a, "q", h), project(a, "k", h), project(a, "v", h)
@@ -678,8 +713,11 @@ def apply(
                     layer_prefix = jnp.where(is_sliding, window_prefix, prefix_mask)
             # The cache as it was before this call: the prefix mask covers committed slots
             # only, and the new tokens are attended to from k and v directly.
+            layer_context = None
+            if context is not None:
+                layer_context = (context_keys, context_values, context_mask)
             attended = _attention(
-                config, q, k, v, layer_new, layer_keys, layer_values, layer_prefix
+                config, q, k, v, layer_new, layer_keys, layer_values, layer_prefix, layer_context
             )
         attended = rearrange(attended.astype(dtype), "b s h d -> b s (h d)")
         out = _dense(attended, a["out_kernel"], exact)
@@ -701,7 +739,8 @@ def apply(
     # that is read but not written can be passed into a conditional (lax.cond / switch)
     # without XLA copying it, which ``defer_write`` lets the generation loop use.
     no_cache = (None, None) if cache is None else (cache.keys, cache.values)
-    layers = (params["layers"], jnp.asarray(sliding), *no_cache)
+    no_context = (None, None) if context is None else (context.keys, context.values)
+    layers = (params["layers"], jnp.asarray(sliding), *no_cache, *no_context)
     x_final, (new_entries, per_layer) = lax.scan(block, x, layers)
     if logits_at is not None:
         x_final = jnp.take_along_axis(x_final, jnp.asarray(logits_at)[..., None], axis=1)

@@ -204,7 +204,20 @@ def test_eos_outside_vocabulary_raises_eagerly_and_under_checked(target, eos_id)
 
 
 def _drafter(kind, draft):
+    if kind == "trie":  # a tree drafter that learns committed tokens in batches
+        # observe every 4 committed tokens (branch_length + 2 - 1)
+        return drafting.trie_retrieval(CONFIG.vocab_size, num_nodes=4, branch_length=3, capacity=64)
     return None if kind == "ar" else drafting.draft_model(draft)
+
+
+# Drafting rarely pays under this cost model: the cost-aware controller runs stretches of
+# plain rounds between probes.
+RARELY_PAYS = drafting.cost_aware(
+    drafting.CostModel(
+        target_tokens=(1, 8), target_seconds=(1.0, 1.6), draft_tokens=(1,), draft_seconds=(0.3,)
+    ),
+    probe_overhead=0.4,
+)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "kind"))
@@ -228,6 +241,7 @@ def generate_fn(key, target, draft, prompt, lengths, config, kind):
         sampling=config.sampling,
         drafter=_drafter(kind, draft),
         max_draft_tokens=config.max_draft_tokens,
+        controller=config.controller,
         eos_id=config.eos_id,
     )
 
@@ -238,19 +252,27 @@ def run_fn(key, target, draft, prompt, lengths, config, kind):
 
 
 @pytest.mark.parametrize(
-    ("kind", "sampling"),
+    ("kind", "sampling", "controller"),
     [
-        ("ar", Sampling()),
-        pytest.param("ar", Sampling(temperature=1.0), marks=pytest.mark.slow),
-        pytest.param("model", Sampling(), marks=pytest.mark.slow),
-        ("model", Sampling(temperature=1.0)),  # speculative sampling: both sub-keys in use
+        ("ar", Sampling(), None),
+        pytest.param("ar", Sampling(temperature=1.0), None, marks=pytest.mark.slow),
+        pytest.param("model", Sampling(), None, marks=pytest.mark.slow),
+        ("model", Sampling(temperature=1.0), None),  # speculative sampling: both sub-keys
+        # Plain stretches between probes; a memory that learns every few tokens.
+        ("model", Sampling(temperature=1.0), RARELY_PAYS),
+        ("trie", Sampling(temperature=1.0), RARELY_PAYS),
+        pytest.param("model", Sampling(), drafting.constant(0), marks=pytest.mark.slow),
     ],
-    ids=["ar-greedy", "ar-t1", "model-greedy", "model-t1"],
+    ids=["ar-greedy", "ar-t1", "model-greedy", "model-t1", "stretches", "trie", "never"],
 )
-def test_python_loop_of_steps_equals_generate(target, kind, sampling):
+def test_python_loop_of_steps_equals_generate(target, kind, sampling, controller):
     draft = models.Model(CONFIG, models.init_params(CONFIG, jax.random.key(9)))
     config = GenerationConfig(
-        max_new_tokens=MAX_NEW, sampling=sampling, max_draft_tokens=3, eos_id=3
+        max_new_tokens=MAX_NEW if controller is None else 2 * MAX_NEW,
+        sampling=sampling,
+        max_draft_tokens=3,
+        controller=controller,
+        eos_id=3 if controller is None else None,
     )
     prompt, lengths = ragged_prompts(4, 6, seed=7)
     key = jax.random.key(4)
@@ -269,13 +291,17 @@ def test_python_loop_of_steps_equals_generate(target, kind, sampling):
         emitted += np.asarray(info.num_emitted)
         assert np.all(np.asarray(info.num_accepted) <= np.asarray(info.num_drafted))
         rounds += 1
-        assert rounds <= MAX_NEW
+        assert rounds <= config.max_new_tokens
     out = generation_result(state)
     np.testing.assert_array_equal(out.tokens, expected.tokens)
     np.testing.assert_array_equal(out.lengths, expected.lengths)
     for field in ("target_calls", "drafted", "accepted", "accept_histogram"):
         np.testing.assert_array_equal(getattr(out.stats, field), getattr(expected.stats, field))
     np.testing.assert_array_equal(emitted + 1, out.num_generated)  # + the prefill's token
+    for got, want in zip(
+        jax.tree.leaves(out.drafter_state), jax.tree.leaves(expected.drafter_state), strict=True
+    ):
+        np.testing.assert_array_equal(got, want)
     # A finished state is a fixed point of the step.
     again, info = step_fn(key, state, target, draft, config, kind)
     np.testing.assert_array_equal(again.tokens, state.tokens)

@@ -272,3 +272,47 @@ def test_sharded_tree_generation_equals_single_device(target, draft):
     assert len(sharded.tokens.sharding.device_set) == 8
     np.testing.assert_array_equal(sharded.tokens, single.tokens)
     np.testing.assert_array_equal(sharded.lengths, single.lengths)
+
+
+def _rescored_tree(draft, tokens, lengths, drafter):
+    """The tree as first written: every depth re-scores the root and every node expanded so
+    far in one call under the tree mask (quadratic in depth; the reference)."""
+    cache = models.init_cache(DRAFT_CONFIG, tokens.shape[0], 40)
+    _, cache = draft(tokens, cache)
+    cache = models.rewind(cache, lengths - 1)
+    root = tokens[jnp.arange(tokens.shape[0]), lengths - 1]
+
+    def expand(expanded, frontier):
+        block = jnp.concatenate([root[:, None], expanded.token], axis=1)
+        logits, _ = draft(block, cache, tree_mask=trees.block_mask(expanded), defer_write=True)
+        scores = jax.nn.log_softmax(logits, axis=-1)
+        return jnp.take_along_axis(scores, (frontier + 1)[:, :, None], axis=1)
+
+    return trees.build_dynamic_tree(
+        expand, tokens.shape[0], num_nodes=10, beam_width=3, branching=3, max_depth=4
+    ).tree
+
+
+def test_draft_tree_expands_incrementally_as_a_full_rescoring_would(target, draft):
+    """Each depth scores only its new nodes against the expanded ancestors' entries: the
+    same tree as re-scoring every expanded node at every depth."""
+    # Weights far from the initialisation: a tree that ignored the ancestors' entries
+    # would differ (with the module's mildly perturbed draft it might not).
+    params = models.init_params(DRAFT_CONFIG, jax.random.key(7))
+    draft = models.Model(DRAFT_CONFIG, perturbed(params, 1.0, 8))
+    drafter = make_drafter("draft_tree", target, draft)
+    prompt, lengths = ragged_prompts(3, 9, seed=5)
+    tokens = jnp.pad(prompt, ((0, 0), (0, 20)))
+    state = drafter.init(prompt, lengths, 40)
+    # As in a round after plain steps: the first committed tokens past the prompt.
+    tokens = tokens.at[jnp.arange(3), lengths].set(jnp.asarray([1, 2, 3]))
+    _, proposed = jax.jit(functools.partial(drafter.propose, sampling=Sampling()))(
+        state, jax.random.key(0), tokens, lengths + 1
+    )
+    want = jax.jit(functools.partial(_rescored_tree, draft, drafter=drafter))(
+        tokens[:, :10], lengths + 1
+    )
+    np.testing.assert_array_equal(proposed.tree.valid, want.valid)
+    np.testing.assert_array_equal(proposed.tree.token, want.token)
+    np.testing.assert_array_equal(proposed.tree.parent, want.parent)
+    np.testing.assert_array_equal(proposed.tree.depth, want.depth)

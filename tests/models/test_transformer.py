@@ -425,3 +425,70 @@ def test_append_keeps_a_tree_path_like_keep_path(params):
         models.append(cache, entries, path, jnp.asarray([4, 1], jnp.int32))
     with pytest.raises(ValueError, match="`defer_write=True` needs a `cache`"):
         models.apply(CONFIG, params, block, defer_write=True)
+
+
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 2**16), num_nodes=st.integers(3, 8))
+def test_context_entries_score_a_tree_in_parts(params, seed, num_nodes):
+    """Scoring a tree's later nodes against the earlier nodes' entries (``context``) gives
+    the logits of scoring the whole tree in one call under its mask."""
+    rng = np.random.default_rng(seed)
+    batch, split = 2, int(rng.integers(1, num_nodes))
+    parents = [random_tree(rng, num_nodes) for _ in range(batch)]
+    mask = np.stack([naive_ancestor_mask(p) for p in parents])  # [B, N, N], self included
+    tokens = random_tokens(seed, (batch, 6 + num_nodes))
+    cache = models.init_cache(CONFIG, batch, CAPACITY)
+    _, cache = cached_step(params, tokens[:, :6], cache)
+    cache = models.rewind(cache, jnp.asarray([6, 4], jnp.int32))
+    nodes = tokens[:, 6:]
+    whole, _ = deferred_step(params, nodes, cache, jnp.asarray(mask))
+    first, entries = deferred_step(
+        params, nodes[:, :split], cache, jnp.asarray(mask[:, :split, :split])
+    )
+    depth = mask.sum(-1) - 1  # ancestors per node
+    later, _ = models.apply(
+        CONFIG,
+        params,
+        nodes[:, split:],
+        cache,
+        tree_mask=jnp.asarray(mask[:, split:, split:]),
+        positions=cache.lengths[:, None] + jnp.asarray(depth[:, split:]),
+        context=entries,
+        context_mask=jnp.asarray(mask[:, split:, :split]),
+        defer_write=True,
+    )
+    np.testing.assert_allclose(first, whole[:, :split], atol=2e-5, rtol=0)
+    np.testing.assert_allclose(later, whole[:, split:], atol=2e-5, rtol=0)
+
+
+def test_bad_context_raises(params):
+    tokens = random_tokens(13, (2, 3))
+    cache = models.init_cache(CONFIG, 2, CAPACITY)
+    _, entries = deferred_step(params, tokens, cache)
+    positions = jnp.zeros((2, 3), jnp.int32)
+    visible = jnp.ones((2, 3, 3), bool)
+    with pytest.raises(ValueError, match="`context` and `context_mask` must be given together"):
+        models.apply(CONFIG, params, tokens, cache, context=entries, positions=positions)
+    with pytest.raises(ValueError, match="`context` needs `positions`"):
+        models.apply(CONFIG, params, tokens, cache, context=entries, context_mask=visible)
+    with pytest.raises(ValueError, match="not supported with `exact=True`"):
+        models.apply(
+            CONFIG,
+            params,
+            tokens,
+            cache,
+            context=entries,
+            context_mask=visible,
+            positions=positions,
+            exact=True,
+        )
+    with pytest.raises(ValueError, match="context_mask"):
+        models.apply(
+            CONFIG,
+            params,
+            tokens,
+            cache,
+            context=entries,
+            context_mask=visible[:, :2],
+            positions=positions,
+        )

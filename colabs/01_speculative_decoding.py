@@ -122,7 +122,8 @@ rows.append(
 )
 # The library's default controller (`controller=None`): per round, the draft length (0 = a
 # plain step) that maximises expected tokens per second under a cost model estimated from
-# the models' sizes; `drafting.calibrate_costs` measures one on this device instead.
+# the models' sizes; `drafting.calibrate_costs` measures one on this device instead (the
+# parts of a round, and whole rounds at each draft length as the loop runs them).
 rows.append(("draft model, default", *timed(make_runner("draft_model", k=8, controller=None))))
 costs = drafting.calibrate_costs(target, drafting.draft_model(draft), prompts, lengths, max_draft=8)
 calibrated = drafting.cost_aware(costs)

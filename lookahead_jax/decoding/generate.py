@@ -32,7 +32,6 @@ outside [1, width]) raise at once on concrete inputs and under
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -695,13 +694,17 @@ def _num_draft(state: GenerationState, plan: _Plan) -> jax.Array:
     return jnp.where(active, jnp.clip(num_draft, 0, plan.num_slots), 0)
 
 
-def _step(key, state, target, config, drafter, plan: _Plan, kind: str = "either"):
+def _step(key, state, target, config, drafter, plan: _Plan, kind="either", num_draft=None):
     """:func:`generation_step`. ``kind``: ``"either"`` asks the controller and drafts or not;
     ``"plain"`` / ``"drafting"`` are rounds the caller knows the controller leaves plain /
-    drafts (:func:`generation_run` asks it in its loop condition), without the conditional."""
+    drafts (:func:`generation_run` asks it in its loop condition and passes its answer,
+    ``num_draft`` [B]), without the conditional."""
     _, draft_key, verify_key = jax.random.split(key, 3)
     active = ~state.finished
-    num_draft = jnp.zeros_like(state.lengths) if kind == "plain" else _num_draft(state, plan)
+    if kind == "plain":
+        num_draft = jnp.zeros_like(state.lengths)
+    elif num_draft is None:
+        num_draft = _num_draft(state, plan)
 
     # The target cache goes into the round's conditionals read-only and is written once
     # after them: written inside a branch, XLA copies the whole cache in and out of the
@@ -955,11 +958,18 @@ def generation_run(
     # costs what a plain decoding step costs. (Inside a conditional or a nested loop, a
     # round costs 20-40 us more on XLA:CPU at batch 1, a tenth of a small model's step.)
     def drafting_rounds(carry):
-        return lax.while_loop(
-            lambda c: unfinished(c) & jnp.any(_num_draft(c[0], plan) > 0),
-            functools.partial(round_, kind="drafting"),
-            carry,
+        # The controller's choice for the next round is asked once, after each round: the
+        # loop's condition reads it and the round uses it (0 for finished rows).
+        def drafting_round(carry):
+            state, key, num_draft = carry
+            state, _ = _step(key, state, target, config, drafter, plan, "drafting", num_draft)
+            return state, jax.random.split(key, 3)[0], _num_draft(state, plan)
+
+        state, key = carry
+        state, key, _ = lax.while_loop(
+            lambda c: jnp.any(c[2] > 0), drafting_round, (state, key, _num_draft(state, plan))
         )
+        return state, key
 
     def body(carry):  # the controller leaves this round plain for every row
         return drafting_rounds(round_(carry, kind="plain"))

@@ -13,7 +13,9 @@ from lookahead_jax.drafting.controllers import (
     cost_aware,
     ema,
     expected_speedup,
+    fixed_tree_cut,
     heuristic,
+    tree_sizes,
 )
 from lookahead_jax.drafting.costs import CostModel, calibrate_costs, estimate_costs
 from lookahead_jax.drafting.draft_model import DraftModelState, draft_model
@@ -96,6 +98,7 @@ __all__ = [
     "estimate_costs",
     "expected_speedup",
     "find_continuation",
+    "fixed_tree_cut",
     "heuristic",
     "initial_table",
     "insert_ngrams",
@@ -110,6 +113,7 @@ __all__ = [
     "suffix_decoding",
     "suffix_memory",
     "token_recycling",
+    "tree_sizes",
     "trie_insert_documents",
     "trie_memory",
     "trie_retrieval",

@@ -434,16 +434,44 @@ def tree_cost_aware_controller(
     in place of ``num_accepted`` (``Controller.tree_sizes`` tells the loop).
     """
     sizes = tree_sizes(num_nodes, block_sizes)
-    # A drafting round also pays one observe call (the memory learns pending tokens first).
-    drafting = float(costs.draft(num_nodes)) + costs.upkeep_seconds + costs.observe_seconds
-    seconds = tuple(
-        float(costs.round_seconds(0)) if n == 0 else float(costs.target(n + 1)) + drafting
-        for n in sizes
-    )
+    if costs.round_sizes:  # timed rounds (their cuts): the proposal is in every one
+        seconds = tuple(float(costs.round_seconds(n)) for n in sizes)
+    else:
+        # A drafting round also pays one observe call (the memory learns pending tokens
+        # first) and always proposes the whole tree, whatever the cut.
+        drafting = float(costs.draft(num_nodes)) + costs.upkeep_seconds + costs.observe_seconds
+        seconds = tuple(
+            float(costs.round_seconds(0)) if n == 0 else float(costs.target(n + 1)) + drafting
+            for n in sizes
+        )
     probe_every = _probe_interval(seconds[-1], seconds[0], settings.probe_overhead)
     return Controller(
         init=_Bound(_tree_init, (len(sizes), 2 * settings.initial_rate, probe_every)),
         num_draft=_Bound(_tree_num_draft, (sizes, seconds, probe_every)),
         update=_Bound(_tree_update, (settings.decay,)),
+        tree_sizes=sizes,
+    )
+
+
+def _fixed_init(batch_size: int, max_draft: int) -> jax.Array:
+    del max_draft
+    return jnp.zeros((batch_size,), jnp.int32)
+
+
+def _fixed_cut(size: int, state: jax.Array, active: jax.Array | None = None) -> jax.Array:
+    del active
+    return jnp.full(state.shape, size, jnp.int32)
+
+
+def fixed_tree_cut(size: int, num_nodes: int, block_sizes=None) -> Controller:
+    """A tree :class:`Controller` that verifies the tree's first ``size`` nodes every round
+    (one of :func:`tree_sizes`; 0: every round plain): what ``calibrate_costs`` times."""
+    sizes = tree_sizes(num_nodes, block_sizes)
+    if size not in sizes:
+        raise ValueError(f"`size` must be one of the tree sizes {sizes}; got {size!r}.")
+    return Controller(
+        init=_Bound(_fixed_init),
+        num_draft=_Bound(_fixed_cut, (size,)),
+        update=_Bound(_keep),
         tree_sizes=sizes,
     )

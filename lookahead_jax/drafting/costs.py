@@ -52,9 +52,10 @@ def _check_points(name: str, tokens: Sequence[int], seconds: Sequence[float], fi
     ok = ok and list(tokens) == sorted(set(tokens)) and tokens[0] >= first
     ok = ok and all(np.isfinite(s) and s >= 0 for s in seconds)
     if not ok:
+        what = "sizes` / `round_times" if name == "round" else f"tokens` / `{name}_seconds"
         raise ValueError(
-            f"`{name}_tokens` / `{name}_seconds` must be equally long, with increasing int "
-            f"token counts >= {first} and finite seconds >= 0; got {tokens!r} / {seconds!r}."
+            f"`{name}_{what}` must be equally long, with increasing int "
+            f"counts >= {first} and finite seconds >= 0; got {tokens!r} / {seconds!r}."
         )
     return tokens, seconds
 
@@ -74,6 +75,12 @@ class CostModel:
         paid by every drafting round and every ``observe_rounds``-th plain round.
       observe_rounds: plain rounds per ``observe`` call (``TreeDrafter.observe_tokens - 1``
         for a drafter that learns tokens in batches; 1: every round).
+      round_sizes: draft lengths (trees: cuts) whose whole round was timed as the
+        generation loop runs it, increasing from 0 (a plain round); ``()``: none.
+      round_times: the seconds of one such round at each of ``round_sizes``. Where given,
+        :meth:`round_seconds` returns them (interpolated between sizes) instead of the sum
+        of the parts above, which leaves out the loop's own work in a drafting round
+        (verification, tree masks and paths, committing several tokens).
       batch_size: the batch the figures hold for (``None``: not measured).
       source: ``"calibrated"`` or ``"estimated"`` (for reports).
     """
@@ -85,6 +92,8 @@ class CostModel:
     upkeep_seconds: float = 0.0
     observe_seconds: float = 0.0
     observe_rounds: int = 1
+    round_sizes: tuple[int, ...] = ()
+    round_times: tuple[float, ...] = ()
     batch_size: int | None = None
     source: str = "estimated"
 
@@ -105,6 +114,15 @@ class CostModel:
         rounds = self.observe_rounds
         if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
             raise ValueError(f"`observe_rounds` must be an int >= 1; got {rounds!r}.")
+        if self.round_sizes or self.round_times:
+            sizes, times = _check_points("round", self.round_sizes, self.round_times, 0)
+            if sizes[0] != 0 or min(times) <= 0:
+                raise ValueError(
+                    f"`round_sizes` must start at 0 (a plain round) and `round_times` be > 0; "
+                    f"got {sizes!r} / {times!r}."
+                )
+            object.__setattr__(self, "round_sizes", sizes)
+            object.__setattr__(self, "round_times", times)
 
     def target(self, num_tokens) -> np.ndarray:
         """Seconds of one target call scoring ``num_tokens`` (array-like) per row."""
@@ -117,8 +135,12 @@ class CostModel:
         return np.where(num_draft > 0, cost, 0.0)
 
     def round_seconds(self, num_draft) -> np.ndarray:
-        """Seconds of a round drafting ``num_draft`` tokens (0: a plain decoding step)."""
+        """Seconds of a round drafting ``num_draft`` tokens (trees: verifying a cut of that
+        many nodes; 0: a plain decoding step): the timed rounds where given, else the sum
+        of the parts."""
         num_draft = np.asarray(num_draft, np.float64)
+        if self.round_sizes:
+            return _interpolate(self.round_sizes, self.round_times, num_draft)
         drafting = self.draft(num_draft) + self.upkeep_seconds + self.observe_seconds
         plain = self.observe_seconds / self.observe_rounds  # observe calls come in batches
         return self.target(num_draft + 1) + np.where(num_draft > 0, drafting, plain)
@@ -278,6 +300,26 @@ def _default_points(largest: int) -> tuple[int, ...]:
     return tuple(sorted(points))
 
 
+def _interleaved_seconds(jobs: dict, repeats: int) -> dict:
+    """``{name: median seconds}`` of ``jobs = {name: (jitted, args, divisor)}``: each
+    compiled and warmed, then timed round-robin ``repeats`` times (a slow spell of a noisy
+    machine then hits every figure alike instead of skewing one), divided by ``divisor``."""
+    for fn, args, _ in jobs.values():
+        jax.block_until_ready(fn(*args))  # compile and warm
+    times: dict = {name: [] for name in jobs}
+    for _ in range(repeats):
+        for name, (fn, args, divisor) in jobs.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            times[name].append((time.perf_counter() - start) / divisor)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def _looped(fn, args, inner: int = 16):
+    """A job of :func:`_interleaved_seconds`: one ``fn(*args)`` inside a compiled loop."""
+    return compiled_loop(fn, inner), args, inner + 1
+
+
 def calibrate_costs(
     target: _models.Model,
     drafter: Drafter | TreeDrafter | None,
@@ -289,17 +331,30 @@ def calibrate_costs(
     max_new_tokens: int = 64,
     repeats: int = 5,
     key: jax.Array | None = None,
+    whole_rounds: bool = True,
 ) -> CostModel:
-    """Times a round's parts on the default device (jitted, warmed, median of ``repeats``).
+    """Times a round's parts, and whole rounds, on the default device (jitted, warmed,
+    round-robin, median of ``repeats``).
 
-    Each figure is one call's time inside a compiled loop (no per-call dispatch, as in
-    the generation loop). The loop's own work per round (sampling, commit, counters: a
-    plain ``generation_step`` minus its target call) is added to every target figure, so
-    ``target(1)`` is a plain round. Measures one target call over ``n`` tokens per row on
-    the prefilled prompts for ``n`` in 1, 2, 4, ... up to ``max_draft + 1`` (trees:
-    ``num_nodes + 1``), the drafter's ``propose`` at each draft length (trees: once), and
-    its ``update`` (and ``observe``) as upkeep. Call it once per batch size and prompt
-    width, outside any compiled function; it compiles a few small programs.
+    Parts: each figure is one call's time inside a compiled loop (no per-call dispatch,
+    as in the generation loop). The loop's own work per round (sampling, commit,
+    counters: a plain ``generation_step`` minus its target call) is added to every target
+    figure, so ``target(1)`` is a plain round. Measures one target call over ``n`` tokens
+    per row on the prefilled prompts for ``n`` in 1, 2, 4, ... up to ``max_draft + 1``
+    (trees: ``num_nodes + 1``; made non-decreasing in ``n``), the drafter's ``propose`` at
+    each draft length (trees: once), and its ``update`` (and ``observe``) as upkeep.
+
+    Whole rounds (``whole_rounds``, the default; needs a drafter): ``generation_run`` on
+    these prompts with every round drafting the same length (chains: ``constant(k)`` for
+    ``k`` in :func:`chain_block_sizes`; trees: :func:`fixed_tree_cut` at each of
+    :func:`tree_sizes`; 0: every round plain), its time less ``generation_init``'s over
+    its rounds: what a round costs as the loop runs it, the work between the parts
+    included (verification, masks, paths, commits, the loop's structure); made
+    non-decreasing in the size. The controller then decides from these
+    (:attr:`CostModel.round_times`).
+
+    Call it once per batch size and prompt width, outside any compiled function; it
+    compiles a few small programs (and one generation per size).
 
     Args:
       target: the target model.
@@ -308,10 +363,19 @@ def calibrate_costs(
       prompt_lengths: [B] int in [1, P].
       max_draft: K (chains); a tree drafter's ``num_nodes`` is used instead.
       sampling: the sampling the generation will use.
-      max_new_tokens: the generation budget (sizes the caches as generation does).
+      max_new_tokens: the generation budget (sizes the caches as generation does; the
+        whole rounds generate this many tokens).
       repeats: timed runs per figure (the median is kept).
       key: PRNG key for sampled drafts (default ``jax.random.key(0)``).
+      whole_rounds: also time whole rounds (above).
     """
+    from lookahead_jax import decoding as _generate  # the loop (it imports drafting)
+    from lookahead_jax.drafting.controllers import (
+        chain_block_sizes,
+        constant,
+        fixed_tree_cut,
+        tree_sizes,
+    )
     from lookahead_jax.verification import tree_greedy  # the verifier's output shapes
 
     if not isinstance(repeats, int) or repeats < 1:
@@ -337,72 +401,121 @@ def calibrate_costs(
     def score(m, block, c):
         return m(block, c, defer_write=True)
 
+    jobs = {}
     target_tokens = _default_points(slots + 1)
-    target_seconds = tuple(
-        loop_seconds(score, (target, jnp.zeros((batch, n), jnp.int32), cache), repeats)
-        for n in target_tokens
-    )
+    for n in target_tokens:
+        jobs[("target", n)] = _looped(score, (target, jnp.zeros((batch, n), jnp.int32), cache))
     # The loop's own work per round, paid whatever is scored.
-    from lookahead_jax import decoding as _generate  # the loop (it imports drafting)
-
     config = _generate.GenerationConfig(max_new_tokens=max_new_tokens, sampling=sampling)
     plain = _generate.generation_init(key, target, prompt, prompt_lengths, config)
 
     def plain_step(k, s, m):
         return _generate.generation_step(k, s, m, config)
 
-    step = loop_seconds(plain_step, (key, plain, target), repeats)
-    overhead = max(0.0, step - target_seconds[0])
-    target_seconds = tuple(t + overhead for t in target_seconds)
+    jobs[("plain",)] = _looped(plain_step, (key, plain, target))
+
+    if drafter is not None:
+        state = jax.jit(drafter.init, static_argnums=2)(prompt, prompt_lengths, capacity)
+        # As after prefill: each row has committed its first token (a zero) after the prompt.
+        lengths = prompt_lengths + 1
+        if is_tree:
+
+            def propose(s, k, t, n):
+                return drafter.propose(s, k, t, n, sampling=sampling)
+
+            draft_tokens = (drafter.num_nodes,)
+            jobs[("draft", drafter.num_nodes)] = _looped(propose, (state, key, tokens, lengths))
+            new_state, draft = jax.jit(propose)(state, key, tokens, lengths)
+            logits = jnp.zeros((batch, drafter.num_nodes + 1, drafter.vocab_size), jnp.float32)
+            verified = tree_greedy(draft.tree, logits)
+            jobs[("upkeep",)] = _looped(
+                drafter.update, (new_state, prompt_lengths, draft, verified, logits)
+            )
+            if drafter.observe is not None:
+                jobs[("observe",)] = _looped(drafter.observe, (new_state, tokens, lengths + 1))
+            sizes = tree_sizes(drafter.num_nodes, drafter.block_sizes)
+        else:
+
+            def propose(s, k, t, n, num):
+                return drafter.propose(s, k, t, n, num, max_draft=max_draft, sampling=sampling)
+
+            draft_tokens = _default_points(max_draft)
+            for k in draft_tokens:
+                args = (state, key, tokens, lengths, jnp.full((batch,), k))
+                jobs[("draft", k)] = _looped(propose, args)
+            new_state, _ = jax.jit(propose)(
+                state, key, tokens, lengths, jnp.full((batch,), max_draft)
+            )
+            jobs[("upkeep",)] = _looped(
+                drafter.update, (new_state, lengths, jnp.zeros((batch,), jnp.int32))
+            )
+            sizes = chain_block_sizes(max_draft)
+
+        if whole_rounds:
+
+            def round_config(size):
+                chosen = (
+                    fixed_tree_cut(size, drafter.num_nodes, drafter.block_sizes)
+                    if is_tree
+                    else constant(size)
+                )
+                return _generate.GenerationConfig(
+                    max_new_tokens=max_new_tokens,
+                    sampling=sampling,
+                    max_draft_tokens=max_draft,
+                    controller=chosen,
+                )
+
+            def run_at(size):
+                return jax.jit(
+                    lambda k, m, p, n: _generate.generation_run(
+                        k, m, p, n, round_config(size), drafter
+                    )
+                )
+
+            def init_of(k, m, p, n):
+                return _generate.generation_init(k, m, p, n, round_config(0), drafter)
+
+            run_args = (key, target, prompt, prompt_lengths)
+            jobs[("init",)] = (jax.jit(init_of), run_args, 1)
+            rounds = {}
+            for size in sizes:
+                fn = run_at(size)
+                # Rounds of the loop: the slowest row's target calls less the prefill.
+                calls = jax.block_until_ready(fn(*run_args)).stats.target_calls
+                rounds[size] = max(int(np.max(np.asarray(calls))) - 1, 1)
+                jobs[("round", size)] = (fn, run_args, 1)
+
+    seconds = _interleaved_seconds(jobs, repeats)
+    # More scored tokens never cost less: noise must not make the curve dip.
+    target_seconds = np.maximum.accumulate([seconds[("target", n)] for n in target_tokens])
+    overhead = max(0.0, seconds[("plain",)] - target_seconds[0])
+    target_seconds = tuple(float(t) + overhead for t in target_seconds)
     if drafter is None:
         return CostModel(target_tokens, target_seconds, batch_size=batch, source="calibrated")
-
-    state = jax.jit(drafter.init, static_argnums=2)(prompt, prompt_lengths, capacity)
-    # As after prefill: each row has committed its first token (a zero) after the prompt.
-    lengths = prompt_lengths + 1
-    observe = 0.0
-    if is_tree:
-
-        def propose(s, k, t, n):
-            return drafter.propose(s, k, t, n, sampling=sampling)
-
-        draft_seconds = (loop_seconds(propose, (state, key, tokens, lengths), repeats),)
-        draft_tokens = (drafter.num_nodes,)
-        new_state, draft = jax.jit(propose)(state, key, tokens, lengths)
-        logits = jnp.zeros((batch, drafter.num_nodes + 1, drafter.vocab_size), jnp.float32)
-        verified = tree_greedy(draft.tree, logits)
-        upkeep = loop_seconds(
-            drafter.update, (new_state, prompt_lengths, draft, verified, logits), repeats
-        )
-        if drafter.observe is not None:
-            observe = loop_seconds(drafter.observe, (new_state, tokens, lengths + 1), repeats)
-    else:
-
-        def propose_k(s, k, t, n, num):
-            return drafter.propose(s, k, t, n, num, max_draft=max_draft, sampling=sampling)
-
-        propose = propose_k
-        draft_tokens = _default_points(max_draft)
-        draft_seconds = tuple(
-            loop_seconds(propose, (state, key, tokens, lengths, jnp.full((batch,), k)), repeats)
-            for k in draft_tokens
-        )
-        new_state, _ = jax.jit(propose)(state, key, tokens, lengths, jnp.full((batch,), max_draft))
-        upkeep = loop_seconds(
-            drafter.update,
-            (new_state, lengths, jnp.zeros((batch,), jnp.int32)),
-            repeats,
+    round_sizes, round_times = (), ()
+    if whole_rounds:
+        init = seconds[("init",)]
+        round_sizes = tuple(sizes)
+        # Drafting more (a larger cut) never makes a round cheaper: as for the target curve.
+        round_times = tuple(
+            float(t)
+            for t in np.maximum.accumulate(
+                [max(seconds[("round", size)] - init, 1e-9) / rounds[size] for size in sizes]
+            )
         )
     return CostModel(
         target_tokens,
         target_seconds,
         draft_tokens=draft_tokens,
-        draft_seconds=draft_seconds,
-        upkeep_seconds=upkeep,
-        observe_seconds=observe,
+        draft_seconds=tuple(seconds[("draft", k)] for k in draft_tokens),
+        upkeep_seconds=seconds[("upkeep",)],
+        observe_seconds=seconds.get(("observe",), 0.0),
         observe_rounds=(
             1 if not is_tree or drafter.observe_tokens is None else drafter.observe_tokens - 1
         ),
+        round_sizes=round_sizes,
+        round_times=round_times,
         batch_size=batch,
         source="calibrated",
     )
@@ -420,4 +533,7 @@ def describe(costs: CostModel) -> dict[str, Any]:
         "upkeep_relative": costs.upkeep_seconds / plain,
         "observe_relative": costs.observe_seconds / plain,
         "observe_rounds": costs.observe_rounds,
+        "round_relative": {
+            n: t / plain for n, t in zip(costs.round_sizes, costs.round_times, strict=True)
+        },
     }

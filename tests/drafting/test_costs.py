@@ -52,6 +52,29 @@ def test_block_sizes_and_round_seconds():
         CostModel((1,), (1.0,), observe_rounds=0)
 
 
+def test_timed_rounds_replace_the_sum_of_parts():
+    # Rounds timed at 0, 2 and 4 drafts: what round_seconds returns (interpolated between
+    # them), whatever the parts add up to.
+    timed = CostModel(
+        (1, 9),
+        (1.0, 1.8),
+        draft_tokens=(1, 8),
+        draft_seconds=(0.2, 1.6),
+        round_sizes=(0, 2, 4),
+        round_times=(1.0, 2.4, 3.2),
+    )
+    np.testing.assert_allclose(timed.round_seconds([0, 1, 2, 4, 6]), [1.0, 1.7, 2.4, 3.2, 4.0])
+    controller = cost_aware_controller(drafting.cost_aware(decay=0.0), timed, 4)
+    # a = 1/2: a plain round's 1 / 1.0 beats 1.5 / 1.7, 1.75 / 2.4 and 1.9375 / 3.2; by
+    # the parts (1.5 / 1.3 for one draft) drafting would win.
+    half = _state(controller, 1, [([4], [1])])
+    assert controller.num_draft(half).tolist() == [0]
+    with pytest.raises(ValueError, match="round_sizes"):
+        CostModel((1,), (1.0,), round_sizes=(1, 2), round_times=(1.0, 2.0))
+    with pytest.raises(ValueError, match="round_sizes"):
+        CostModel((1,), (1.0,), round_sizes=(0, 2), round_times=(1.0,))
+
+
 def test_bad_cost_models_raise():
     with pytest.raises(ValueError, match="target_tokens"):
         CostModel((2, 1), (1.0, 2.0))
@@ -142,6 +165,28 @@ def test_tree_controller_cuts_trees_to_what_pays():
     # A size above the cut is not observed (-1): its estimate stays.
     kept = controller.update(after([0, 2, 2]), jnp.asarray([4]), jnp.asarray([[0, 0, -1]]))
     np.testing.assert_allclose(kept.accepted, [[0.0, 0.0, 2.0]])
+    # Timed rounds replace the parts: 8 nodes now cost 6.0 per round, 4 nodes 3.0.
+    timed = CostModel(
+        (1, 9),
+        (1.0, 1.8),
+        draft_tokens=(8,),
+        draft_seconds=(0.2,),
+        round_sizes=(0, 4, 8),
+        round_times=(1.0, 3.0, 6.0),
+    )
+    controller = tree_cost_aware_controller(drafting.cost_aware(decay=0.0), timed, 8, (4, 8))
+    assert controller.num_draft(after([0, 1, 3])).tolist() == [0]  # 1 / 1 > 2 / 3, 4 / 6
+    assert controller.num_draft(after([0, 4, 6])).tolist() == [4]  # 5 / 3 > 7 / 6, 1 / 1
+
+
+def test_fixed_tree_cut_verifies_the_same_cut_every_round():
+    controller = drafting.fixed_tree_cut(8, 32)
+    assert controller.tree_sizes == drafting.tree_sizes(32) == (0, 4, 8, 16, 32)
+    state = controller.init(3, 32)
+    state = controller.update(state, jnp.asarray([8, 8, 8]), jnp.zeros((3, 5), jnp.int32))
+    assert controller.num_draft(state).tolist() == [8, 8, 8]
+    with pytest.raises(ValueError, match="size"):
+        drafting.fixed_tree_cut(5, 32)
 
 
 # ---- in the generation loop ------------------------------------------------------------------
@@ -274,13 +319,40 @@ def test_calibration_measures_every_part(target):
         max_draft=3,
         max_new_tokens=8,
         repeats=1,
+        whole_rounds=False,
     )
     assert costs.source == "calibrated" and costs.batch_size == 2
     assert costs.target_tokens == (1, 2, 4) and costs.draft_tokens == (1, 2, 3)
     assert all(s > 0 for s in costs.target_seconds + costs.draft_seconds)
+    assert list(costs.target_seconds) == sorted(costs.target_seconds)  # made non-decreasing
+    assert costs.round_sizes == ()  # not timed: round_seconds adds up the parts
     trie = drafting.trie_retrieval(16, num_nodes=4, branch_length=2, capacity=64)
-    tree = drafting.calibrate_costs(target, trie, prompt, lengths, max_new_tokens=8, repeats=1)
+    tree = drafting.calibrate_costs(
+        target, trie, prompt, lengths, max_new_tokens=8, repeats=1, whole_rounds=False
+    )
     assert tree.target_tokens == (1, 2, 4, 5) and tree.draft_tokens == (4,)
     assert tree.upkeep_seconds > 0 and tree.observe_seconds > 0
     with pytest.raises(ValueError, match="repeats"):
         drafting.calibrate_costs(target, None, prompt, lengths, repeats=0)
+
+
+@pytest.mark.slow  # one generation compiled per size
+def test_calibration_times_whole_rounds_at_every_size(target):
+    prompt, lengths = helpers.ragged_prompts(CONFIG.vocab_size, 2, 6, seed=0, min_length=2)
+    trie = drafting.trie_retrieval(16, num_nodes=4, branch_length=2, capacity=64)
+    tree = drafting.calibrate_costs(target, trie, prompt, lengths, max_new_tokens=8, repeats=1)
+    # Every cut the controller may choose, as the loop runs it.
+    assert tree.round_sizes == drafting.tree_sizes(4, trie.block_sizes) == (0, 2, 4)
+    assert all(t > 0 for t in tree.round_times)
+    np.testing.assert_allclose(tree.round_seconds([0, 2, 4]), tree.round_times)
+    chain = drafting.calibrate_costs(
+        target,
+        drafting.draft_model(target),
+        prompt,
+        lengths,
+        max_draft=1,
+        max_new_tokens=8,
+        repeats=1,
+    )
+    assert chain.round_sizes == chain_block_sizes(1) == (0, 1)
+    assert all(t > 0 for t in chain.round_times)

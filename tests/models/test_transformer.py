@@ -461,34 +461,27 @@ def test_context_entries_score_a_tree_in_parts(params, seed, num_nodes):
     np.testing.assert_allclose(later, whole[:, split:], atol=2e-5, rtol=0)
 
 
-def test_bad_context_raises(params):
+@pytest.mark.parametrize(
+    "given, message",
+    [
+        (("context", "positions"), "`context` and `context_mask` must be given together"),
+        (("context", "context_mask"), "`context` needs `positions`"),
+        (("context", "context_mask", "positions", "exact"), "not supported with `exact=True`"),
+        (("context", "short_mask", "positions"), "context_mask"),
+    ],
+)
+def test_bad_context_raises(params, given, message):
     tokens = random_tokens(13, (2, 3))
     cache = models.init_cache(CONFIG, 2, CAPACITY)
     _, entries = deferred_step(params, tokens, cache)
-    positions = jnp.zeros((2, 3), jnp.int32)
     visible = jnp.ones((2, 3, 3), bool)
-    with pytest.raises(ValueError, match="`context` and `context_mask` must be given together"):
-        models.apply(CONFIG, params, tokens, cache, context=entries, positions=positions)
-    with pytest.raises(ValueError, match="`context` needs `positions`"):
-        models.apply(CONFIG, params, tokens, cache, context=entries, context_mask=visible)
-    with pytest.raises(ValueError, match="not supported with `exact=True`"):
-        models.apply(
-            CONFIG,
-            params,
-            tokens,
-            cache,
-            context=entries,
-            context_mask=visible,
-            positions=positions,
-            exact=True,
-        )
-    with pytest.raises(ValueError, match="context_mask"):
-        models.apply(
-            CONFIG,
-            params,
-            tokens,
-            cache,
-            context=entries,
-            context_mask=visible[:, :2],
-            positions=positions,
-        )
+    available = {
+        "context": {"context": entries},
+        "context_mask": {"context_mask": visible},
+        "short_mask": {"context_mask": visible[:, :2]},  # one query row short
+        "positions": {"positions": jnp.zeros((2, 3), jnp.int32)},
+        "exact": {"exact": True},
+    }
+    kwargs = {k: v for name in given for k, v in available[name].items()}
+    with pytest.raises(ValueError, match=message):
+        models.apply(CONFIG, params, tokens, cache, **kwargs)

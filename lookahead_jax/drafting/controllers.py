@@ -273,7 +273,7 @@ def cost_aware(
     loop reports what each cut would have accepted); ``n = 0`` skips the drafter.
 
     After a stretch of rounds without drafting the batch drafts once (the smallest chain
-    size; trees: the whole tree, also the first round) to re-measure acceptance, so a
+    size; trees: the whole tree) to re-measure acceptance, so a
     text that becomes predictable is noticed. The stretch is as long as it takes for
     probes to cost at most ``probe_overhead`` of plain decoding's time:
     ``ceil(extra / probe_overhead)`` rounds for a probe that costs ``1 + extra`` plain
@@ -346,12 +346,14 @@ class TreeCostState(NamedTuple):
     idle: jax.Array  # [B] int32, rounds since the row last drafted
 
 
-def _tree_init(num_sizes: int, initial: float, probe_every: int, batch_size: int, max_draft: int):
+def _tree_init(num_sizes: int, initial: float, batch_size: int, max_draft: int):
     del max_draft
-    # Sizes[0] = 0 (a plain step) accepts nothing; the first round probes the whole tree.
+    # Sizes[0] = 0 (a plain step) accepts nothing. The prior decides the first round, as
+    # for chains (a first probe of the whole tree cost a generation of 56 tokens 10-19%
+    # where the tree does not pay, e.g. 8-11 plain rounds' worth on a CPU).
     accepted = jnp.full((batch_size, num_sizes), initial, jnp.float32).at[:, 0].set(0.0)
     seen = jnp.zeros((batch_size, num_sizes), bool)
-    return TreeCostState(accepted, seen, jnp.full((batch_size,), probe_every, jnp.int32))
+    return TreeCostState(accepted, seen, jnp.zeros((batch_size,), jnp.int32))
 
 
 def _tree_num_draft(sizes, seconds, probe_every, state: TreeCostState, active=None):
@@ -446,7 +448,7 @@ def tree_cost_aware_controller(
         )
     probe_every = _probe_interval(seconds[-1], seconds[0], settings.probe_overhead)
     return Controller(
-        init=_Bound(_tree_init, (len(sizes), 2 * settings.initial_rate, probe_every)),
+        init=_Bound(_tree_init, (len(sizes), 2 * settings.initial_rate)),
         num_draft=_Bound(_tree_num_draft, (sizes, seconds, probe_every)),
         update=_Bound(_tree_update, (settings.decay,)),
         tree_sizes=sizes,

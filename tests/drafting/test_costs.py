@@ -154,7 +154,8 @@ def test_tree_controller_cuts_trees_to_what_pays():
     assert controller.tree_sizes == (0, 4, 8)
     # Seconds per size: plain 1.0; 4 nodes 1.4 + 0.2 = 1.6; 8 nodes 1.8 + 0.2 = 2.0.
     state = controller.init(1, 8)
-    assert controller.num_draft(state).tolist() == [8]  # the first round probes everything
+    # The prior (1.2 accepted at every size) decides the first round: 2.2 / 1.6 > 2.2 / 2.0.
+    assert controller.num_draft(state).tolist() == [4]
 
     def after(within):
         return controller.update(state, jnp.asarray([8]), jnp.asarray([within]))

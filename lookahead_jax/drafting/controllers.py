@@ -430,22 +430,13 @@ def tree_cost_aware_controller(
 
     Each row keeps, per size, an EMA of the nodes it would have accepted had the tree been
     cut there (the loop reports them: a cut keeps a prefix-closed subtree, and the
-    accepted path's nodes below the cut are what the cut tree accepts). A round costs one
-    target call over ``size + 1`` tokens, the proposal and the upkeep; the size with the
-    most expected tokens per second wins. Its ``update`` takes ``accepted_within [B, S]``
+    accepted path's nodes below the cut are what the cut tree accepts). A round costs
+    ``costs.tree_round_seconds(size, num_nodes)``; the size with the most expected tokens
+    per second wins. Its ``update`` takes ``accepted_within [B, S]``
     in place of ``num_accepted`` (``Controller.tree_sizes`` tells the loop).
     """
     sizes = tree_sizes(num_nodes, block_sizes)
-    if costs.round_sizes:  # timed rounds (their cuts): the proposal is in every one
-        seconds = tuple(float(costs.round_seconds(n)) for n in sizes)
-    else:
-        # A drafting round also pays one observe call (the memory learns pending tokens
-        # first) and always proposes the whole tree, whatever the cut.
-        drafting = float(costs.draft(num_nodes)) + costs.upkeep_seconds + costs.observe_seconds
-        seconds = tuple(
-            float(costs.round_seconds(0)) if n == 0 else float(costs.target(n + 1)) + drafting
-            for n in sizes
-        )
+    seconds = tuple(float(s) for s in costs.tree_round_seconds(sizes, num_nodes))
     probe_every = _probe_interval(seconds[-1], seconds[0], settings.probe_overhead)
     return Controller(
         init=_Bound(_tree_init, (len(sizes), 2 * settings.initial_rate)),
@@ -453,11 +444,6 @@ def tree_cost_aware_controller(
         update=_Bound(_tree_update, (settings.decay,)),
         tree_sizes=sizes,
     )
-
-
-def _fixed_init(batch_size: int, max_draft: int) -> jax.Array:
-    del max_draft
-    return jnp.zeros((batch_size,), jnp.int32)
 
 
 def _fixed_cut(size: int, state: jax.Array, active: jax.Array | None = None) -> jax.Array:
@@ -472,7 +458,7 @@ def fixed_tree_cut(size: int, num_nodes: int, block_sizes=None) -> Controller:
     if size not in sizes:
         raise ValueError(f"`size` must be one of the tree sizes {sizes}; got {size!r}.")
     return Controller(
-        init=_Bound(_fixed_init),
+        init=_Bound(_constant_init, (0,)),  # unused: the cut is fixed
         num_draft=_Bound(_fixed_cut, (size,)),
         update=_Bound(_keep),
         tree_sizes=sizes,

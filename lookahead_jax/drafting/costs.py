@@ -45,16 +45,18 @@ from lookahead_jax.sampling import Sampling
 FLOPS_PER_BYTE = {"gpu": 300.0, "tpu": 240.0, "cpu": 6.0}
 
 
-def _check_points(name: str, tokens: Sequence[int], seconds: Sequence[float], first: int):
+def _check_points(
+    names: tuple[str, str], tokens: Sequence[int], seconds: Sequence[float], first: int
+):
+    """``(tokens, seconds)`` as tuples; ``names``: the two arguments, for the error."""
     tokens, seconds = tuple(tokens), tuple(float(s) for s in seconds)
     ok = len(tokens) == len(seconds) and len(tokens) >= 1
     ok = ok and all(isinstance(t, int) and not isinstance(t, bool) for t in tokens)
     ok = ok and list(tokens) == sorted(set(tokens)) and tokens[0] >= first
     ok = ok and all(np.isfinite(s) and s >= 0 for s in seconds)
     if not ok:
-        what = "sizes` / `round_times" if name == "round" else f"tokens` / `{name}_seconds"
         raise ValueError(
-            f"`{name}_{what}` must be equally long, with increasing int "
+            f"`{names[0]}` / `{names[1]}` must be equally long, with increasing int "
             f"counts >= {first} and finite seconds >= 0; got {tokens!r} / {seconds!r}."
         )
     return tokens, seconds
@@ -98,12 +100,16 @@ class CostModel:
     source: str = "estimated"
 
     def __post_init__(self) -> None:
-        tokens, seconds = _check_points("target", self.target_tokens, self.target_seconds, 1)
+        tokens, seconds = _check_points(
+            ("target_tokens", "target_seconds"), self.target_tokens, self.target_seconds, 1
+        )
         if seconds[0] <= 0:
             raise ValueError(f"`target_seconds` must be > 0; got {seconds!r}.")
         object.__setattr__(self, "target_tokens", tokens)
         object.__setattr__(self, "target_seconds", seconds)
-        tokens, seconds = _check_points("draft", self.draft_tokens, self.draft_seconds, 1)
+        tokens, seconds = _check_points(
+            ("draft_tokens", "draft_seconds"), self.draft_tokens, self.draft_seconds, 1
+        )
         object.__setattr__(self, "draft_tokens", tokens)
         object.__setattr__(self, "draft_seconds", seconds)
         for name in ("upkeep_seconds", "observe_seconds"):
@@ -115,7 +121,9 @@ class CostModel:
         if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
             raise ValueError(f"`observe_rounds` must be an int >= 1; got {rounds!r}.")
         if self.round_sizes or self.round_times:
-            sizes, times = _check_points("round", self.round_sizes, self.round_times, 0)
+            sizes, times = _check_points(
+                ("round_sizes", "round_times"), self.round_sizes, self.round_times, 0
+            )
             if sizes[0] != 0 or min(times) <= 0:
                 raise ValueError(
                     f"`round_sizes` must start at 0 (a plain round) and `round_times` be > 0; "
@@ -144,6 +152,17 @@ class CostModel:
         drafting = self.draft(num_draft) + self.upkeep_seconds + self.observe_seconds
         plain = self.observe_seconds / self.observe_rounds  # observe calls come in batches
         return self.target(num_draft + 1) + np.where(num_draft > 0, drafting, plain)
+
+    def tree_round_seconds(self, cuts, num_nodes: int) -> np.ndarray:
+        """Seconds of a tree round verifying the first ``cuts`` (array-like) nodes of a
+        ``num_nodes``-node tree (0: a plain step): the timed rounds where given, else the
+        sum of the parts, where a drafting round proposes the whole tree whatever the cut
+        and pays one observe call (the memory learns the pending tokens first)."""
+        cuts = np.asarray(cuts, np.float64)
+        if self.round_sizes:
+            return self.round_seconds(cuts)
+        drafting = float(self.draft(num_nodes)) + self.upkeep_seconds + self.observe_seconds
+        return np.where(cuts > 0, self.target(cuts + 1) + drafting, self.round_seconds(0))
 
     def draft_cost_ratio(self, num_draft: int) -> float:
         """``c``: the drafter's time per drafted token (upkeep included) over a plain step."""
@@ -282,14 +301,8 @@ def compiled_loop(fn: Callable, inner: int = 16) -> Callable:
 def loop_seconds(fn, args, repeats: int, inner: int = 16) -> float:
     """Seconds of one ``fn(*args)`` inside a compiled loop (:func:`compiled_loop`), the
     median of ``repeats`` loops."""
-    looped = compiled_loop(fn, inner)
-    jax.block_until_ready(looped(*args))  # compile and warm
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(looped(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) / (inner + 1)
+    seconds, _ = _interleaved_seconds({"fn": _looped(fn, args, inner)}, repeats)
+    return seconds["fn"]
 
 
 def _default_points(largest: int) -> tuple[int, ...]:
@@ -300,19 +313,26 @@ def _default_points(largest: int) -> tuple[int, ...]:
     return tuple(sorted(points))
 
 
-def _interleaved_seconds(jobs: dict, repeats: int) -> dict:
-    """``{name: median seconds}`` of ``jobs = {name: (jitted, args, divisor)}``: each
-    compiled and warmed, then timed round-robin ``repeats`` times (a slow spell of a noisy
-    machine then hits every figure alike instead of skewing one), divided by ``divisor``."""
-    for fn, args, _ in jobs.values():
-        jax.block_until_ready(fn(*args))  # compile and warm
+def _interleaved_seconds(jobs: dict, repeats: int, summaries: dict | None = None):
+    """``({name: median seconds}, {name: summary})`` of ``jobs = {name: (jitted, args,
+    divisor)}``: each compiled and warmed, then timed round-robin ``repeats`` times (a slow
+    spell of a noisy machine then hits every figure alike instead of skewing one), divided
+    by ``divisor``. ``summaries = {name: fn}``: ``fn`` of that job's warm-up output (what a
+    caller needs from it, without running it again or keeping every output)."""
+    summaries = summaries or {}
+    summary = {}
+    for name, (fn, args, _) in jobs.items():
+        output = jax.block_until_ready(fn(*args))  # compile and warm
+        if name in summaries:
+            summary[name] = summaries[name](output)
+        del output
     times: dict = {name: [] for name in jobs}
     for _ in range(repeats):
         for name, (fn, args, divisor) in jobs.items():
             start = time.perf_counter()
             jax.block_until_ready(fn(*args))
             times[name].append((time.perf_counter() - start) / divisor)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return {name: statistics.median(values) for name, values in times.items()}, summary
 
 
 def _looped(fn, args, inner: int = 16):
@@ -401,7 +421,7 @@ def calibrate_costs(
     def score(m, block, c):
         return m(block, c, defer_write=True)
 
-    jobs = {}
+    jobs, summaries = {}, {}
     target_tokens = _default_points(slots + 1)
     for n in target_tokens:
         jobs[("target", n)] = _looped(score, (target, jnp.zeros((batch, n), jnp.int32), cache))
@@ -476,17 +496,17 @@ def calibrate_costs(
             def init_of(k, m, p, n):
                 return _generate.generation_init(k, m, p, n, round_config(0), drafter)
 
+            def num_rounds(generation):
+                # Rounds of the loop: the slowest row's target calls less the prefill.
+                return max(int(np.max(np.asarray(generation.stats.target_calls))) - 1, 1)
+
             run_args = (key, target, prompt, prompt_lengths)
             jobs[("init",)] = (jax.jit(init_of), run_args, 1)
-            rounds = {}
             for size in sizes:
-                fn = run_at(size)
-                # Rounds of the loop: the slowest row's target calls less the prefill.
-                calls = jax.block_until_ready(fn(*run_args)).stats.target_calls
-                rounds[size] = max(int(np.max(np.asarray(calls))) - 1, 1)
-                jobs[("round", size)] = (fn, run_args, 1)
+                jobs[("round", size)] = (run_at(size), run_args, 1)
+                summaries[("round", size)] = num_rounds
 
-    seconds = _interleaved_seconds(jobs, repeats)
+    seconds, rounds = _interleaved_seconds(jobs, repeats, summaries)
     # More scored tokens never cost less: noise must not make the curve dip.
     target_seconds = np.maximum.accumulate([seconds[("target", n)] for n in target_tokens])
     overhead = max(0.0, seconds[("plain",)] - target_seconds[0])
@@ -501,7 +521,10 @@ def calibrate_costs(
         round_times = tuple(
             float(t)
             for t in np.maximum.accumulate(
-                [max(seconds[("round", size)] - init, 1e-9) / rounds[size] for size in sizes]
+                [
+                    max(seconds[("round", size)] - init, 1e-9) / rounds[("round", size)]
+                    for size in sizes
+                ]
             )
         )
     return CostModel(

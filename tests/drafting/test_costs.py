@@ -69,6 +69,14 @@ def test_timed_rounds_replace_the_sum_of_parts():
     # the parts (1.5 / 1.3 for one draft) drafting would win.
     half = _state(controller, 1, [([4], [1])])
     assert controller.num_draft(half).tolist() == [0]
+    # A tree's cut: the timed rounds too; by the parts, the whole tree's proposal (1.6 at
+    # 8 nodes) and an observe call at every cut, and a share of one in plain rounds.
+    np.testing.assert_allclose(timed.tree_round_seconds([0, 2, 4], 8), [1.0, 2.4, 3.2])
+    parts = CostModel(
+        (1, 9), (1.0, 1.8), draft_tokens=(8,), draft_seconds=(1.6,), observe_seconds=0.5,
+        observe_rounds=5,
+    )  # fmt: skip
+    np.testing.assert_allclose(parts.tree_round_seconds([0, 2, 8], 8), [1.1, 3.3, 3.9])
     with pytest.raises(ValueError, match="round_sizes"):
         CostModel((1,), (1.0,), round_sizes=(1, 2), round_times=(1.0, 2.0))
     with pytest.raises(ValueError, match="round_sizes"):

@@ -302,9 +302,12 @@ def test_row_by_row_windows_equal_indexed_memories():
     new = jnp.asarray([6, 9, 12], jnp.int32)
     start = tt.empty_trie(3, 64, ways=8)  # no eviction: blocks do not matter
     zero = jnp.zeros(3, jnp.int32)
-    # Over 512 windows in all: row by row under vmap; else by memory index.
-    rows, rows_cursors = insert_windows(start, None, text, zero, new, window=4, max_new=200)
-    indexed, cursors = insert_windows(start, jnp.arange(3), text, zero, new, window=4, max_new=200)
+    # Over tt._ROWS_INDEXED windows in all: row by row under vmap; else by memory index.
+    max_new = tt._ROWS_INDEXED // 3 + 1
+    rows, rows_cursors = insert_windows(start, None, text, zero, new, window=4, max_new=max_new)
+    indexed, cursors = insert_windows(
+        start, jnp.arange(3), text, zero, new, window=4, max_new=max_new
+    )
     for field in ("token", "parent", "count", "depth", "num_children"):
         np.testing.assert_array_equal(getattr(rows, field), getattr(indexed, field))
     np.testing.assert_array_equal(rows_cursors.node, cursors.node)

@@ -483,8 +483,8 @@ def insert_windows(
         )
     else:
         # Equal blocks of at most ``block`` windows. A block costs [S, S] work per depth
-        # step: on 2 CPU cores 528 windows (batch 16) went in 1.2x faster as 9 blocks of
-        # 59 than as one block (whose work grows quadratically) or blocks of 176.
+        # step: on 2 CPU cores a batch-16 SuffixDecoding generation (528 windows per
+        # observe) ran 1.2x faster with 9 blocks of 59 than with 2 of 264 or 3 of 176.
         num_windows = batch * per_row
         block = -(-num_windows // -(-num_windows // block))
         trie, nodes = insert(

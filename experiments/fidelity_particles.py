@@ -12,13 +12,8 @@ study's overconfident-early reward. Writes ``results.json`` and ``results.png`` 
 ``config.output_dir`` and prints the tables. See ``experiments/benchmarks/fidelity_particles.py``.
 """
 
-import os
 import pathlib
 import sys
-
-# XLA's constant folding spends minutes on the particle filter's prefill masks here (the
-# shapes are constant per compile); the run is faster without it. Kept if already set.
-os.environ.setdefault("XLA_FLAGS", "--xla_disable_hlo_passes=constant_folding")
 
 from absl import logging
 from tqdm import tqdm

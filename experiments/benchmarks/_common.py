@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import pathlib
 import sys
 from collections.abc import Callable, Sequence
@@ -191,3 +192,19 @@ def edit_distance(a: Sequence[int], b: Sequence[int]) -> int:
         tmp[1:] = np.minimum(prev[1:] + 1, prev[:-1] + (b != x))
         prev = np.minimum.accumulate(tmp - cols) + cols
     return int(prev[-1])
+
+
+Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
+
+
+def wilson(successes: int, total: int, z: float = Z95) -> tuple[float | None, float | None]:
+    """Wilson score interval of a binomial proportion (95% by default); ``(None, None)``
+    when ``total`` is 0. The interval always holds ``successes / total`` (rounding can put
+    an endpoint a hair past it at 0 or 1)."""
+    if total == 0:
+        return None, None
+    p = successes / total
+    denom = 1.0 + z * z / total
+    centre = (p + z * z / (2 * total)) / denom
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
+    return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))

@@ -2,8 +2,8 @@
 the paper reports ~24% at K = 5 in stable regimes.
 
 Behind ``experiments/fidelity_leap_verify.py``. It reuses the landed study's machinery
-(``experiments.benchmarks.leap_verify``: ``_Setup``, ``_baseline``, ``_offline_tables``,
-``_online``) and runs the paper's offline protocol over a grid of model sizes x learning rates:
+(``experiments.benchmarks.leap_verify``: ``Setup``, ``baseline``, ``offline_tables``,
+``online_run``) and runs the paper's offline protocol over a grid of model sizes x learning rates:
 
 1. **Protocol** (the paper's, at our scale): plain AdamW from scratch; every ``delta`` = 50 steps a
    checkpoint: fingerprint (final-norm output on ``num_probes`` fixed probes, mean-pooled),
@@ -40,11 +40,11 @@ from jax.flatten_util import ravel_pytree
 
 from experiments.benchmarks import _common
 from experiments.benchmarks import leap_verify as lv
+from experiments.benchmarks._common import wilson
 from lookahead_jax.models import init_params
 
 EXTRAPOLATORS = ("linear", "quadratic", "quadratic_clamped")
 REGIMES = ("chaotic", "transition", "stable", "stable_confirmed", "all")
-Z95 = 1.959963984540054
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -88,17 +88,6 @@ def _quick(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 # --------------------------------------------------------------------------- pure helpers
-
-
-def wilson(successes: int, n: int, z: float = Z95) -> tuple[float | None, float | None]:
-    """Wilson score interval of a binomial proportion (``(None, None)`` when ``n`` = 0)."""
-    if n == 0:
-        return None, None
-    p = successes / n
-    denom = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def displacement_cosines(snapshots: list[np.ndarray]) -> list[float | None]:
@@ -153,7 +142,7 @@ def _run_config(c: ml_collections.ConfigDict, size: str, lr: float) -> ml_collec
     return r
 
 
-def _mechanism(s: lv._Setup, seed: int, base: dict[str, Any], offline: dict[str, Any]):
+def _mechanism(s: lv.Setup, seed: int, base: dict[str, Any], offline: dict[str, Any]):
     """Per checkpoint: the displacement cosine and norm (records get their cosine)."""
     flat = [np.asarray(ravel_pytree(init_params(s.model, jax.random.key(seed)))[0], np.float64)]
     flat += [np.asarray(ravel_pytree(p)[0], np.float64) for p in base["check_params"]]
@@ -168,12 +157,12 @@ def _mechanism(s: lv._Setup, seed: int, base: dict[str, Any], offline: dict[str,
 
 def _run_one(c, size: str, lr: float, progress) -> dict[str, Any]:
     rc = _run_config(c, size, lr)
-    s = lv._Setup(rc)
+    s = lv.Setup(rc)
     s.online_steps = {}
     seeds = []
     for seed in rc.seeds:
-        base = lv._baseline(s, seed, progress)
-        offline = lv._offline_tables(rc, base)
+        base = lv.baseline(s, seed, progress)
+        offline = lv.offline_tables(rc, base)
         mech = _mechanism(s, seed, base, offline)
         seeds.append(
             dict(
@@ -290,7 +279,7 @@ def _online_study(c, runs, choice, progress) -> dict[str, Any]:
     """Online wrapper vs plain training (same lr, and the size's best lr) to the same target."""
     rc = _run_config(c, choice["size"], choice["lr"])
     variant = f"{choice['method']}:{choice['criterion']}:{choice['k']}:{c.online_leap_in}"
-    s = lv._Setup(rc)
+    s = lv.Setup(rc)
     s.online_steps = {}
     same = next(r for r in runs if r["size"] == choice["size"] and r["lr"] == choice["lr"])
     sized = [r for r in runs if r["size"] == choice["size"]]
@@ -298,22 +287,22 @@ def _online_study(c, runs, choice, progress) -> dict[str, Any]:
     out = dict(variant=variant, size=choice["size"], lr=choice["lr"], tuned_lr=tuned["lr"],
                seeds=[])  # fmt: skip
     for i, seed in enumerate(rc.seeds):
-        leap = lv._online(s, seed, variant, progress)
+        leap = lv.online_run(s, seed, variant, progress)
         base_curve = same["seeds"][i]["curve"]
         target = base_curve[-1][1]
         out["seeds"].append(
             dict(
                 seed=seed,
                 target_loss=target,
-                baseline_steps=lv._steps_to(base_curve, target),
-                leap_steps=lv._steps_to(leap["curve"], target),
+                baseline_steps=lv.steps_to(base_curve, target),
+                leap_steps=lv.steps_to(leap["curve"], target),
                 leap_final_loss=leap["curve"][-1][1],
                 leap_optimizer_steps=leap["optimizer_steps"],
                 attempts=leap["attempts"],
                 accepts=leap["accepts"],
                 check_regimes=leap["check_regimes"],
                 check_decisions=leap["check_decisions"],
-                tuned_lr_steps=lv._steps_to(tuned["seeds"][i]["curve"], target),
+                tuned_lr_steps=lv.steps_to(tuned["seeds"][i]["curve"], target),
                 leap_curve=leap["curve"],
             )
         )

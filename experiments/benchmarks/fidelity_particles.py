@@ -63,6 +63,7 @@ import numpy as np
 import optax
 
 from experiments.benchmarks import _common
+from experiments.benchmarks._common import wilson
 from lookahead_jax import models, particles
 from lookahead_jax.sampling import Sampling
 
@@ -495,18 +496,6 @@ def solve_batch(
 
 
 # ----------------------------------------------------------------------------- statistics
-
-
-def wilson(successes: int, total: int, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score 95% interval of a binomial proportion."""
-    if total == 0:
-        return (float("nan"), float("nan"))
-    p = successes / total
-    denom = 1 + z * z / total
-    centre = (p + z * z / (2 * total)) / denom
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
-    # Rounding can put an endpoint a hair past p at p = 0 or 1: keep low <= p <= high.
-    return (max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half)))
 
 
 def scaling_rate(budgets, success: np.ndarray, reps: int = 1000, seed: int = 0) -> dict[str, Any]:

@@ -133,7 +133,7 @@ def _optimizer(c: ml_collections.ConfigDict) -> optax.GradientTransformation:
     )
 
 
-class _Setup:
+class Setup:
     """Model, data and compiled functions shared by every seed and method."""
 
     def __init__(self, c: ml_collections.ConfigDict):
@@ -221,7 +221,7 @@ def _timed(step, state, batch):
 # --------------------------------------------------------------------------- per seed
 
 
-def _baseline(s: _Setup, seed: int, progress) -> dict[str, Any]:
+def baseline(s: Setup, seed: int, progress) -> dict[str, Any]:
     """Plain training with the offline Leap+Verify analysis at every checkpoint."""
     c = s.c
     params = init_params(s.model, jax.random.key(seed))
@@ -271,7 +271,7 @@ def _baseline(s: _Setup, seed: int, progress) -> dict[str, Any]:
     )
 
 
-def _offline_tables(c: ml_collections.ConfigDict, base: dict[str, Any]) -> dict[str, Any]:
+def offline_tables(c: ml_collections.ConfigDict, base: dict[str, Any]) -> dict[str, Any]:
     """Regimes and per-checkpoint acceptance / inflation records of one seed."""
     sims = np.asarray(base["similarities"], np.float32)
     tau = ex.calibrate_thresholds(sims[: c.calibration_checks], c.low_percentile, c.high_percentile)
@@ -320,7 +320,7 @@ def _offline_tables(c: ml_collections.ConfigDict, base: dict[str, Any]) -> dict[
     )
 
 
-def _steps_to(curve: list[tuple[int, float]], target: float) -> int | None:
+def steps_to(curve: list[tuple[int, float]], target: float) -> int | None:
     for step, loss in curve:
         if loss <= target:
             return step
@@ -331,7 +331,7 @@ def _time_at(times: list[float], steps: int | None) -> float | None:
     return None if steps is None else float(np.sum(times[:steps]))
 
 
-def _online(s: _Setup, seed: int, variant: str, progress) -> dict[str, Any]:
+def online_run(s: Setup, seed: int, variant: str, progress) -> dict[str, Any]:
     c = s.c
     method, criterion, k, leap_in = variant.split(":")
     max_checks = c.num_steps // c.delta + 2
@@ -392,7 +392,7 @@ def _online(s: _Setup, seed: int, variant: str, progress) -> dict[str, Any]:
     )
 
 
-def _lookahead(s: _Setup, seed: int, progress) -> dict[str, Any]:
+def _lookahead(s: Setup, seed: int, progress) -> dict[str, Any]:
     c = s.c
     optimizer = optax.lookahead(s.optimizer, c.lookahead_sync_period, c.lookahead_slow_step)
 
@@ -417,7 +417,7 @@ def _lookahead(s: _Setup, seed: int, progress) -> dict[str, Any]:
     return dict(curve=curve, step_times=times, optimizer_steps=c.num_steps)
 
 
-def _lawa(s: _Setup, base: dict[str, Any]) -> dict[str, Any]:
+def _lawa(s: Setup, base: dict[str, Any]) -> dict[str, Any]:
     c = s.c
     curve = []
     for i, t in enumerate(base["checkpoints"]):
@@ -484,11 +484,11 @@ def _summary(
     baseline's steps to reach this method's final loss (its step-equivalent)."""
     steps, walls, finals, totals, per_step, equivalent = [], [], [], [], [], []
     for run, target, base in zip(runs, targets, baselines, strict=True):
-        reached = _steps_to(run["curve"], target)
+        reached = steps_to(run["curve"], target)
         steps.append(reached)
         walls.append(_time_at(run["step_times"], reached))
         finals.append(run["curve"][-1][1])
-        equivalent.append(_steps_to(base["curve"], finals[-1]))
+        equivalent.append(steps_to(base["curve"], finals[-1]))
         totals.append(run["optimizer_steps"])
         per_step.append(float(np.median(run["step_times"])))
     hit = [x for x in steps if x is not None]
@@ -511,13 +511,13 @@ def run(config: ml_collections.ConfigDict, progress=None) -> dict[str, Any]:
     """Runs the whole study; returns (and writes) the results."""
     c = config
     started = time.perf_counter()
-    s = _Setup(c)
+    s = Setup(c)
     s.online_steps = {}
     per_seed = []
     for seed in c.seeds:
-        base = _baseline(s, seed, progress)
-        offline = _offline_tables(c, base)
-        online = {v: _online(s, seed, v, progress) for v in c.online}
+        base = baseline(s, seed, progress)
+        offline = offline_tables(c, base)
+        online = {v: online_run(s, seed, v, progress) for v in c.online}
         lookahead = _lookahead(s, seed, progress)
         lawa = _lawa(s, base)
         base.pop("check_params")

@@ -98,3 +98,18 @@ def test_every_experiment_script_reports_override_typos(script):
     assert done.returncode != 0
     assert "Traceback" not in done.stderr, done.stderr[-2000:]
     assert "--config.no_such_fieldx: no such config field" in done.stderr
+
+
+def test_wilson_matches_the_closed_form_and_edge_cases():
+    lo, hi = _common.wilson(0, 20)
+    assert lo == 0.0 and hi == pytest.approx(0.16113, abs=1e-4)  # z^2 / (n + z^2)
+    lo, hi = _common.wilson(5, 20)
+    assert lo == pytest.approx(0.11186, abs=1e-4) and hi == pytest.approx(0.46870, abs=1e-4)
+    lo, hi = _common.wilson(20, 20)
+    assert hi == 1.0 and lo == pytest.approx(1 - 0.16113, abs=1e-4)
+    assert _common.wilson(0, 0) == (None, None)
+    assert _common.wilson(50, 100) == pytest.approx((0.40383, 0.59617), abs=1e-4)
+    # The interval holds the rate, also at 0 and 1 (rounding must not push it past).
+    for k in range(0, 21):
+        lo, hi = _common.wilson(k, 20)
+        assert lo <= k / 20 <= hi

@@ -9,16 +9,6 @@ from experiments.benchmarks import fidelity_leap_verify as flv
 from tests.helpers import run_experiment
 
 
-def test_wilson_matches_the_closed_form_and_edge_cases():
-    lo, hi = flv.wilson(0, 20)
-    assert lo == 0.0 and hi == pytest.approx(0.16113, abs=1e-4)  # z^2 / (n + z^2)
-    lo, hi = flv.wilson(5, 20)
-    assert lo == pytest.approx(0.11186, abs=1e-4) and hi == pytest.approx(0.46870, abs=1e-4)
-    lo, hi = flv.wilson(20, 20)
-    assert hi == 1.0 and lo == pytest.approx(1 - 0.16113, abs=1e-4)
-    assert flv.wilson(0, 0) == (None, None)
-
-
 def test_displacement_cosines_on_straight_bent_and_reversed_paths():
     e0, e1 = np.array([1.0, 0.0]), np.array([0.0, 1.0])
     straight = [np.zeros(2), e0, 2 * e0, 3 * e0]

@@ -49,8 +49,8 @@ def test_inflation_is_predicted_over_actual_and_skips_missing_futures():
 
 def test_steps_to_target_is_the_first_evaluation_at_or_below_it():
     curve = [(0, 5.0), (25, 3.0), (50, 2.0), (75, 2.5), (100, 1.9)]
-    assert lv._steps_to(curve, 2.0) == 50
-    assert lv._steps_to(curve, 1.0) is None
+    assert lv.steps_to(curve, 2.0) == 50
+    assert lv.steps_to(curve, 1.0) is None
     assert lv._time_at([0.5] * 100, 50) == 25.0  # seconds of the first 50 steps
     assert lv._time_at([0.5] * 100, None) is None
 

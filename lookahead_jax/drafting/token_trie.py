@@ -47,9 +47,7 @@ from lookahead_jax import _checks, trees
 
 FREE = -1  # token / parent of a free node (and of the root)
 _KEY_DEPTH = 64  # the ranking key reserves 6 bits for the relative depth
-# Per-row memories: up to this many windows go in by index (in blocks), more by vmap (whose
-# lanes always run the allocation and eviction branches). 1024 keeps batch 16 indexed.
-_ROWS_INDEXED = 1024
+_ROWS_INDEXED = 512  # per-row memories: up to this many windows go in by index, not vmap
 _MAX_KEY_COUNT = 1 << 18  # count * 64 stays exact in float32 (XLA's float top_k is fast)
 
 
@@ -198,32 +196,22 @@ def _insert_block(
         )
         free = (trie.token[m, index] == FREE) & (index != 0)
         evictable = ~free & (index != 0) & (trie.num_children[m, index] == 0) & ~protected[m, index]
+        count, last = trie.count[m, index], trie.last_use[m, index]
+        first_key, second_key = (count, last) if policy == "lfu" else (last, count)
+        before = (first_key[:, None, :] < first_key[:, :, None]) | (
+            (first_key[:, None, :] == first_key[:, :, None])
+            & (
+                (second_key[:, None, :] < second_key[:, :, None])
+                | (
+                    (second_key[:, None, :] == second_key[:, :, None])
+                    & (trie.slots[None, :] < trie.slots[:, None])[None]
+                )
+            )
+        )  # [S, i, j]: slot j goes before slot i
+        evict_rank = jnp.sum(before & evictable[:, None, :], axis=2)
         free_rank = jnp.cumsum(free, axis=1) - 1
         num_free = jnp.sum(free, axis=1, keepdims=True)
-
-        def with_eviction():
-            count, last = trie.count[m, index], trie.last_use[m, index]
-            first_key, second_key = (count, last) if policy == "lfu" else (last, count)
-            before = (first_key[:, None, :] < first_key[:, :, None]) | (
-                (first_key[:, None, :] == first_key[:, :, None])
-                & (
-                    (second_key[:, None, :] < second_key[:, :, None])
-                    | (
-                        (second_key[:, None, :] == second_key[:, :, None])
-                        & (trie.slots[None, :] < trie.slots[:, None])[None]
-                    )
-                )
-            )  # [S, i, j]: slot j goes before slot i
-            evict_rank = jnp.sum(before & evictable[:, None, :], axis=2)
-            return jnp.where(free, free_rank, jnp.where(evictable, num_free + evict_rank, -1))
-
-        # Ranking the evictable leaves is [S, W, W] work; a memory with room (a request's
-        # own trie, a global one filling up) rarely needs it: free slots come first.
-        order = lax.cond(
-            jnp.any(leader & (rank >= num_free[:, 0])),
-            with_eviction,
-            lambda: jnp.where(free, free_rank, -1),
-        )
+        order = jnp.where(free, free_rank, jnp.where(evictable, num_free + evict_rank, -1))
         pick = order == rank[:, None]
         allocated = leader & jnp.any(pick, axis=1)
         slot = jnp.argmax(pick, axis=1)
@@ -482,11 +470,8 @@ def insert_windows(
             trie, sequences, lengths, origin, origin_depth, temporary, policy, block
         )
     else:
-        # Equal blocks of at most ``block`` windows. A block costs [S, S] work per depth
-        # step: on 2 CPU cores a batch-16 SuffixDecoding generation (528 windows per
-        # observe) ran 1.2x faster with 9 blocks of 59 than with 2 of 264 or 3 of 176.
-        num_windows = batch * per_row
-        block = -(-num_windows // -(-num_windows // block))
+        if batch * per_row <= _ROWS_INDEXED:
+            block = max(block, batch * per_row)  # one block: fewer sequential steps
         trie, nodes = insert(
             trie,
             jnp.broadcast_to(m, starts.shape).reshape(-1),

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from lookahead_jax import _checks
+from lookahead_jax import _checks, checks
 
 ROOT = -1  # parent index of the root's children
 
@@ -135,6 +135,25 @@ def check_tree(tree: TokenTree, *, capacity: int | None = None) -> None:
     parent = _checks.concrete_value(tree.parent)
     valid = _checks.concrete_value(tree.valid)
     if parent is None or valid is None:
+        # Traced (a drafter's tree inside a compiled loop): checked under
+        # `lookahead_jax.checked` only (see `lookahead_jax.checks`).
+        index = jnp.arange(num_nodes)
+        up = jnp.maximum(tree.parent, 0)
+        parent_depth = jnp.take_along_axis(tree.depth, up, axis=-1)
+        bad = tree.valid & (
+            (tree.parent >= index)
+            | (tree.parent < ROOT)
+            | ~(jnp.take_along_axis(tree.valid, up, axis=-1) | (tree.parent == ROOT))
+            | (tree.depth != jnp.where(tree.parent == ROOT, 1, parent_depth + 1))
+        )
+        first = jnp.argmax(bad.reshape(-1))
+        checks.check_value(
+            ~jnp.any(bad),
+            "`tree` must list valid nodes after their valid parents, each one level below "
+            "it (-1 <= parent[i] < i, depth = parent's depth + 1); flat node {node} "
+            "(row * N + i) breaks it",
+            node=first,
+        )
         return
     index = np.arange(num_nodes)
     bad = valid & ((parent >= index) | (parent < ROOT))
@@ -152,6 +171,16 @@ def check_tree(tree: TokenTree, *, capacity: int | None = None) -> None:
             f"every valid node needs a valid parent; row {b} node {i} has invalid parent "
             f"{parent[b, i]}."
         )
+    depth = _checks.concrete_value(tree.depth)
+    if depth is not None:
+        parent_depth = np.take_along_axis(depth, np.maximum(parent, 0), axis=-1)
+        wrong = valid & (depth != np.where(parent == ROOT, 1, parent_depth + 1))
+        if wrong.any():
+            b, i = np.argwhere(wrong)[0]
+            raise ValueError(
+                f"`tree.depth` must be the parent's depth + 1 (1 below the root); row {b} "
+                f"node {i} has depth {depth[b, i]}."
+            )
 
 
 def ancestor_mask(parent: jax.Array, max_depth: int | None = None) -> jax.Array:

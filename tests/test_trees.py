@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import lookahead_jax
 from lookahead_jax import models, trees
 from lookahead_jax.verification import tree_greedy
 from tests.helpers import count_compilations, naive_ancestor_mask, root_path
@@ -146,7 +147,18 @@ def test_malformed_trees_raise_clear_errors():
     with pytest.raises(ValueError, match="parent"):
         trees.template_from_rank_paths([(0,), (1, 0)])
     # A well-formed tree with an unused slot passes.
-    trees.make_tree(jnp.asarray([[-1, 0, 1]]), tokens, jnp.asarray([[True, True, False]]))
+    tree = trees.make_tree(jnp.asarray([[-1, 0, 1]]), tokens, jnp.asarray([[True, True, False]]))
+    wrong_depth = tree._replace(depth=jnp.asarray([[1, 3, 3]]))
+    with pytest.raises(ValueError, match="depth"):
+        trees.check_tree(wrong_depth)
+    # Traced (a drafter's tree in a compiled loop): under `checked` only.
+    check = lookahead_jax.checked(lambda tree: trees.check_tree(tree) or jnp.zeros(()))
+    check(tree)
+    with pytest.raises(ValueError, match="flat node 1 "):
+        check(wrong_depth)
+    with pytest.raises(ValueError, match="flat node 2 "):
+        check(tree._replace(parent=jnp.asarray([[-1, 0, 2]]), valid=jnp.ones((1, 3), bool)))
+    jax.jit(lambda tree: trees.check_tree(tree) or jnp.zeros(()))(wrong_depth)  # not checked
 
 
 def test_token_recycling_template_shape():

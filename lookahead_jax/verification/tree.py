@@ -83,14 +83,17 @@ def tree_greedy(tree: TokenTree, target_logits: jax.Array) -> TreeVerified:
     match = tree.valid & (tree.token == parent_choice)
     ancestors = ancestor_mask(jnp.where(tree.valid, tree.parent, -1))  # [B, N, N]
     on_path = match & jnp.all(~ancestors | match[:, None, :], axis=2)
-    depth = jnp.where(on_path, tree.depth, 0)
+    # Depths from the parent pointers (what the target's mask and positions follow), not
+    # `tree.depth`: a tree whose depths disagree can then never commit an unchecked token.
+    node_depth = jnp.sum(ancestors, axis=2, dtype=jnp.int32)  # [B, N], itself included
+    depth = jnp.where(on_path, node_depth, 0)
     best = jnp.argmax(depth, axis=1)  # deepest matching node, lowest index on ties
     count = jnp.max(depth, axis=1).astype(jnp.int32)
     rows = jnp.arange(batch)
     # The path: the chosen node's ancestors by depth (block index = node + 1).
     chosen = ancestors[rows, best] & (count > 0)[:, None]  # [B, N]
     levels = jnp.arange(1, num_nodes + 1)
-    at_level = chosen[:, None, :] & (tree.depth[:, None, :] == levels[None, :, None])  # [B, N, N]
+    at_level = chosen[:, None, :] & (node_depth[:, None, :] == levels[None, :, None])  # [B, N, N]
     nodes = jnp.sum(jnp.where(at_level, jnp.arange(num_nodes) + 1, 0), axis=2)  # [B, N]
     path = jnp.concatenate([jnp.zeros((batch, 1), jnp.int32), nodes.astype(jnp.int32)], axis=1)
     current = jnp.where(count > 0, best + 1, 0)

@@ -318,3 +318,19 @@ def test_batched_observe_learns_every_committed_token(target):
         for memory in range(tries[0].token.shape[0]):
             assert _paths(tries[0], memory) == _paths(tries[1], memory)
     assert len(_paths(batched.drafter_state.memory, 0)) > MAX_NEW  # outputs were learnt
+
+
+def test_a_corrupt_memory_cannot_change_greedy_output(target):
+    """A carried memory whose counts grow down the tree (a corrupted or hand-made checkpoint)
+    drafts differently, never emits differently."""
+    prompt, lengths = ragged_prompts(4, seed=5)
+    first = spec(target, prompt, lengths, empty())
+    memory = first.drafter_state.memory
+    rng = np.random.default_rng(0)
+    live = np.asarray(memory.token) >= 0
+    count = np.where(live, rng.integers(1, 40, memory.count.shape), 0).astype(np.int32)
+    corrupt = memory._replace(count=jnp.asarray(count))
+    again = spec(target, prompt, lengths, corrupt)
+    np.testing.assert_array_equal(again.lengths, first.lengths)
+    np.testing.assert_array_equal(again.tokens, first.tokens)
+    assert int(again.stats.accepted.sum()) > 0

@@ -312,3 +312,97 @@ def test_row_by_row_windows_equal_indexed_memories():
         np.testing.assert_array_equal(getattr(rows, field), getattr(indexed, field))
     np.testing.assert_array_equal(rows_cursors.node, cursors.node)
     assert int(rows.num_children.sum()) > 0
+
+
+def test_later_blocks_never_grow_below_a_node_an_earlier_block_evicted():
+    """A sequence hanging below ``origin`` keeps that node across the blocks of one call.
+
+    Block 0 needs a slot in a full memory whose lowest leaf is block 1's origin: it must
+    evict another leaf, or block 1 would grow below a reused slot (a node that spells
+    another path, at another depth)."""
+    trie = tt.empty_trie(1, 8, ways=8)  # one set: the memory's lowest leaf is evicted
+    for path, weight in [([3, 4], 1), ([6], 5), ([7], 5), ([8], 5), ([9], 5), ([10], 5)]:
+        sequence = jnp.asarray([path + [0] * (2 - len(path))], jnp.int32)
+        trie, _ = insert(trie, jnp.zeros(1, jnp.int32), sequence, jnp.asarray([len(path)]),
+                         weight=weight)  # fmt: skip
+    trie, _ = insert(
+        trie, jnp.zeros(1, jnp.int32), jnp.asarray([[3, 0]]), jnp.asarray([1]), weight=4
+    )  # fmt: skip  [3] count 5, its leaf [3, 4] count 1: the lowest
+    assert int(tt.num_live(trie)[0]) == 8  # full
+    leaf = int(walk(trie, jnp.zeros(1, jnp.int32), jnp.asarray([[3, 4]]), jnp.asarray([2]))[0][0])
+    trie, _ = insert(
+        trie,
+        jnp.zeros(2, jnp.int32),
+        jnp.asarray([[20], [21]], jnp.int32),
+        jnp.asarray([1, 1]),
+        origin=jnp.asarray([0, leaf]),
+        origin_depth=jnp.asarray([0, 2]),
+        block=1,
+    )
+    got = paths(trie)  # checks depths, counts and parents
+    # Block 0 evicted [6] (the oldest of the next-lowest leaves) for [20]; block 1 then
+    # evicted [20], now the lowest unprotected leaf, for [3, 4, 21].
+    assert got[(3, 4, 21)][0] == 1 and (6,) not in got and (20,) not in got
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_windows_in_many_blocks_keep_a_full_memory_consistent(shared):
+    """Running texts grown call by call, each call's windows in several blocks, into
+    memories that evict on almost every call: the structure stays a trie (depths, counts
+    monotone down the tree, live parents) and every cursor still valid spells its window."""
+    rng = np.random.default_rng(11)
+    batch, width, window, max_new = 3, 40, 5, 4
+    text = jnp.asarray(rng.integers(0, 4, (batch, width)), jnp.int32)
+    trie = tt.empty_trie(1 if shared else batch, 32, ways=8)
+    memory = jnp.zeros(batch, jnp.int32) if shared else None
+    lengths = np.zeros(batch, np.int32)
+    cursors = None
+    for _ in range(14):
+        new = np.minimum(lengths + rng.integers(1, max_new + 1, batch), width).astype(np.int32)
+        trie, cursors = insert_windows(
+            trie,
+            memory,
+            text,
+            jnp.asarray(lengths),
+            jnp.asarray(new),
+            window=window,
+            max_new=max_new,
+            cursors=cursors,
+            block=4,
+        )  # fmt: skip  3 rows x (window - 1 + max_new) windows: 6 blocks of 4
+        lengths = new
+        for m in range(trie.num_memories):
+            paths(trie, m)
+        born = np.asarray(trie.born)
+        for b in range(batch):
+            m = 0 if shared else b
+            for j, node in enumerate(np.asarray(cursors.node[b])):
+                if node < 0 or born[m, node] != int(cursors.born[b, j]):
+                    continue  # evicted since (the next call stops growing it)
+                start = int(lengths[b]) - window + 1 + j
+                spelled = _root_path(np.asarray(trie.parent[m]), node)[1:]
+                want = np.asarray(text[b, start : lengths[b]]).tolist()
+                assert [int(trie.token[m, n]) for n in spelled] == want
+    assert int(tt.num_live(trie).min()) > 24  # full: the memories evicted
+
+
+def test_best_descendants_of_a_corrupt_memory_form_a_well_formed_tree():
+    """Counts that grow down the tree (a corrupted or hand-made ``memory=``) must not give a
+    tree listing a node before its parent or below a parent it left out."""
+    trie = tt.empty_trie(1, 16, ways=16)
+    for path, weight in [([1, 2, 3], 1), ([1, 5, 0], 4)]:
+        length = jnp.asarray([3 if path[-1] else 2])
+        trie, _ = insert(trie, jnp.zeros(1, jnp.int32), jnp.asarray([path]), length, weight=weight)
+    zero = jnp.zeros(1, jnp.int32)
+    deep = int(walk(trie, zero, jnp.asarray([[1, 2, 3]]), jnp.asarray([3]))[0][0])
+    corrupt = trie._replace(count=trie.count.at[0, deep].set(10))  # [1, 2, 3] above [1, 2]
+    for num_nodes, want in [(3, [False, True, True]), (4, [False, True, True, True])]:
+        # Ranked 10 ([1,2,3]), 5 ([1]), 4 ([1,5]), 1 ([1,2]): the first node's parent is
+        # left out (3 nodes) or listed after it (4 nodes); the rest form the tree.
+        tree, counts = best_descendants(
+            corrupt, jnp.zeros(1, jnp.int32), jnp.zeros(1, jnp.int32), num_nodes=num_nodes,
+            max_depth=3,
+        )  # fmt: skip
+        np.testing.assert_array_equal(tree.valid[0], want)
+        trees.check_tree(tree)  # topological, valid parents, depth = parent's + 1
+        assert int(counts[0, 0]) == 0

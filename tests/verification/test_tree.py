@@ -225,6 +225,12 @@ def test_tree_greedy_takes_the_deepest_argmax_path():
         assert int(out.next_token[b]) == int(np.argmax(logits[b, best + 1]))
         np.testing.assert_array_equal(out.path[b, : len(best_path)], best_path)
     assert np.asarray(out.num_accepted).max() >= 2
+    # The depths come from the parents, not `tree.depth`: a tree whose depth field lies
+    # (traced, so unchecked) verifies the same.
+    lying = tree._replace(depth=jnp.asarray(rng.integers(1, num_nodes + 1, (batch, num_nodes))))
+    again = jax.jit(tree_greedy)(lying, jnp.asarray(logits))
+    for field in ("num_accepted", "next_token", "path"):
+        np.testing.assert_array_equal(getattr(again, field), getattr(out, field))
 
 
 def test_shape_errors():

@@ -179,6 +179,17 @@ def write_text(path: pathlib.Path | str, text: str) -> pathlib.Path:
     return path
 
 
+def write_study(
+    results: dict[str, Any], output_dir: pathlib.Path | str, plot: Callable[..., Any]
+) -> dict[str, Any]:
+    """A study's usual outputs: ``results.json`` and ``plot(results, path)`` as
+    ``results.png`` in ``output_dir``; returns ``results``."""
+    out = pathlib.Path(output_dir)
+    write_json(results, out / "results.json")
+    plot(results, out / "results.png")
+    return results
+
+
 def edit_distance(a: Sequence[int], b: Sequence[int]) -> int:
     """Levenshtein distance (a row-vectorised dynamic programme)."""
     a, b = np.asarray(a), np.asarray(b)

@@ -165,11 +165,7 @@ def format_table(results: dict[str, Any]) -> str:
 
 
 def run(config: ml_collections.ConfigDict, progress=None) -> dict[str, Any]:
-    results = plan(config, progress)
-    out = pathlib.Path(config.output_dir)
-    _common.write_json(results, out / "results.json")
-    _plot(results, out / "results.png")
-    return results
+    return _common.write_study(plan(config, progress), config.output_dir, _plot)
 
 
 def _plot(results: dict[str, Any], path: pathlib.Path) -> None:

@@ -78,7 +78,7 @@ def measure(config: ml_collections.ConfigDict, progress=None) -> dict[str, Any]:
     for pair in config.pairs:
         target, draft = _pairs.load_model(pair[0]), _pairs.load_model(pair[1])
         tokenizer = models.load_tokenizer(pair[0])
-        margin = max(grid.max_draft_tokens, grid.draft_tree_depth) + 8
+        margin = speculation_grid.draft_margin(grid)
         width = speculation_grid.prompt_width(grid, "short", tokenizer, target.config, margin)
         for batch in config.batch_sizes:
             prompt, lengths = speculation_grid.prompts(grid, tokenizer, batch, width)
@@ -154,11 +154,7 @@ def format_table(results: dict[str, Any]) -> str:
 
 
 def run(config: ml_collections.ConfigDict, progress=None) -> dict[str, Any]:
-    results = measure(config, progress)
-    out = pathlib.Path(config.output_dir)
-    _common.write_json(results, out / "results.json")
-    _plot(results, out / "results.png")
-    return results
+    return _common.write_study(measure(config, progress), config.output_dir, _plot)
 
 
 def _plot(results: dict[str, Any], path: pathlib.Path) -> None:

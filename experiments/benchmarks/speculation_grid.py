@@ -235,6 +235,12 @@ def acceptance(stats, rows: int) -> dict[str, float]:
 # ---- prompts and drafters --------------------------------------------------------------------
 
 
+def draft_margin(config) -> int:
+    """Positions kept free past the generation for the deepest draft: chains' K or the
+    trees' depth, plus slack."""
+    return max(config.max_draft_tokens, config.draft_tree_depth) + 8
+
+
 def prompt_width(config, kind: str, tokenizer, target_config, margin: int) -> int:
     """Prompt width W of ``kind``, clipped so that W + max_new_tokens + margin fit."""
     if kind == "short":
@@ -767,8 +773,7 @@ def run(config: ml_collections.ConfigDict, progress=None) -> dict[str, Any]:
         label = _pairs.label(pair)
         target, draft = _pairs.load_model(pair[0]), _pairs.load_model(pair[1])
         tokenizer = models.load_tokenizer(pair[0])
-        # room for the deepest draft: chains' K, the trees' depth (+ slack)
-        margin = max(config.max_draft_tokens, config.draft_tree_depth) + 8
+        margin = draft_margin(config)
         widths = {
             kind: prompt_width(config, kind, tokenizer, target.config, margin)
             for kind in config.prompts

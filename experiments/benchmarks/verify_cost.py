@@ -152,11 +152,7 @@ def format_table(results: dict[str, Any]) -> str:
 
 
 def run(config: ml_collections.ConfigDict, progress=None) -> dict[str, Any]:
-    results = measure(config, progress)
-    out = pathlib.Path(config.output_dir)
-    _common.write_json(results, out / "results.json")
-    _plot(results, out / "results.png")
-    return results
+    return _common.write_study(measure(config, progress), config.output_dir, _plot)
 
 
 def _plot(results: dict[str, Any], path: pathlib.Path) -> None:

@@ -286,7 +286,9 @@ def cost_aware(
     Args:
       costs: a ``drafting.CostModel`` (``calibrate_costs`` on the device, or
         ``estimate_costs``); ``None``: estimated from the models' sizes at trace time.
-      initial_rate: the acceptance assumed before a row has drafted.
+      initial_rate: the acceptance assumed before a row has drafted; for chains it stays
+        in the estimate as one examined draft weighted ``decay`` (so a first round of one
+        accepted draft does not read as certainty).
       decay: EMA decay of the acceptance statistics per round.
       probe_overhead: the share of time probes may cost while nothing pays (> 0).
     """
@@ -370,8 +372,10 @@ def _tree_update(decay, state: TreeCostState, num_drafted, accepted_within) -> T
     drafted = num_drafted > 0
     observed = drafted[:, None] & (accepted_within >= 0)
     value = accepted_within.astype(jnp.float32)
-    # The first observation replaces the prior; later ones are averaged in.
-    new = jnp.where(state.seen, decay * state.accepted + (1 - decay) * value, value)
+    # The first observation is averaged with the prior, which weighs `decay` of one round
+    # (as for chains); later ones are averaged in.
+    first = (decay * state.accepted + value) / (1 + decay)
+    new = jnp.where(state.seen, decay * state.accepted + (1 - decay) * value, first)
     return TreeCostState(
         accepted=jnp.where(observed, new, state.accepted),
         seen=state.seen | observed,
@@ -384,8 +388,11 @@ def _cost_update(decay, state: CostAwareState, num_drafted, num_accepted) -> Cos
     examined = jnp.minimum(num_accepted + 1, num_drafted).astype(jnp.float32)
 
     def ema(old, new):
-        # The first observation replaces the prior; later ones are averaged in.
-        new = jnp.where(state.seen, decay * old + (1 - decay) * new, new)
+        # The first observation is added to the prior, which weighs `decay` of one round
+        # (a ratio of sums: a first probe that accepts its one draft moves a = 0.6 to 0.82,
+        # where replacing the prior made it 1 and asked for the longest draft at once);
+        # later ones are averaged in.
+        new = jnp.where(state.seen, decay * old + (1 - decay) * new, decay * old + new)
         return jnp.where(drafted, new, old)
 
     return CostAwareState(

@@ -650,8 +650,8 @@ def apply(
     # has lengths XLA knows to be 0, so at prefill it would fold the all-masked prefix
     # scores' max into a constant at compile time, [B, H, S, T] elements on the CPU (12 of
     # a particle filter's 16 s compile at 200 problems x 64 particles; 4 s with it).
-    committed = lax.optimization_barrier(starts)
     if cache is not None:
+        committed = lax.optimization_barrier(starts)
         slot = jnp.arange(cache.capacity)[None, :]
         prefix_mask = (slot < committed[:, None])[:, None, :]  # [B, 1, T]
         if any_sliding:

@@ -140,6 +140,27 @@ def test_chain_controller_drafts_what_pays_and_nothing_when_nothing_does():
     assert controller.num_draft(half).tolist() == [sizes[np.argmax(speed)]]
 
 
+def test_the_first_round_is_weighed_against_the_prior():
+    # decay 0.8, prior a = 0.6 as 0.8 of one examined draft: a first round accepting its
+    # one draft reads (0.48 + 1) / (0.8 + 1) = 0.82, not certainty; 8 of 8 reads 0.96.
+    controller = cost_aware_controller(drafting.cost_aware(decay=0.8), CHEAP_TARGET, 8)
+    for drafted, accepted, rate in [(1, 1, 1.48 / 1.8), (8, 8, 8.48 / 8.8), (8, 0, 0.48 / 1.8)]:
+        state = _state(controller, 1, [([drafted], [accepted])])
+        got = float(state.accepted[0] / state.examined[0])
+        assert got == pytest.approx(rate, rel=1e-6)
+        # A second round is averaged in with weight 0.2.
+        state = controller.update(state, jnp.asarray([4]), jnp.asarray([2]))
+        want = (0.8 * rate * (0.8 + min(accepted + 1, drafted)) + 0.2 * 2) / (
+            0.8 * (0.8 + min(accepted + 1, drafted)) + 0.2 * 3
+        )
+        assert float(state.accepted[0] / state.examined[0]) == pytest.approx(want, rel=1e-5)
+    # Trees: per size, the prior (1.2 nodes, weight 0.8) and a first round (weight 1).
+    costs = CostModel((1, 9), (1.0, 1.8), draft_tokens=(8,), draft_seconds=(0.2,))
+    tree = tree_cost_aware_controller(drafting.cost_aware(decay=0.8), costs, 8, (4, 8))
+    state = tree.update(tree.init(1, 8), jnp.asarray([8]), jnp.asarray([[0, 3, 5]]))
+    np.testing.assert_allclose(state.accepted, [[0.0, 3.96 / 1.8, 5.96 / 1.8]], rtol=1e-6)
+
+
 def test_chain_controller_probes_after_a_stretch_of_plain_steps():
     # A probe (one draft) costs 0.3 plain steps extra: one every 3 rounds spends 10%.
     controller = cost_aware_controller(

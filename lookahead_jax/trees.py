@@ -132,55 +132,44 @@ def check_tree(tree: TokenTree, *, capacity: int | None = None) -> None:
         )
     for name in ("depth", "token", "valid"):
         _checks.check_shape(name, getattr(tree, name), tree.parent.shape, "like `tree.parent`")
-    parent = _checks.concrete_value(tree.parent)
-    valid = _checks.concrete_value(tree.valid)
-    if parent is None or valid is None:
-        # Traced (a drafter's tree inside a compiled loop): checked under
-        # `lookahead_jax.checked` only (see `lookahead_jax.checks`).
-        index = jnp.arange(num_nodes)
-        up = jnp.maximum(tree.parent, 0)
-        parent_depth = jnp.take_along_axis(tree.depth, up, axis=-1)
-        bad = tree.valid & (
-            (tree.parent >= index)
-            | (tree.parent < ROOT)
-            | ~(jnp.take_along_axis(tree.valid, up, axis=-1) | (tree.parent == ROOT))
-            | (tree.depth != jnp.where(tree.parent == ROOT, 1, parent_depth + 1))
-        )
+    if tree.parent.size == 0:
+        return
+    # One statement of each rule: `check_value` raises at once on concrete trees and, for
+    # traced ones (a drafter's tree inside a compiled loop), under `lookahead_jax.checked`.
+    parent = jnp.asarray(tree.parent)
+    valid = jnp.asarray(tree.valid)
+    depth = jnp.asarray(tree.depth)
+    up = jnp.maximum(parent, 0)
+    rules = (
+        (
+            valid & ((parent >= jnp.arange(num_nodes)) | (parent < ROOT)),
+            "tree nodes must be in topological order (-1 <= parent[i] < i); row {row} node "
+            "{node} has parent {value}.",
+            parent,
+        ),
+        (
+            valid & ~(jnp.take_along_axis(valid, up, axis=-1) | (parent == ROOT)),
+            "every valid node needs a valid parent; row {row} node {node} has invalid parent "
+            "{value}.",
+            parent,
+        ),
+        (
+            valid
+            & (depth != jnp.where(parent == ROOT, 1, jnp.take_along_axis(depth, up, axis=-1) + 1)),
+            "`tree.depth` must be the parent's depth + 1 (1 below the root); row {row} node "
+            "{node} has depth {value}.",
+            depth,
+        ),
+    )
+    for bad, message, values in rules:
         first = jnp.argmax(bad.reshape(-1))
         checks.check_value(
             ~jnp.any(bad),
-            "`tree` must list valid nodes after their valid parents, each one level below "
-            "it (-1 <= parent[i] < i, depth = parent's depth + 1); flat node {node} "
-            "(row * N + i) breaks it",
-            node=first,
+            message,
+            row=first // num_nodes,
+            node=first % num_nodes,
+            value=values.reshape(-1)[first],
         )
-        return
-    index = np.arange(num_nodes)
-    bad = valid & ((parent >= index) | (parent < ROOT))
-    if bad.any():
-        b, i = np.argwhere(bad)[0]
-        raise ValueError(
-            "tree nodes must be in topological order (-1 <= parent[i] < i); "
-            f"row {b} node {i} has parent {parent[b, i]}."
-        )
-    parent_valid = np.take_along_axis(valid, np.maximum(parent, 0), axis=-1) | (parent == ROOT)
-    orphan = valid & ~parent_valid
-    if orphan.any():
-        b, i = np.argwhere(orphan)[0]
-        raise ValueError(
-            f"every valid node needs a valid parent; row {b} node {i} has invalid parent "
-            f"{parent[b, i]}."
-        )
-    depth = _checks.concrete_value(tree.depth)
-    if depth is not None:
-        parent_depth = np.take_along_axis(depth, np.maximum(parent, 0), axis=-1)
-        wrong = valid & (depth != np.where(parent == ROOT, 1, parent_depth + 1))
-        if wrong.any():
-            b, i = np.argwhere(wrong)[0]
-            raise ValueError(
-                f"`tree.depth` must be the parent's depth + 1 (1 below the root); row {b} "
-                f"node {i} has depth {depth[b, i]}."
-            )
 
 
 def ancestor_mask(parent: jax.Array, max_depth: int | None = None) -> jax.Array:

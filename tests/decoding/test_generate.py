@@ -277,9 +277,12 @@ def test_python_loop_of_steps_equals_generate(target, kind, sampling, controller
     prompt, lengths = ragged_prompts(4, 6, seed=7)
     key = jax.random.key(4)
     expected = generate_fn(key, target, draft, prompt, lengths, config, kind)
-    # The contract's run (key first, one config) is generate.
-    run_out = run_fn(key, target, draft, prompt, lengths, config, kind)
-    np.testing.assert_array_equal(run_out.tokens, expected.tokens)
+    if kind == "ar":
+        # The contract's run (key first, one config) is generate. Checked on the cheapest
+        # program only: generate passes its drafter through unchanged whatever it is, and
+        # each check compiles a whole second generation loop.
+        run_out = run_fn(key, target, draft, prompt, lengths, config, kind)
+        np.testing.assert_array_equal(run_out.tokens, expected.tokens)
 
     key, init_key = jax.random.split(key)
     state = init_fn(init_key, target, draft, prompt, lengths, config, kind)
@@ -331,6 +334,7 @@ def test_generate_and_step_compile_once(target):
             state, _ = step(jax.random.key(seed), state, target)
 
 
+@pytest.mark.default_compiler
 @pytest.mark.parametrize("kind", ["model", "tree"])
 def test_rounds_never_copy_a_cache(target, kind):
     """In the compiled loop, no copy of a whole KV cache (the target's; the draft model's of a

@@ -274,6 +274,7 @@ def exact_step(params, tokens, cache):
     return models.apply(CONFIG, params, tokens, cache, exact=True)
 
 
+@pytest.mark.default_compiler
 def test_exact_mode_logits_do_not_depend_on_call_width(params):
     """Bitwise: scoring 5 tokens at once equals scoring them one by one (and 3 + 2)."""
     tokens = random_tokens(8, (3, 14))
@@ -320,6 +321,7 @@ def test_logits_at_selects_positions_and_leaves_the_cache_alone(params, exact):
         models.apply(CONFIG, params, tokens, cache, logits_at=at + 3)
 
 
+@pytest.mark.default_compiler
 def test_exact_mode_works_through_rows_in_blocks_without_changing_a_bit(params, monkeypatch):
     """A small product budget makes exact mode map over row blocks: same bits, same cache."""
     from lookahead_jax.models import transformer
@@ -358,6 +360,7 @@ def append_path(cache, entries, keep, count):
     return models.append(cache, entries, keep, count)
 
 
+@pytest.mark.default_compiler
 @pytest.mark.parametrize("exact", [False, True])
 def test_defer_write_returns_what_a_written_call_appends(params, exact):
     """Same logits as a written call; the entries are the slots it writes; the cache is
@@ -385,6 +388,7 @@ def test_defer_write_returns_what_a_written_call_appends(params, exact):
         )
 
 
+@pytest.mark.default_compiler
 def test_defer_write_fits_a_block_the_cache_has_no_room_for(params):
     """Exact mode scores a block past the cache's capacity (only its kept part is
     appended) with the bits of a cache that has room."""

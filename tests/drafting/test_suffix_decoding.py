@@ -289,7 +289,11 @@ def _paths(trie, memory):
 
 @functools.partial(jax.jit, static_argnames=("batched",))
 def never_drafting(target, prompt, lengths, batched):
-    drafter = suffix_decoding(CONFIG.vocab_size, capacity=CAPACITY, memory=empty())
+    # One block size, all 32 nodes (the default has four): one scoring branch to compile, and
+    # what the memories learn does not depend on how rounds are scored.
+    drafter = suffix_decoding(
+        CONFIG.vocab_size, capacity=CAPACITY, memory=empty(), block_sizes=(32,)
+    )
     if not batched:
         drafter = drafter._replace(observe_tokens=None)
     return generate(

@@ -3,6 +3,8 @@
 import os
 import subprocess
 import sys
+import tempfile
+import xml.etree.ElementTree as ElementTree
 
 os.environ["JAX_PLATFORMS"] = "cpu"
 _flag = "--xla_force_host_platform_device_count=8"
@@ -21,7 +23,8 @@ if "--xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
 # (`_DEFAULT_COMPILER` set there); exact mode's bitwise claims fail under the older ones.
 # Newer jaxlibs (0.12.1) no longer know the flag; there everything runs under the default.
 _DEFAULT_COMPILER = "LOOKAHEAD_TEST_DEFAULT_COMPILER"
-_OLDER_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
+_EMITTERS_FLAG = "--xla_cpu_use_fusion_emitters"
+_OLDER_EMITTERS = _EMITTERS_FLAG + "=false"
 _OLDER_EMITTERS_KNOWN = "LOOKAHEAD_TEST_OLDER_EMITTERS_KNOWN"  # "1"/"0", set once per run
 
 
@@ -40,7 +43,7 @@ def _older_emitters_known() -> bool:
 
 if (
     os.environ.get(_DEFAULT_COMPILER) != "1"
-    and "--xla_cpu_use_fusion_emitters" not in os.environ["XLA_FLAGS"]
+    and _EMITTERS_FLAG not in os.environ["XLA_FLAGS"]
     and _older_emitters_known()
 ):
     os.environ["XLA_FLAGS"] += " " + _OLDER_EMITTERS
@@ -73,25 +76,14 @@ except (OSError, ValueError):
     _MAX_MAP_COUNT = None
 
 
-def pytest_configure(config):
-    config.addinivalue_line(
-        "markers",
-        "default_compiler: states a property of the code XLA:CPU generates by default; runs "
-        "in a subprocess with the default fusion emitters (see the top of tests/conftest.py)",
-    )
-
-
 _default_compiler_results: dict[str, tuple[str, str]] = {}  # nodeid -> (outcome, report)
 
 
 def _run_under_default_compiler(items) -> None:
     """Runs ``items`` in one pytest subprocess with XLA's default emitters; records results."""
-    import tempfile
-    import xml.etree.ElementTree as ElementTree
-
     env = dict(os.environ, **{_DEFAULT_COMPILER: "1"})
     env["XLA_FLAGS"] = " ".join(
-        flag for flag in env["XLA_FLAGS"].split() if "xla_cpu_use_fusion_emitters" not in flag
+        flag for flag in env["XLA_FLAGS"].split() if not flag.startswith(_EMITTERS_FLAG)
     )
     with tempfile.TemporaryDirectory() as tmp:
         report = os.path.join(tmp, "report.xml")

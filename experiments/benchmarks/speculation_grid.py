@@ -64,7 +64,11 @@ greedy's; and the measured
 and default / best fixed. ``goals`` checks issue 17's goals (min ratio over the grid >= 0.97
 with its argmin cell; batch-1 greedy draft-model efficiency >= 0.8; default within 5% of the
 best fixed k where speculation helps; trees >= the best chain in tokens/s at batch 1 on every
-pair), each miss with its ``a`` and ``c``.
+pair), each miss with its ``a`` and ``c``; a cell below 0.97 of plain decoding, or a batch-1
+greedy draft model below 0.8 efficiency, also with ``why``: what bounds it, in its own
+numbers (tokens and plain steps per target call, the floor's cost, the drafts' compute).
+``config.resummarise=PATH`` recomputes ``cells``, ``goals`` and the outputs from the rows of
+an earlier ``results.json`` without running anything.
 
 Writes ``results.json``, ``results.png`` (ratio vs plain, rows = drafters, columns = batch x
 temperature x prompt, one panel per pair) and ``results.md`` (the README table) to
@@ -83,6 +87,7 @@ went. ``quick=True``: one pair, batch {1, 2}, two drafters, short prompts, one r
 from __future__ import annotations
 
 import gc
+import json
 import math
 import pathlib
 import statistics
@@ -156,6 +161,8 @@ def default_config() -> ml_collections.ConfigDict:
     config.trie_nodes = 8
     config.suffix_nodes = 8
     config.quick = False  # tiny sizes for a smoke run (overrides the sizes above)
+    # A results.json path: recompute cells, goals and outputs from its rows; runs nothing.
+    config.resummarise = ""
     config.output_dir = "outputs/speculation_grid"
     return config
 
@@ -619,6 +626,7 @@ def cells(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "calibrated_ratio": calibrated[0]["ratio_vs_plain"] if calibrated else None,
                 "floor_ratio": floor[0]["ratio_vs_plain"] if floor else None,
                 "accepted_per_call": r["accepted_per_call"],
+                "drafted_per_call": r["drafted_per_call"],
                 "target_calls_per_token": r["target_calls_per_token"],
                 "a": r["a"],
                 "c": r["c"],
@@ -649,6 +657,74 @@ def _miss(cell: dict[str, Any], value: float, **extra) -> dict[str, Any]:
     }
 
 
+# Why a cell runs below plain decoding, from its own measurements (``why``'s ``bound``):
+BOUNDS = {
+    "floor": "drafting nothing is already too slow: the drafter's upkeep and the round's "
+    "machinery, with every round plain",
+    "nothing_pays": "no draft length pays at the measured a and c even with verification "
+    "free, yet the controller drafted: its cost estimate is too low here",
+    "verification": "drafting pays in the ideal (free verification), but scoring the drafts "
+    "and the round's work cost more than the extra tokens",
+    "noise": "the controller drafted (almost) nothing, so the cell is its floor: the gap "
+    "to the floor is this machine's variation between runs",
+}
+
+
+def why(cell: dict[str, Any], goal: float = GOAL_MIN_RATIO) -> dict[str, Any]:
+    """Why ``cell`` runs at ``default_ratio`` < ``goal`` of plain decoding, in its own numbers.
+
+    Per target call (a round; the prefill counts as one, as in plain decoding) the default
+    yields ``t = 1 / target_calls_per_token`` tokens and costs ``R = t / ratio`` plain decoding
+    steps; with every round plain (the ``floor`` row, when run) a round yields one token and
+    costs ``1 / floor`` steps, so ``R - 1 / floor`` is what drafting and verifying added per
+    round (averaged over all rounds, plain ones included) against ``t - 1`` extra tokens. For
+    chains, ``drafted_per_call * c`` of that is the drafts' own compute (``c`` measured
+    standalone), the rest is verifying them and the round's other work. ``bound`` is the first
+    that applies: ``floor`` (the floor itself misses the goal), ``noise`` (fewer than 0.05
+    drafts per call), ``nothing_pays`` (the best ideal at the measured a, c is plain
+    decoding), ``verification``; see ``BOUNDS``."""
+    ratio, floor = cell["default_ratio"], cell.get("floor_ratio")
+    calls = cell["target_calls_per_token"]
+    tokens = 1.0 / calls if calls else math.nan
+    round_steps = tokens / ratio
+    drafted = cell.get("drafted_per_call", math.nan)
+    out: dict[str, Any] = {
+        "ratio": ratio,
+        "floor_ratio": floor,
+        "tokens_per_call": tokens,
+        "round_plain_steps": round_steps,
+        "drafted_per_call": drafted,
+        "a": cell["a"],
+        "c": cell["c"],
+        "ideal": cell["ideal"],
+        "ideal_k": cell["ideal_k"],
+    }
+    added = None if floor is None else round_steps - 1.0 / floor
+    out["added_plain_steps"] = added
+    out["draft_plain_steps"] = drafted * cell["c"] if cell["kind"] == "chain" else None
+    if floor is not None and floor < goal:
+        bound = "floor"
+    elif not drafted >= 0.05:  # the cell ran as its own floor
+        bound = "floor" if floor is None else "noise"
+    elif cell["ideal_k"] == 0:
+        bound = "nothing_pays"
+    else:
+        bound = "verification"
+    out["bound"] = bound
+    text = (
+        f"{ratio:.2f}x: {tokens:.2f} tokens per call for {round_steps:.2f} plain steps "
+        f"(a={cell['a']:.2f}, c={cell['c']:.3f}, {drafted:.2f} drafted per call)"
+    )
+    if floor is not None:
+        text += f"; every round plain {floor:.2f}x ({1.0 / floor:.2f} steps per token)"
+        text += f"; drafting added {added:.2f} steps per call for {tokens - 1.0:.2f} tokens"
+    if out["draft_plain_steps"] is not None:
+        text += f", of which the drafts' compute {out['draft_plain_steps']:.2f}"
+    text += f"; ideal {cell['ideal']:.2f} at K'={cell['ideal_k']}"
+    out["text"] = text
+    return out
+
+
 def goals(grid: list[dict[str, Any]]) -> dict[str, Any]:
     """Issue 17's goals over the ``cells``; every miss with its a and c."""
     out: dict[str, Any] = {}
@@ -661,11 +737,13 @@ def goals(grid: list[dict[str, Any]]) -> dict[str, Any]:
         "argmin": _where(low),
         "passed": low["default_ratio"] >= GOAL_MIN_RATIO,
         "misses": [
-            _miss(cell, cell["default_ratio"])
+            _miss(cell, cell["default_ratio"], why=why(cell))
             for cell in sorted(grid, key=lambda cell: cell["default_ratio"])
             if cell["default_ratio"] < GOAL_MIN_RATIO
         ],
     }
+    bounds = [m["why"]["bound"] for m in out["min_ratio"]["misses"]]
+    out["min_ratio"]["misses_by_bound"] = {b: bounds.count(b) for b in BOUNDS if b in bounds}
     draft = [
         cell
         for cell in grid
@@ -676,7 +754,13 @@ def goals(grid: list[dict[str, Any]]) -> dict[str, Any]:
         "values": {_where(cell): cell["efficiency"] for cell in draft},
         "passed": all(cell["efficiency"] >= GOAL_EFFICIENCY for cell in draft) if draft else None,
         "misses": [
-            _miss(cell, cell["efficiency"], ideal=cell["ideal"], ratio=cell["default_ratio"])
+            _miss(
+                cell,
+                cell["efficiency"],
+                ideal=cell["ideal"],
+                ratio=cell["default_ratio"],
+                why=why(cell),
+            )
             for cell in draft
             if cell["efficiency"] < GOAL_EFFICIENCY
         ],
@@ -744,6 +828,19 @@ def goals(grid: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def resummarise(path: pathlib.Path, out_dir: pathlib.Path) -> dict[str, Any]:
+    """The results of an earlier run at ``path`` with ``cells`` and ``goals`` recomputed from
+    its ``rows`` by this code (written to ``out_dir``); nothing is run or timed."""
+    if not path.is_file():
+        raise ValueError(f"`resummarise`: expected a results.json file; got {str(path)!r}.")
+    results = json.loads(path.read_text())
+    _CALIBRATION_ERRORS[:] = results.get("calibration_errors", [])
+    _summarise(results)
+    results["resummarised_from"] = str(path)
+    write(results, out_dir)
+    return results
+
+
 def _summarise(results: dict[str, Any]) -> None:
     results["calibration_errors"] = list(_CALIBRATION_ERRORS)
     results["cells"] = cells(results["rows"])
@@ -757,6 +854,8 @@ def run(config: ml_collections.ConfigDict, progress=None) -> dict[str, Any]:
     """Runs the grid; returns the figures (also written as JSON, PNG and markdown)."""
     started = time.perf_counter()
     config = effective(config)
+    if config.resummarise:
+        return resummarise(pathlib.Path(config.resummarise), pathlib.Path(config.output_dir))
     pairs = _pairs.check_pairs(config.pairs)
     progress = progress or (lambda x, **_: x)
     results: dict[str, Any] = {
@@ -946,11 +1045,59 @@ def format_summary(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+_BOUND_LETTERS = {"floor": "F", "nothing_pays": "N", "verification": "V", "noise": "n"}
+
+
+def format_bounds(results: dict[str, Any]) -> str:
+    """Per pair, the default's ratio per cell with, where it misses the goal, what bounds
+    it (``why``): F floor, N nothing pays, V verification, n noise; and the floor's ratio
+    (every round plain) in brackets where it was run."""
+    grid = results["cells"]
+    columns = _columns(grid)
+    names = [n for n in DRAFTERS if any(c["drafter"] == n for c in grid)]
+    lines = [
+        "Bounds of the cells below "
+        f"{GOAL_MIN_RATIO}: "
+        + ", ".join(f"{letter} {bound}" for bound, letter in _BOUND_LETTERS.items())
+        + "; (floor: every round plain)",
+        "",
+    ]
+    for label in results["pairs"]:
+        found = {
+            (c["drafter"], c["batch"], c["temperature"], c["prompt"]): c
+            for c in grid
+            if c["pair"] == label
+        }
+        lines += [
+            f"**{label}**: default controller x plain decoding (floor); columns B/T/prompt",
+            "",
+            "| drafter | " + " | ".join(f"{b}/{t:g}/{p}" for b, t, p in columns) + " |",
+            "|---|" + "--:|" * len(columns),
+        ]
+        for name in names:
+            values = []
+            for column in columns:
+                cell = found.get((name, *column))
+                if cell is None:
+                    values.append("-")
+                    continue
+                text = f"{cell['default_ratio']:.2f}"
+                if cell["default_ratio"] < GOAL_MIN_RATIO:
+                    text += " " + _BOUND_LETTERS[why(cell)["bound"]]
+                if cell.get("floor_ratio") is not None:
+                    text += f" ({cell['floor_ratio']:.2f})"
+                values.append(text)
+            lines.append(f"| {name} | " + " | ".join(values) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def format_table(results: dict[str, Any]) -> str:
     """The grid as markdown (the README's): the per-pair summary, every cell with its
     numbers, then the goals."""
     lines = [
         format_summary(results),
+        format_bounds(results),
         "| pair | B | T | prompt | drafter | x plain | best fixed (k) | default/fixed | "
         "acc/call | calls/tok | a | c | ideal (K') | eff. | =greedy |",
         "|---|--:|--:|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|:-:|",
@@ -978,6 +1125,12 @@ def format_table(results: dict[str, Any]) -> str:
             f"- min tokens/s ratio vs plain {m['value']:.2f} (goal {m['goal']}) at {m['argmin']}: "
             f"{'PASS' if m['passed'] else 'FAIL'} ({len(m['misses'])} cells below)"
         )
+        counts = m.get("misses_by_bound", {})
+        if counts:
+            lines.append(
+                "  - cells below, by what bounds them: "
+                + "; ".join(f"{bound} {n} ({BOUNDS[bound]})" for bound, n in counts.items())
+            )
         e = g["draft_model_efficiency_batch1_greedy"]
         values = ", ".join(f"{k}: {v:.2f}" for k, v in e["values"].items())
         lines.append(f"- batch-1 greedy draft-model efficiency (goal {e['goal']}): {values}")
@@ -998,6 +1151,10 @@ def format_table(results: dict[str, Any]) -> str:
                 f"{x['best_tree']} {x['best_tree_tokens_per_s']:.0f} vs {x['best_chain']} "
                 f"{x['best_chain_tokens_per_s']:.0f} tok/s: {'PASS' if x['passed'] else 'FAIL'}"
             )
+    misses = g.get("min_ratio", {}).get("misses", [])
+    if misses:
+        lines += ["", "Why each cell is below the goal (its own measurements; see `why`):", ""]
+        lines += [f"- {m['cell']}: [{m['why']['bound']}] {m['why']['text']}" for m in misses]
     lines.append("")
     lines.append(
         f"Greedy tokens equal plain greedy's everywhere: "

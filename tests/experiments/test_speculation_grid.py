@@ -38,7 +38,19 @@ def test_acceptance_counts_the_first_rejected_draft():
     assert counts["a"] == pytest.approx(3 / 5)
 
 
-def _cell(drafter, ratio, batch=1, temperature=0.0, fixed=None, tokens=100.0, eff=0.9):
+def _cell(
+    drafter,
+    ratio,
+    batch=1,
+    temperature=0.0,
+    fixed=None,
+    tokens=100.0,
+    eff=0.9,
+    floor=None,
+    drafted=2.0,
+    calls_per_token=0.5,
+    ideal_k=2,
+):
     return {
         "pair": "p",
         "batch": batch,
@@ -53,9 +65,13 @@ def _cell(drafter, ratio, batch=1, temperature=0.0, fixed=None, tokens=100.0, ef
         "best_fixed_tokens_per_s": None if fixed is None else tokens * fixed / ratio,
         "default_over_best_fixed": None if fixed is None else ratio / fixed,
         "accepted_per_call": 1.0,
+        "drafted_per_call": drafted,
+        "target_calls_per_token": calls_per_token,
+        "floor_ratio": floor,
         "a": 0.5,
         "c": 0.1,
-        "ideal": 1.5,
+        "ideal": 1.5 if ideal_k else 1.0,
+        "ideal_k": ideal_k,
         "efficiency": eff,
     }
 
@@ -75,6 +91,75 @@ def test_goals_pass_and_fail_on_the_numbers():
     assert fixed["cells"] == 2 and [m["cell"][-13:] for m in fixed["misses"]] == ["prompt_lookup"]
     trees = goals["trees_vs_best_chain_batch1"]
     assert not trees["passed"] and trees["misses"][0]["best_chain"] == "draft_model"
+
+
+def test_why_a_cell_misses_follows_its_numbers():
+    # 2 tokens per call at 0.8x plain: a call costs 2 / 0.8 = 2.5 plain steps; with every
+    # round plain at 1.0x drafting added 1.5 steps per call for 1 extra token.
+    why = grid.why(_cell("draft_model", 0.8, floor=1.0))
+    assert why["bound"] == "verification"
+    assert why["tokens_per_call"] == pytest.approx(2.0)
+    assert why["round_plain_steps"] == pytest.approx(2.5)
+    assert why["added_plain_steps"] == pytest.approx(1.5)
+    assert why["draft_plain_steps"] == pytest.approx(0.2)  # 2 drafts x c = 0.1
+    assert "2.00 tokens per call for 2.50 plain steps" in why["text"]
+    assert grid.why(_cell("draft_model", 0.8, floor=0.9))["bound"] == "floor"
+    assert grid.why(_cell("draft_model", 0.8, floor=1.0, ideal_k=0))["bound"] == "nothing_pays"
+    quiet = _cell("draft_model", 0.9, drafted=0.0, calls_per_token=1.0)
+    assert grid.why(quiet)["bound"] == "floor"  # no floor row: the cell ran as its floor
+    assert grid.why({**quiet, "floor_ratio": 1.0})["bound"] == "noise"
+    tree = grid.why(_cell("token_recycling", 0.8, floor=1.0))
+    assert tree["draft_plain_steps"] is None  # c is per tree depth, not per node
+    goals = grid.goals([_cell("token_recycling", 0.8, floor=0.9), _cell("early_exit", 0.9)])
+    assert goals["min_ratio"]["misses_by_bound"] == {"floor": 1, "verification": 1}
+
+
+def test_resummarise_recomputes_cells_from_saved_rows(tmp_path):
+    rows = [
+        {
+            "pair": "p",
+            "batch": 1,
+            "temperature": 0.0,
+            "prompt": "short",
+            "drafter": "plain",
+            "controller": "plain",
+            "tokens_per_s": 100.0,
+            "ratio_vs_plain": 1.0,
+        },
+    ]
+    draft = {
+        **rows[0],
+        "drafter": "draft_model",
+        "tokens_per_s": 80.0,
+        "ratio_vs_plain": 0.8,
+        "accepted_per_call": 1.0,
+        "drafted_per_call": 2.0,
+        "target_calls_per_token": 0.5,
+        "a": 0.5,
+        "c": 0.1,
+        "ideal": 1.5,
+        "ideal_k": 2,
+        "efficiency": 0.8 / 1.5,
+        "same_tokens_as_plain": True,
+    }
+    rows += [
+        {**draft, "controller": "default"},
+        {**draft, "controller": "floor", "ratio_vs_plain": 0.9},
+    ]
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"pairs": {"p": {}}, "rows": rows, "wall_s": 1.0}))
+    config = grid.default_config()
+    config.resummarise = str(path)
+    config.output_dir = str(tmp_path / "new")
+    results = grid.run(config)
+    (cell,) = results["cells"]
+    assert cell["floor_ratio"] == 0.9 and cell["default_ratio"] == 0.8
+    assert results["goals"]["min_ratio"]["misses"][0]["why"]["bound"] == "floor"
+    table = (tmp_path / "new" / "results.md").read_text()
+    assert "[floor]" in table and "| 0.80 F (0.90) |" in table
+    with pytest.raises(ValueError, match="resummarise"):
+        config.resummarise = str(tmp_path / "missing.json")
+        grid.run(config)
 
 
 def test_unknown_drafter_or_bad_k_is_a_value_error():

@@ -659,14 +659,15 @@ def _miss(cell: dict[str, Any], value: float, **extra) -> dict[str, Any]:
 
 # Why a cell runs below plain decoding, from its own measurements (``why``'s ``bound``):
 BOUNDS = {
-    "floor": "drafting nothing is already too slow: the drafter's upkeep and the round's "
-    "machinery, with every round plain",
+    "floor": "most of the loss is there with every round plain (the drafter's upkeep and "
+    "the round's machinery): the floor loses at least as much as drafting does",
     "nothing_pays": "no draft length pays at the measured a and c even with verification "
     "free, yet the controller drafted: its cost estimate is too low here",
-    "verification": "drafting pays in the ideal (free verification), but scoring the drafts "
-    "and the round's work cost more than the extra tokens",
-    "noise": "the controller drafted (almost) nothing, so the cell is its floor: the gap "
-    "to the floor is this machine's variation between runs",
+    "verification": "drafting pays in the ideal (free verification), but a drafting round "
+    "costs more than the extra tokens: scoring the drafts and the round's other work "
+    "(added steps less the drafts' compute)",
+    "noise": "the floor reaches the goal and the controller drafted (almost) nothing: the "
+    "gap to the floor is this machine's variation between runs",
 }
 
 
@@ -680,9 +681,10 @@ def why(cell: dict[str, Any], goal: float = GOAL_MIN_RATIO) -> dict[str, Any]:
     round (averaged over all rounds, plain ones included) against ``t - 1`` extra tokens. For
     chains, ``drafted_per_call * c`` of that is the drafts' own compute (``c`` measured
     standalone), the rest is verifying them and the round's other work. ``bound`` is the first
-    that applies: ``floor`` (the floor itself misses the goal), ``noise`` (fewer than 0.05
-    drafts per call), ``nothing_pays`` (the best ideal at the measured a, c is plain
-    decoding), ``verification``; see ``BOUNDS``."""
+    that applies: ``floor`` (the floor misses the goal and loses at least as much,
+    ``1 - floor``, as drafting loses on top of it, ``floor - ratio``), ``noise`` (fewer
+    than 0.05 drafts per call), ``nothing_pays`` (the best ideal at the measured a, c is
+    plain decoding), ``verification``; see ``BOUNDS``."""
     ratio, floor = cell["default_ratio"], cell.get("floor_ratio")
     calls = cell["target_calls_per_token"]
     tokens = 1.0 / calls if calls else math.nan
@@ -702,10 +704,13 @@ def why(cell: dict[str, Any], goal: float = GOAL_MIN_RATIO) -> dict[str, Any]:
     added = None if floor is None else round_steps - 1.0 / floor
     out["added_plain_steps"] = added
     out["draft_plain_steps"] = drafted * cell["c"] if cell["kind"] == "chain" else None
-    if floor is not None and floor < goal:
+    # What the floor loses (1 - floor) against what drafting loses on top (floor - ratio).
+    out["floor_loss"] = None if floor is None else 1.0 - floor
+    out["drafting_loss"] = None if floor is None else floor - ratio
+    if floor is not None and floor < goal and 1.0 - floor >= floor - ratio:
         bound = "floor"
     elif not drafted >= 0.05:  # the cell ran as its own floor
-        bound = "floor" if floor is None else "noise"
+        bound = "floor" if floor is None or floor < goal else "noise"
     elif cell["ideal_k"] == 0:
         bound = "nothing_pays"
     else:

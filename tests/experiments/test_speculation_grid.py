@@ -103,14 +103,15 @@ def test_why_a_cell_misses_follows_its_numbers():
     assert why["added_plain_steps"] == pytest.approx(1.5)
     assert why["draft_plain_steps"] == pytest.approx(0.2)  # 2 drafts x c = 0.1
     assert "2.00 tokens per call for 2.50 plain steps" in why["text"]
-    assert grid.why(_cell("draft_model", 0.8, floor=0.9))["bound"] == "floor"
+    assert grid.why(_cell("draft_model", 0.85, floor=0.9))["bound"] == "floor"  # 0.1 > 0.05
+    assert grid.why(_cell("draft_model", 0.6, floor=0.9))["bound"] == "verification"
     assert grid.why(_cell("draft_model", 0.8, floor=1.0, ideal_k=0))["bound"] == "nothing_pays"
     quiet = _cell("draft_model", 0.9, drafted=0.0, calls_per_token=1.0)
     assert grid.why(quiet)["bound"] == "floor"  # no floor row: the cell ran as its floor
     assert grid.why({**quiet, "floor_ratio": 1.0})["bound"] == "noise"
     tree = grid.why(_cell("token_recycling", 0.8, floor=1.0))
     assert tree["draft_plain_steps"] is None  # c is per tree depth, not per node
-    goals = grid.goals([_cell("token_recycling", 0.8, floor=0.9), _cell("early_exit", 0.9)])
+    goals = grid.goals([_cell("token_recycling", 0.85, floor=0.9), _cell("early_exit", 0.9)])
     assert goals["min_ratio"]["misses_by_bound"] == {"floor": 1, "verification": 1}
 
 
@@ -144,7 +145,7 @@ def test_resummarise_recomputes_cells_from_saved_rows(tmp_path):
     }
     rows += [
         {**draft, "controller": "default"},
-        {**draft, "controller": "floor", "ratio_vs_plain": 0.9},
+        {**draft, "controller": "floor", "ratio_vs_plain": 0.85},
     ]
     path = tmp_path / "old.json"
     path.write_text(json.dumps({"pairs": {"p": {}}, "rows": rows, "wall_s": 1.0}))
@@ -153,10 +154,10 @@ def test_resummarise_recomputes_cells_from_saved_rows(tmp_path):
     config.output_dir = str(tmp_path / "new")
     results = grid.run(config)
     (cell,) = results["cells"]
-    assert cell["floor_ratio"] == 0.9 and cell["default_ratio"] == 0.8
+    assert cell["floor_ratio"] == 0.85 and cell["default_ratio"] == 0.8
     assert results["goals"]["min_ratio"]["misses"][0]["why"]["bound"] == "floor"
     table = (tmp_path / "new" / "results.md").read_text()
-    assert "[floor]" in table and "| 0.80 F (0.90) |" in table
+    assert "[floor]" in table and "| 0.80 F (0.85) |" in table
     with pytest.raises(ValueError, match="resummarise"):
         config.resummarise = str(tmp_path / "missing.json")
         grid.run(config)

@@ -1024,49 +1024,14 @@ def _num(value, spec: str = ".2f") -> str:
     return format(value, spec)
 
 
-def format_summary(results: dict[str, Any]) -> str:
-    """Per pair, a markdown table of the default controller's tokens/s ratio to plain decoding:
-    rows = drafters, columns = batch x temperature x prompt (the heat map as text)."""
+def _pair_tables(results: dict[str, Any], title: str, text_of: Callable) -> list[str]:
+    """Per pair, a markdown table: rows = drafters, columns = batch x temperature x prompt;
+    ``text_of(cell)`` fills a cell (``-`` where the grid has none); ``title`` follows the
+    pair's label."""
     grid = results["cells"]
     columns = _columns(grid)
     names = [n for n in DRAFTERS if any(c["drafter"] == n for c in grid)]
     lines = []
-    for label in results["pairs"]:
-        found = {
-            (c["drafter"], c["batch"], c["temperature"], c["prompt"]): c["default_ratio"]
-            for c in grid
-            if c["pair"] == label
-        }
-        lines += [
-            f"**{label}**: tokens/s / plain decoding (default controller); columns B/T/prompt",
-            "",
-            "| drafter | " + " | ".join(f"{b}/{t:g}/{p}" for b, t, p in columns) + " |",
-            "|---|" + "--:|" * len(columns),
-        ]
-        for name in names:
-            values = [_num(found.get((name, *column))) for column in columns]
-            lines.append(f"| {name} | " + " | ".join(values) + " |")
-        lines.append("")
-    return "\n".join(lines)
-
-
-_BOUND_LETTERS = {"floor": "F", "nothing_pays": "N", "verification": "V", "noise": "n"}
-
-
-def format_bounds(results: dict[str, Any]) -> str:
-    """Per pair, the default's ratio per cell with, where it misses the goal, what bounds
-    it (``why``): F floor, N nothing pays, V verification, n noise; and the floor's ratio
-    (every round plain) in brackets where it was run."""
-    grid = results["cells"]
-    columns = _columns(grid)
-    names = [n for n in DRAFTERS if any(c["drafter"] == n for c in grid)]
-    lines = [
-        "Bounds of the cells below "
-        f"{GOAL_MIN_RATIO}: "
-        + ", ".join(f"{letter} {bound}" for bound, letter in _BOUND_LETTERS.items())
-        + "; (floor: every round plain)",
-        "",
-    ]
     for label in results["pairs"]:
         found = {
             (c["drafter"], c["batch"], c["temperature"], c["prompt"]): c
@@ -1074,27 +1039,47 @@ def format_bounds(results: dict[str, Any]) -> str:
             if c["pair"] == label
         }
         lines += [
-            f"**{label}**: default controller x plain decoding (floor); columns B/T/prompt",
+            f"**{label}**: {title}; columns B/T/prompt",
             "",
             "| drafter | " + " | ".join(f"{b}/{t:g}/{p}" for b, t, p in columns) + " |",
             "|---|" + "--:|" * len(columns),
         ]
         for name in names:
-            values = []
-            for column in columns:
-                cell = found.get((name, *column))
-                if cell is None:
-                    values.append("-")
-                    continue
-                text = f"{cell['default_ratio']:.2f}"
-                if cell["default_ratio"] < GOAL_MIN_RATIO:
-                    text += " " + _BOUND_LETTERS[why(cell)["bound"]]
-                if cell.get("floor_ratio") is not None:
-                    text += f" ({cell['floor_ratio']:.2f})"
-                values.append(text)
+            cells = [found.get((name, *column)) for column in columns]
+            values = ["-" if cell is None else text_of(cell) for cell in cells]
             lines.append(f"| {name} | " + " | ".join(values) + " |")
         lines.append("")
-    return "\n".join(lines)
+    return lines
+
+
+def format_summary(results: dict[str, Any]) -> str:
+    """Per pair, a markdown table of the default controller's tokens/s ratio to plain decoding:
+    rows = drafters, columns = batch x temperature x prompt (the heat map as text)."""
+    title = "tokens/s / plain decoding (default controller)"
+    return "\n".join(_pair_tables(results, title, lambda cell: _num(cell["default_ratio"])))
+
+
+_BOUND_LETTERS = {"floor": "F", "nothing_pays": "N", "verification": "V", "noise": "n"}
+
+
+def _bound_text(cell: dict[str, Any]) -> str:
+    """The default's ratio, the letter of what bounds it below the goal, the floor's ratio."""
+    text = f"{cell['default_ratio']:.2f}"
+    if cell["default_ratio"] < GOAL_MIN_RATIO:
+        text += " " + _BOUND_LETTERS[why(cell)["bound"]]
+    if cell.get("floor_ratio") is not None:
+        text += f" ({cell['floor_ratio']:.2f})"
+    return text
+
+
+def format_bounds(results: dict[str, Any]) -> str:
+    """Per pair, the default's ratio per cell with, where it misses the goal, what bounds
+    it (``why``): F floor, N nothing pays, V verification, n noise; and the floor's ratio
+    (every round plain) in brackets where it was run."""
+    legend = ", ".join(f"{letter} {bound}" for bound, letter in _BOUND_LETTERS.items())
+    head = f"Bounds of the cells below {GOAL_MIN_RATIO}: {legend}; (floor: every round plain)"
+    title = "default controller x plain decoding (floor)"
+    return "\n".join([head, "", *_pair_tables(results, title, _bound_text)])
 
 
 def format_table(results: dict[str, Any]) -> str:

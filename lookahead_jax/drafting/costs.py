@@ -11,11 +11,15 @@ Two ways to get one:
 
 * :func:`calibrate_costs` times the pieces on the device, once per shapes, outside any
   compiled loop (jitted, warmed, median of ``repeats``);
-* :func:`estimate_costs` guesses from model sizes alone (no timing): a target call over
-  ``n`` tokens costs ``1 + beta (n - 1)`` plain steps, with ``beta = 2 B / (I b)`` for
-  batch ``B``, parameter bytes ``b`` and the device's compute per byte of memory
-  bandwidth ``I`` (a memory-bound decoder's spare compute), and a draft model costs its
-  share of the target's parameters per token. Drafters without a model (n-gram tables,
+* :func:`estimate_costs` guesses from model sizes alone (no timing). A plain step is a
+  fixed latency ``lambda`` (a share of the step: the device's per-call seconds over the
+  step's, the step being the target's parameter bytes over the device's bandwidth plus
+  that latency) and reading the parameters, ``1 - lambda``. A target call over ``n``
+  tokens costs ``1 + beta (n - 1)`` plain steps, with ``beta = 2 B / (I b)`` for batch
+  ``B``, parameter bytes ``b`` and the device's compute per byte of memory bandwidth
+  ``I`` (a memory-bound decoder's spare compute). A draft model's proposal pays the
+  latency once (a chain) or once per level (a tree) and its share of the target's
+  parameter reading, ``1 - lambda``, per token. Drafters without a model (n-gram tables,
   tries, prompt lookup) are estimated as free. It is the default of the generation loop
   when no cost model is given; on a CPU with tiny models it is rough (the memories'
   upkeep is far from free there): calibrate for figures you will report.
@@ -43,6 +47,17 @@ from lookahead_jax.sampling import Sampling
 # TFLOP/s bf16 over 3.35 TB/s), a TPU v5e (~197 TFLOP/s over 0.82 TB/s), and a CPU
 # (fitted to the tiny target on 2 cores: +8% per extra scored token at batch 1).
 FLOPS_PER_BYTE = {"gpu": 300.0, "tpu": 240.0, "cpu": 6.0}
+
+# What a model call costs whatever the model's size (dispatching its kernels, the small
+# ops around it), in seconds, and the memory bandwidth (bytes per second) that turns the
+# parameters a call reads into seconds: together they say what share of a plain step is
+# fixed latency, which a small draft model or a tree level pays in full. Rough figures: an
+# H100 (3.35 TB/s; ~30 us of launches per call) and a TPU v5e (0.82 TB/s); the CPU's are
+# fitted on 2 cores to the byte pair's calibration (``calibrate_costs``): a plain step of
+# the 1.9M-parameter target ~375 us, a draft-model chain's propose ~70 us plus ~36 us per
+# drafted token, a draft-model tree ~115 us per level.
+CALL_SECONDS = {"gpu": 30e-6, "tpu": 30e-6, "cpu": 75e-6}
+BYTES_PER_SECOND = {"gpu": 3.35e12, "tpu": 8.2e11, "cpu": 25e9}
 
 
 def _check_points(
@@ -199,6 +214,8 @@ def estimate_costs(
     max_draft: int = 8,
     param_bytes: int = 4,
     flops_per_byte: float | None = None,
+    call_seconds: float | None = None,
+    bytes_per_second: float | None = None,
 ) -> CostModel:
     """A cost model from model sizes alone, in units of one plain decoding step.
 
@@ -211,25 +228,46 @@ def estimate_costs(
       param_bytes: bytes per parameter (4 for float32, 2 for bfloat16).
       flops_per_byte: the device's peak compute over memory bandwidth; ``None``: a rough
         figure for the default device's platform (:data:`FLOPS_PER_BYTE`).
+      call_seconds: the fixed seconds of one model call (dispatch, small ops), paid once
+        per chain proposal and once per level of a model-drafted tree; ``None``: the
+        platform's figure (:data:`CALL_SECONDS`); 0 drops the latency term.
+      bytes_per_second: the device's memory bandwidth, which turns the target's parameter
+        bytes into a plain step's seconds; ``None``: :data:`BYTES_PER_SECOND`.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive int; got {batch_size!r}.")
     if not isinstance(max_draft, int) or max_draft < 1:
         raise ValueError(f"`max_draft` must be a positive int; got {max_draft!r}.")
-    intensity = FLOPS_PER_BYTE[_platform()] if flops_per_byte is None else flops_per_byte
+    platform = _platform()
+    intensity = FLOPS_PER_BYTE[platform] if flops_per_byte is None else flops_per_byte
     if not intensity > 0:
         raise ValueError(f"`flops_per_byte` must be > 0; got {flops_per_byte!r}.")
-    # One more scored token per row costs 2 B flop per parameter; the step reads b bytes.
+    call = CALL_SECONDS[platform] if call_seconds is None else call_seconds
+    if not (np.isfinite(call) and call >= 0):
+        raise ValueError(f"`call_seconds` must be finite and >= 0; got {call_seconds!r}.")
+    bandwidth = BYTES_PER_SECOND[platform] if bytes_per_second is None else bytes_per_second
+    if not (np.isfinite(bandwidth) and bandwidth > 0):
+        raise ValueError(f"`bytes_per_second` must be finite and > 0; got {bytes_per_second!r}.")
+    # One more scored token per row costs 2 B flop per parameter where reading them costs
+    # b bytes: ``beta`` of a call's reading.
     beta = min(1.0, 2.0 * batch_size / (intensity * param_bytes))
+    # A plain step: reading the target's parameters (or computing with them, if that takes
+    # longer: ``2 B / (I b) > 1``) plus one call's fixed latency; the latency's share of it
+    # is what every further call (a proposal, a tree level) adds whatever its model's size.
+    reading = target_config.num_params() * param_bytes / bandwidth
+    reading *= max(1.0, 2.0 * batch_size / (intensity * param_bytes))
+    latency = call / (reading + call)
     tokens = (1, max_draft + 1)
-    seconds = (1.0, 1.0 + beta * max_draft)
+    seconds = (1.0, 1.0 + beta * max_draft)  # as fitted (FLOPS_PER_BYTE), latency included
     model_config = getattr(drafter, "model_config", None)
     if model_config is None:
         return CostModel(tokens, seconds, source="estimated", batch_size=batch_size)
-    ratio = model_config.num_params() / target_config.num_params()
+    # The draft model's reading, per call, in plain steps.
+    ratio = (1.0 - latency) * model_config.num_params() / target_config.num_params()
     if isinstance(drafter, TreeDrafter):
         # A model-drafted tree: one catch-up call (max_depth + 2 tokens, the root's scores)
-        # and one call per deeper level over that level's nodes (about N / max_depth).
+        # and one call per deeper level over that level's nodes (about N / max_depth); each
+        # level is a call of its own, with its latency.
         depth = max(drafter.max_depth, 1)
         per_level = max(1.0, drafter.num_nodes / depth)
         calls = (1.0 + beta * (depth + 1)) + (depth - 1) * (1.0 + beta * (per_level - 1))
@@ -237,16 +275,17 @@ def estimate_costs(
             tokens,
             seconds,
             draft_tokens=(drafter.num_nodes,),
-            draft_seconds=(ratio * calls,),
+            draft_seconds=(ratio * calls + depth * latency,),
             batch_size=batch_size,
         )
-    # A chain of k drafts: one catch-up call (two tokens) and k - 1 single-token calls.
+    # A chain of k drafts: one catch-up call (two tokens) and k - 1 single-token calls, in
+    # one proposal (its latency once).
     lengths = (1, max_draft) if max_draft > 1 else (1,)
     return CostModel(
         tokens,
         seconds,
         draft_tokens=lengths,
-        draft_seconds=tuple(ratio * (k + beta) for k in lengths),
+        draft_seconds=tuple(ratio * (k + beta) + latency for k in lengths),
         batch_size=batch_size,
     )
 

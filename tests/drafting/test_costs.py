@@ -102,17 +102,65 @@ def test_estimate_from_model_sizes():
     big = models.TransformerConfig(vocab_size=256, num_layers=8, num_heads=4, d_model=128)
     small = big.truncated(1)
     ratio = small.num_params() / big.num_params()
+    drafter = drafting.draft_model(models.Model(small, None))
     costs = drafting.estimate_costs(
-        big, drafting.draft_model(models.Model(small, None)), max_draft=4, flops_per_byte=100.0
+        big, drafter, max_draft=4, flops_per_byte=100.0, call_seconds=0.0
     )
     assert costs.source == "estimated"
     # beta = 2 B / (I b) = 0.005 per extra scored token at batch 1.
     assert float(costs.target(5)) == pytest.approx(1.02)
     assert float(costs.draft(4)) == pytest.approx(ratio * (4 + 0.005))
-    wide = drafting.estimate_costs(big, None, batch_size=16, max_draft=4, flops_per_byte=100.0)
+    wide = drafting.estimate_costs(
+        big, None, batch_size=16, max_draft=4, flops_per_byte=100.0, call_seconds=0.0
+    )
     assert float(wide.target(5)) == pytest.approx(1 + 4 * 0.08)
     free = drafting.estimate_costs(big, drafting.prompt_lookup(256), max_draft=4)
     assert float(free.draft(4)) == 0.0
+    # Without a draft model the latency changes nothing: same table whatever the latency.
+    for call in (0.0, 1e-3):
+        lookup = drafting.estimate_costs(
+            big, drafting.prompt_lookup(256), max_draft=4, call_seconds=call
+        )
+        assert lookup.target_seconds == free.target_seconds
+
+
+def test_estimate_charges_each_call_its_latency():
+    """A call's fixed seconds are a share ``lam`` of a plain step (the target's parameter
+    bytes over the bandwidth, plus the latency); a chain's proposal pays it once, a
+    model-drafted tree once per level, and the draft's parameter reading is ``1 - lam`` of
+    its share of the target's."""
+    big = models.TransformerConfig(vocab_size=256, num_layers=8, num_heads=4, d_model=128)
+    small = big.truncated(1)
+    ratio = small.num_params() / big.num_params()
+    reading = big.num_params() * 4 / 1e9  # seconds at 1 GB/s
+    lam = 0.25
+    call = lam / (1 - lam) * reading  # the latency that is a quarter of a plain step
+    settings = dict(flops_per_byte=100.0, call_seconds=call, bytes_per_second=1e9)
+    chain = drafting.estimate_costs(
+        big, drafting.draft_model(models.Model(small, None)), max_draft=4, **settings
+    )
+    assert float(chain.target(5)) == pytest.approx(1 + 4 * 0.005)  # the fitted slope
+    assert float(chain.draft(4)) == pytest.approx(lam + (1 - lam) * ratio * (4 + 0.005))
+    tree = drafting.estimate_costs(
+        big,
+        drafting.draft_model_tree(models.Model(small, None), num_nodes=8, max_depth=4),
+        max_draft=8,
+        **settings,
+    )
+    calls = (1 + 0.005 * 5) + 3 * (1 + 0.005 * 1)  # catch-up (6 tokens), 3 levels of 2 nodes
+    assert float(tree.draft(8)) == pytest.approx(4 * lam + (1 - lam) * ratio * calls)
+    # Once per level: a deeper tree of the same size costs more, by the latency.
+    deeper = drafting.estimate_costs(
+        big,
+        drafting.draft_model_tree(models.Model(small, None), num_nodes=8, max_depth=8),
+        max_draft=8,
+        **settings,
+    )
+    assert float(deeper.draft(8)) > float(tree.draft(8)) + 4 * lam
+    with pytest.raises(ValueError, match="call_seconds"):
+        drafting.estimate_costs(big, None, call_seconds=-1.0)
+    with pytest.raises(ValueError, match="bytes_per_second"):
+        drafting.estimate_costs(big, None, bytes_per_second=0.0)
 
 
 def _state(controller, batch, rate_rounds):

@@ -248,14 +248,14 @@ def estimate_costs(
     bandwidth = BYTES_PER_SECOND[platform] if bytes_per_second is None else bytes_per_second
     if not (np.isfinite(bandwidth) and bandwidth > 0):
         raise ValueError(f"`bytes_per_second` must be finite and > 0; got {bytes_per_second!r}.")
-    # One more scored token per row costs 2 B flop per parameter where reading them costs
-    # b bytes: ``beta`` of a call's reading.
-    beta = min(1.0, 2.0 * batch_size / (intensity * param_bytes))
+    # A call's compute over its parameter reading: 2 B flop per parameter against b bytes.
+    compute = 2.0 * batch_size / (intensity * param_bytes)
+    # One more scored token per row costs ``beta`` of a call's reading.
+    beta = min(1.0, compute)
     # A plain step: reading the target's parameters (or computing with them, if that takes
-    # longer: ``2 B / (I b) > 1``) plus one call's fixed latency; the latency's share of it
-    # is what every further call (a proposal, a tree level) adds whatever its model's size.
-    reading = target_config.num_params() * param_bytes / bandwidth
-    reading *= max(1.0, 2.0 * batch_size / (intensity * param_bytes))
+    # longer) plus one call's fixed latency; the latency's share of it is what every
+    # further call (a proposal, a tree level) adds whatever its model's size.
+    reading = target_config.num_params() * param_bytes / bandwidth * max(1.0, compute)
     latency = call / (reading + call)
     tokens = (1, max_draft + 1)
     seconds = (1.0, 1.0 + beta * max_draft)  # as fitted (FLOPS_PER_BYTE), latency included

@@ -189,6 +189,7 @@ def suffix_decoding(
             lengths,
             window,
             max_new,
+            block=token_trie.OBSERVE_BLOCK,
             cursors=state.request_cursors,
         )
         global_, memory_cursors = token_trie.insert_windows(
@@ -199,6 +200,7 @@ def suffix_decoding(
             lengths,
             window,
             max_new,
+            block=token_trie.OBSERVE_BLOCK,
             cursors=state.memory_cursors,
             count_from=state.prompt_lengths,
             policy="lru",

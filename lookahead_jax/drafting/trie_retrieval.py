@@ -222,6 +222,7 @@ def trie_retrieval(
             lengths,
             window,
             max_new,
+            block=token_trie.OBSERVE_BLOCK,
             cursors=state.cursors,
             temporary_before=state.prompt_lengths,
         )

@@ -292,3 +292,42 @@ def test_documents_outside_the_vocabulary_raise_eagerly_and_when_checked():
     with pytest.raises(ValueError, match="lengths"):
         insert(trie_memory(64), documents, jnp.asarray([5]))
     insert(trie_memory(64), documents, jnp.asarray([2]))  # fine
+
+
+def _path_counts(trie, memory):
+    """``{token path from the root: count}`` of one memory's live nodes (layout-free)."""
+    token, parent, count = (np.asarray(x[memory]) for x in (trie.token, trie.parent, trie.count))
+    paths = {}
+    for node in np.flatnonzero(count > 0):
+        path, walk = [], node
+        while walk > 0:
+            path.append(int(token[walk]))
+            walk = parent[walk]
+        paths[tuple(reversed(path))] = int(count[node])
+    return paths
+
+
+def test_observe_in_one_block_learns_what_blocks_of_64_learn(monkeypatch):
+    """``observe`` inserts its windows as one block (``token_trie.OBSERVE_BLOCK``); in equal
+    blocks of at most 64 the memory learns the same paths and counts (it never fills)."""
+    rng = np.random.default_rng(3)
+    tokens = jnp.asarray(rng.integers(0, 5, (4, 40)), jnp.int32)
+    prompt_lengths = jnp.asarray([6, 9, 12, 8], jnp.int32)
+    drafter = trie_retrieval(16, capacity=1024)  # windows of 12 tokens, observe_tokens 10
+    state = jax.jit(drafter.init, static_argnums=2)(tokens[:, :12], prompt_lengths, 64)
+    lengths = prompt_lengths + jnp.asarray([9, 4, 9, 1], jnp.int32)
+    windows = 4 * (12 - 1 + drafter.observe_tokens)  # 84: two blocks of 42, or one
+    assert 64 < windows <= token_trie.OBSERVE_BLOCK
+    learnt = []
+    for block in (64, token_trie.OBSERVE_BLOCK):
+        monkeypatch.setattr(token_trie, "OBSERVE_BLOCK", block)
+        learnt.append(jax.jit(lambda s, t, n: drafter.observe(s, t, n))(state, tokens, lengths))
+    blocks_of_64, one_block = learnt
+    # The memory's clock ticks once per block: two blocks against one.
+    clock = int(state.trie.clock[0])
+    assert int(blocks_of_64.trie.clock[0]) == clock + 2
+    assert int(one_block.trie.clock[0]) == clock + 1
+    np.testing.assert_array_equal(one_block.seen, lengths)
+    np.testing.assert_array_equal(blocks_of_64.seen, one_block.seen)
+    assert _path_counts(one_block.trie, 0) == _path_counts(blocks_of_64.trie, 0)
+    assert len(_path_counts(one_block.trie, 0)) > len(_path_counts(state.trie, 0))

@@ -227,3 +227,16 @@ def wait_processes(started: list, what: str, timeout_s: float = PROCESS_TIMEOUT_
     )
     reason = f"timed out after {timeout_s} s" if failed == "timeout" else f"{failed.name} failed"
     pytest.fail(f"{what} {reason}:\n{report}", pytrace=False)
+
+
+def trie_paths(trie, memory):
+    """``{token path from the root: count}`` of one memory's live nodes (layout-free)."""
+    token, parent, count = (np.asarray(x[memory]) for x in (trie.token, trie.parent, trie.count))
+    paths = {}
+    for node in np.flatnonzero(count > 0):
+        path, walk = [], node
+        while walk > 0:
+            path.append(int(token[walk]))
+            walk = parent[walk]
+        paths[tuple(reversed(path))] = int(count[node])
+    return paths

@@ -274,19 +274,6 @@ def test_memory_of_another_vocabulary_raises_eagerly_and_when_checked():
         build(memory)
 
 
-def _paths(trie, memory):
-    """``{root-to-node token path: count}`` of one memory's live nodes (layout-free)."""
-    token, parent, count = (np.asarray(x[memory]) for x in (trie.token, trie.parent, trie.count))
-    paths = {}
-    for node in np.flatnonzero(count > 0):
-        path, walk = [], node
-        while walk > 0:
-            path.append(int(token[walk]))
-            walk = parent[walk]
-        paths[tuple(reversed(path))] = int(count[node])
-    return paths
-
-
 @functools.partial(jax.jit, static_argnames=("batched",))
 def never_drafting(target, prompt, lengths, batched):
     # One block size, all 32 nodes (the default has four): one scoring branch to compile, and
@@ -320,8 +307,8 @@ def test_batched_observe_learns_every_committed_token(target):
     for field in ("request", "memory"):
         tries = [getattr(out.drafter_state, field) for out in (batched, every_round)]
         for memory in range(tries[0].token.shape[0]):
-            assert _paths(tries[0], memory) == _paths(tries[1], memory)
-    assert len(_paths(batched.drafter_state.memory, 0)) > MAX_NEW  # outputs were learnt
+            assert helpers.trie_paths(tries[0], memory) == helpers.trie_paths(tries[1], memory)
+    assert len(helpers.trie_paths(batched.drafter_state.memory, 0)) > MAX_NEW  # outputs were learnt
 
 
 def test_a_corrupt_memory_cannot_change_greedy_output(target):

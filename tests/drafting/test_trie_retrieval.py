@@ -294,19 +294,6 @@ def test_documents_outside_the_vocabulary_raise_eagerly_and_when_checked():
     insert(trie_memory(64), documents, jnp.asarray([2]))  # fine
 
 
-def _path_counts(trie, memory):
-    """``{token path from the root: count}`` of one memory's live nodes (layout-free)."""
-    token, parent, count = (np.asarray(x[memory]) for x in (trie.token, trie.parent, trie.count))
-    paths = {}
-    for node in np.flatnonzero(count > 0):
-        path, walk = [], node
-        while walk > 0:
-            path.append(int(token[walk]))
-            walk = parent[walk]
-        paths[tuple(reversed(path))] = int(count[node])
-    return paths
-
-
 def test_observe_in_one_block_learns_what_blocks_of_64_learn(monkeypatch):
     """``observe`` inserts its windows as one block (``token_trie.OBSERVE_BLOCK``); in equal
     blocks of at most 64 the memory learns the same paths and counts (it never fills)."""
@@ -329,5 +316,5 @@ def test_observe_in_one_block_learns_what_blocks_of_64_learn(monkeypatch):
     assert int(one_block.trie.clock[0]) == clock + 1
     np.testing.assert_array_equal(one_block.seen, lengths)
     np.testing.assert_array_equal(blocks_of_64.seen, one_block.seen)
-    assert _path_counts(one_block.trie, 0) == _path_counts(blocks_of_64.trie, 0)
-    assert len(_path_counts(one_block.trie, 0)) > len(_path_counts(state.trie, 0))
+    assert helpers.trie_paths(one_block.trie, 0) == helpers.trie_paths(blocks_of_64.trie, 0)
+    assert len(helpers.trie_paths(one_block.trie, 0)) > len(helpers.trie_paths(state.trie, 0))

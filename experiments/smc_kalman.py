@@ -16,7 +16,7 @@ Usage::
    N, median wall time of ``repeats`` calls (``small_repeats`` up to ``small_max_n``)
    after compiling once, and blackjax's
    resampler of the same name on the same weights in the same run, the calls
-   interleaved so both see the same machine load. Ours starts
+   interleaved so both see the same machine load (in an order that rotates). Ours starts
    from log-weights (normalisation included); blackjax is timed twice: on
    normalised weights computed outside the timed call (its API, ``peer_ms``) and
    from the same log-weights with the softmax inside the call
@@ -118,13 +118,20 @@ def _median_seconds(fns: dict, repeats: int) -> dict:
     """Median wall time of each zero-argument function, compiled first, calls interleaved.
 
     Interleaving (ours, peer, ours, peer, ...) exposes both to the same machine load,
-    which on a shared machine matters more than any other source of noise.
+    which on a shared machine matters more than any other source of noise. The order
+    rotates from one repeat to the next, so that no side always runs first in a round: at
+    tens of microseconds per call the position shows (N = 100, eight programs in a fixed
+    order, measured 2026-12-07: the first one 51 us a call, the same program 27 us with
+    the order rotating).
     """
     for fn in fns.values():
         jax.block_until_ready(fn())  # compile
     times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    names = list(fns)
+    for repeat in range(repeats):
+        shift = repeat % len(names)
+        for name in names[shift:] + names[:shift]:
+            fn = fns[name]
             start = time.perf_counter()
             jax.block_until_ready(fn())
             times[name].append(time.perf_counter() - start)

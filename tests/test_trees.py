@@ -62,6 +62,8 @@ def test_ancestor_mask_depths_and_paths_match_naive(seed, num_nodes):
     )
     trees.check_tree(tree)  # the checks make_tree runs on concrete input
     assert int(tree.depth.max()) == max_depth
+    # Concrete parents take NumPy's path, traced ones (above, under jit) JAX's: same depths.
+    np.testing.assert_array_equal(trees.depths_from_parents(parents), tree.depth)
     np.testing.assert_array_equal(by_jumps, mask)
     for row in range(2):
         np.testing.assert_array_equal(mask[row], naive_ancestor_mask(parents[row]))

@@ -973,11 +973,12 @@ def generation_run(
     # The main loop's body is the plain round, in a loop of one trip, followed by the loop
     # of drafting rounds: two loops one after the other and little else. With the plain
     # round's kernels beside the drafting loop in that body, a drafting round nested there
-    # cost 1.3-1.5x the same round at the top level on XLA:CPU at batch 1 (byte pair; in a
-    # profile its layer kernels ran on one thread where the top-level loop ran them on
-    # two; plain rounds nested the other way round slowed alike), so a generation that
-    # took one plain round ran every later drafting round slower. Wrapped in its own loop
-    # (the trip count a traced value, so the compiler keeps it), neither slows.
+    # cost 1.3-1.5x the same round at the top level on XLA:CPU at batch 1 in some runs
+    # (byte pair; in a profile its layer kernels ran on one thread where the top-level
+    # loop ran them on two; plain rounds nested the other way round slowed alike; other
+    # runs on the same machine showed no difference), so a generation that took one plain
+    # round could run every later drafting round slower. Wrapped in its own loop (the trip
+    # count a traced value, so the compiler keeps it), neither slowed in those runs.
     def plain_round(carry):
         def once(inner):
             state, key = round_(inner[:2], kind="plain")

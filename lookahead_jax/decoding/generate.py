@@ -955,7 +955,7 @@ def generation_run(
 
     # The rounds the controller drafts run in a loop inside the main one, and the main
     # loop's body is a plain round: a plain round is not inside a conditional (which cost
-    # a round 10-20% more on XLA:CPU at batch 1) and pays no drafting machinery.
+    # a round 10-23% more on XLA:CPU at batch 1) and pays no drafting machinery.
     def drafting_rounds(carry):
         # The controller's choice for the next round is asked once, after each round: the
         # loop's condition reads it and the round uses it (0 for finished rows).

@@ -20,9 +20,13 @@ Two ways to get one:
   ``I`` (a memory-bound decoder's spare compute). A draft model's proposal pays the
   latency once (a chain) or once per level (a tree) and its share of the target's
   parameter reading, ``1 - lambda``, per token. Drafters without a model (n-gram tables,
-  tries, prompt lookup) are estimated as free. It is the default of the generation loop
-  when no cost model is given; on a CPU with tiny models it is rough (the memories'
-  upkeep is far from free there): calibrate for figures you will report.
+  tries, prompt lookup) propose for free. Every drafting round also pays the loop's own
+  fixed work (verifying, committing several tokens, the round's conditionals and the
+  drafter's bookkeeping: :data:`ROUND_SECONDS`) and a tree round a further
+  :data:`NODE_SECONDS` per node it verifies (the tree's masks, paths and per-node memory
+  work). It is the default of the generation loop when no cost model is given; it stays
+  rough (each drafter's own upkeep differs): calibrate for figures you will report
+  (``experiments/cost_estimate.py`` puts the two side by side).
 """
 
 from __future__ import annotations
@@ -59,6 +63,19 @@ FLOPS_PER_BYTE = {"gpu": 300.0, "tpu": 240.0, "cpu": 6.0}
 CALL_SECONDS = {"gpu": 30e-6, "tpu": 30e-6, "cpu": 75e-6}
 BYTES_PER_SECOND = {"gpu": 3.35e12, "tpu": 8.2e11, "cpu": 25e9}
 
+# What a drafting round costs beyond its target call and its drafts, in seconds, whatever
+# the models' sizes: verifying and committing several tokens, the round's conditionals and
+# the drafter's bookkeeping (``ROUND_SECONDS``, every drafting round), and for a token tree
+# its masks, paths and per-node memory work (``NODE_SECONDS`` per verified node). The CPU
+# figures are a least-squares fit to calibrated whole rounds (``calibrate_costs``) of the
+# drafters without a model on the byte and BPE pairs at batch 1 (2026-12-07,
+# ``experiments/cost_estimate.py``): with them the estimate lies at 0.78-1.27 of the
+# calibrated rounds (median ~1.0), without them at 0.49-1.15 (median ~0.75). GPU and TPU:
+# rough guesses (a few dozen extra kernel launches per round; per-node work vectorised),
+# not measured here.
+ROUND_SECONDS = {"gpu": 60e-6, "tpu": 60e-6, "cpu": 157e-6}
+NODE_SECONDS = {"gpu": 0.0, "tpu": 0.0, "cpu": 31.5e-6}
+
 
 def _check_points(
     names: tuple[str, str], tokens: Sequence[int], seconds: Sequence[float], first: int
@@ -92,6 +109,11 @@ class CostModel:
         paid by every drafting round and every ``observe_rounds``-th plain round.
       observe_rounds: plain rounds per ``observe`` call (``TreeDrafter.observe_tokens - 1``
         for a drafter that learns tokens in batches; 1: every round).
+      overhead_seconds: the loop's own fixed work in every drafting round (verifying,
+        committing, the conditionals; :data:`ROUND_SECONDS`), added to the parts; 0 in a
+        calibration, whose whole rounds include it.
+      node_seconds: a tree round's further work per verified node (masks, paths, the
+        memory's per-node work; :data:`NODE_SECONDS`); trees only, 0 in a calibration.
       round_sizes: draft lengths (trees: cuts) whose whole round was timed as the
         generation loop runs it, increasing from 0 (a plain round); ``()``: none.
       round_times: the seconds of one such round at each of ``round_sizes``. Where given,
@@ -109,6 +131,8 @@ class CostModel:
     upkeep_seconds: float = 0.0
     observe_seconds: float = 0.0
     observe_rounds: int = 1
+    overhead_seconds: float = 0.0
+    node_seconds: float = 0.0
     round_sizes: tuple[int, ...] = ()
     round_times: tuple[float, ...] = ()
     batch_size: int | None = None
@@ -127,7 +151,7 @@ class CostModel:
         )
         object.__setattr__(self, "draft_tokens", tokens)
         object.__setattr__(self, "draft_seconds", seconds)
-        for name in ("upkeep_seconds", "observe_seconds"):
+        for name in ("upkeep_seconds", "observe_seconds", "overhead_seconds", "node_seconds"):
             value = getattr(self, name)
             if not (np.isfinite(value) and value >= 0):
                 raise ValueError(f"`{name}` must be finite and >= 0; got {value!r}.")
@@ -164,7 +188,9 @@ class CostModel:
         num_draft = np.asarray(num_draft, np.float64)
         if self.round_sizes:
             return _interpolate(self.round_sizes, self.round_times, num_draft)
-        drafting = self.draft(num_draft) + self.upkeep_seconds + self.observe_seconds
+        drafting = (
+            self.draft(num_draft) + self.upkeep_seconds + self.observe_seconds
+        ) + self.overhead_seconds
         plain = self.observe_seconds / self.observe_rounds  # observe calls come in batches
         return self.target(num_draft + 1) + np.where(num_draft > 0, drafting, plain)
 
@@ -177,6 +203,7 @@ class CostModel:
         if self.round_sizes:
             return self.round_seconds(cuts)
         drafting = float(self.draft(num_nodes)) + self.upkeep_seconds + self.observe_seconds
+        drafting = drafting + self.overhead_seconds + self.node_seconds * cuts
         return np.where(cuts > 0, self.target(cuts + 1) + drafting, self.round_seconds(0))
 
     def draft_cost_ratio(self, num_draft: int) -> float:
@@ -216,6 +243,8 @@ def estimate_costs(
     flops_per_byte: float | None = None,
     call_seconds: float | None = None,
     bytes_per_second: float | None = None,
+    round_seconds: float | None = None,
+    node_seconds: float | None = None,
 ) -> CostModel:
     """A cost model from model sizes alone, in units of one plain decoding step.
 
@@ -233,6 +262,10 @@ def estimate_costs(
         platform's figure (:data:`CALL_SECONDS`); 0 drops the latency term.
       bytes_per_second: the device's memory bandwidth, which turns the target's parameter
         bytes into a plain step's seconds; ``None``: :data:`BYTES_PER_SECOND`.
+      round_seconds: the fixed seconds every drafting round adds beyond its target call and
+        drafts; ``None``: :data:`ROUND_SECONDS`; 0 drops it.
+      node_seconds: a tree round's further seconds per verified node; ``None``:
+        :data:`NODE_SECONDS`; 0 drops it.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive int; got {batch_size!r}.")
@@ -248,6 +281,11 @@ def estimate_costs(
     bandwidth = BYTES_PER_SECOND[platform] if bytes_per_second is None else bytes_per_second
     if not (np.isfinite(bandwidth) and bandwidth > 0):
         raise ValueError(f"`bytes_per_second` must be finite and > 0; got {bytes_per_second!r}.")
+    per_round = ROUND_SECONDS[platform] if round_seconds is None else round_seconds
+    per_node = NODE_SECONDS[platform] if node_seconds is None else node_seconds
+    for name, value in (("round_seconds", per_round), ("node_seconds", per_node)):
+        if not (np.isfinite(value) and value >= 0):
+            raise ValueError(f"`{name}` must be finite and >= 0; got {value!r}.")
     # A call's compute over its parameter reading: 2 B flop per parameter against b bytes.
     compute = 2.0 * batch_size / (intensity * param_bytes)
     # One more scored token per row costs ``beta`` of a call's reading.
@@ -259,9 +297,14 @@ def estimate_costs(
     latency = call / (reading + call)
     tokens = (1, max_draft + 1)
     seconds = (1.0, 1.0 + beta * max_draft)  # as fitted (FLOPS_PER_BYTE), latency included
+    # The fixed work of a drafting round, and a tree's per node, in plain steps.
+    extras = {
+        "overhead_seconds": per_round / (reading + call),
+        "node_seconds": per_node / (reading + call) if isinstance(drafter, TreeDrafter) else 0.0,
+    }
     model_config = getattr(drafter, "model_config", None)
     if model_config is None:
-        return CostModel(tokens, seconds, source="estimated", batch_size=batch_size)
+        return CostModel(tokens, seconds, source="estimated", batch_size=batch_size, **extras)
     # The draft model's reading, per call, in plain steps.
     ratio = (1.0 - latency) * model_config.num_params() / target_config.num_params()
     if isinstance(drafter, TreeDrafter):
@@ -277,6 +320,7 @@ def estimate_costs(
             draft_tokens=(drafter.num_nodes,),
             draft_seconds=(ratio * calls + depth * latency,),
             batch_size=batch_size,
+            **extras,
         )
     # A chain of k drafts: one catch-up call (two tokens) and k - 1 single-token calls, in
     # one proposal (its latency once).
@@ -287,6 +331,7 @@ def estimate_costs(
         draft_tokens=lengths,
         draft_seconds=tuple(ratio * (k + beta) + latency for k in lengths),
         batch_size=batch_size,
+        **extras,
     )
 
 
@@ -595,6 +640,8 @@ def describe(costs: CostModel) -> dict[str, Any]:
         "upkeep_relative": costs.upkeep_seconds / plain,
         "observe_relative": costs.observe_seconds / plain,
         "observe_rounds": costs.observe_rounds,
+        "overhead_relative": costs.overhead_seconds / plain,
+        "node_relative": costs.node_seconds / plain,
         "round_relative": {
             n: t / plain for n, t in zip(costs.round_sizes, costs.round_times, strict=True)
         },

@@ -163,6 +163,33 @@ def test_estimate_charges_each_call_its_latency():
         drafting.estimate_costs(big, None, bytes_per_second=0.0)
 
 
+def test_estimate_charges_each_drafting_round_its_fixed_work():
+    """Every drafting round pays ``round_seconds`` and a tree round ``node_seconds`` per
+    verified node, as shares of the estimate's plain step; a plain round pays neither."""
+    big = models.TransformerConfig(vocab_size=256, num_layers=8, num_heads=4, d_model=128)
+    reading = big.num_params() * 4 / 1e9  # a plain step's seconds at 1 GB/s, no latency
+    settings = dict(flops_per_byte=100.0, call_seconds=0.0, bytes_per_second=1e9)
+    extra = dict(round_seconds=0.5 * reading, node_seconds=0.1 * reading)
+    chain = drafting.estimate_costs(
+        big, drafting.prompt_lookup(256), max_draft=4, **settings, **extra
+    )
+    np.testing.assert_allclose(chain.round_seconds([0, 2]), [1.0, 1 + 2 * 0.005 + 0.5])
+    tree_drafter = drafting.token_recycling(256)
+    nodes = tree_drafter.num_nodes
+    tree = drafting.estimate_costs(big, tree_drafter, max_draft=nodes, **settings, **extra)
+    np.testing.assert_allclose(
+        tree.tree_round_seconds([0, 4], nodes), [1.0, 1 + 4 * 0.005 + 0.5 + 0.1 * 4]
+    )
+    # Zeros give the table without them: a round is its target call (drafts are free).
+    bare = drafting.estimate_costs(
+        big, tree_drafter, max_draft=nodes, round_seconds=0.0, node_seconds=0.0, **settings
+    )
+    np.testing.assert_allclose(bare.tree_round_seconds([4, 8], nodes), bare.target([5, 9]))
+    for name in ("round_seconds", "node_seconds"):
+        with pytest.raises(ValueError, match=name):
+            drafting.estimate_costs(big, None, **{name: -1.0})
+
+
 def _state(controller, batch, rate_rounds):
     """A controller state after each row saw ``rate_rounds[b]`` = (drafted, accepted) rounds."""
     state = controller.init(batch, 8)

@@ -188,9 +188,7 @@ class CostModel:
         num_draft = np.asarray(num_draft, np.float64)
         if self.round_sizes:
             return _interpolate(self.round_sizes, self.round_times, num_draft)
-        drafting = (
-            self.draft(num_draft) + self.upkeep_seconds + self.observe_seconds
-        ) + self.overhead_seconds
+        drafting = self.draft(num_draft) + self._drafting_extra()
         plain = self.observe_seconds / self.observe_rounds  # observe calls come in batches
         return self.target(num_draft + 1) + np.where(num_draft > 0, drafting, plain)
 
@@ -202,9 +200,12 @@ class CostModel:
         cuts = np.asarray(cuts, np.float64)
         if self.round_sizes:
             return self.round_seconds(cuts)
-        drafting = float(self.draft(num_nodes)) + self.upkeep_seconds + self.observe_seconds
-        drafting = drafting + self.overhead_seconds + self.node_seconds * cuts
+        drafting = float(self.draft(num_nodes)) + self._drafting_extra() + self.node_seconds * cuts
         return np.where(cuts > 0, self.target(cuts + 1) + drafting, self.round_seconds(0))
+
+    def _drafting_extra(self) -> float:
+        """What every drafting round pays besides its target call and its proposal."""
+        return self.upkeep_seconds + self.observe_seconds + self.overhead_seconds
 
     def draft_cost_ratio(self, num_draft: int) -> float:
         """``c``: the drafter's time per drafted token (upkeep included) over a plain step."""

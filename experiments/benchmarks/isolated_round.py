@@ -35,8 +35,6 @@ import numpy as np
 from experiments.benchmarks import _common, _pairs
 from experiments.benchmarks import speculation_grid as _grid
 from lookahead_jax import drafting, models
-from lookahead_jax.decoding import generate
-from lookahead_jax.sampling import Sampling
 
 SCHEDULES = ("never", "first", "middle", "always")
 
@@ -106,28 +104,6 @@ def _schedule(name: str, config) -> dict[int, int]:
     }[name]
 
 
-def _runner(config, name: str | None, temperature: float, controller=None):
-    def run(target, draft, prompt, lengths, key):
-        kwargs = {}
-        if name is not None:
-            kwargs = dict(
-                drafter=_grid.make_drafter(name, target, draft, config),
-                controller=controller,
-                max_draft_tokens=config.max_draft_tokens,
-            )
-        return generate(
-            target,
-            prompt,
-            lengths,
-            key,
-            max_new_tokens=config.max_new_tokens,
-            sampling=Sampling(temperature=temperature),
-            **kwargs,
-        )
-
-    return jax.jit(run)
-
-
 def _quantiles(times: list[float]) -> dict[str, float]:
     q10, q50, q90 = np.quantile(times, [0.1, 0.5, 0.9])
     return {"p10_s": float(q10), "median_s": float(q50), "p90_s": float(q90)}
@@ -153,10 +129,12 @@ def measure(config: ml_collections.ConfigDict, progress=None) -> dict[str, Any]:
         args = (target, draft, prompt, lengths, jax.random.key(config.seed))
         for name in config.drafters:
             for temperature in config.temperatures:
-                jobs = {"plain": _runner(config, None, temperature)}
+                jobs = {"plain": _grid.runner(config, None, 0, temperature)}
                 for schedule in SCHEDULES:
                     controller = scheduled(_schedule(schedule, config), config.max_new_tokens)
-                    jobs[schedule] = _runner(config, name, temperature, controller)
+                    jobs[schedule] = _grid.runner(
+                        config, name, config.max_draft_tokens, temperature, controller
+                    )
                 outputs = {job: jax.block_until_ready(fn(*args)) for job, fn in jobs.items()}
                 times: dict[str, list[float]] = {job: [] for job in jobs}
                 order = list(jobs)

@@ -325,9 +325,12 @@ def runner(config, name: str | None, k: int, temperature: float, controller=None
     """``fn(target, draft, prompt, lengths, key) -> Generation``, one jit per setting.
 
     ``name=None``: plain decoding. ``controller``: ``None`` (the library default),
-    ``("fixed", k)`` or a Controller object (calibrated; never cached)."""
+    ``("fixed", k)``, ``("floor",)``, or a controller object (``drafting.cost_aware(...)``
+    or a ``drafting.Controller``; never cached)."""
+    # A Controller is a NamedTuple: told apart from the ("fixed", k) / ("floor",) settings.
+    setting = isinstance(controller, tuple) and not isinstance(controller, drafting.Controller)
     cache_key = (name, k, temperature, controller, config.max_new_tokens)
-    if controller is not None and not isinstance(controller, tuple):
+    if controller is not None and not setting:
         cache_key = None
     if cache_key is not None and cache_key in _JITTED:
         return _JITTED[cache_key]
@@ -335,9 +338,9 @@ def runner(config, name: str | None, k: int, temperature: float, controller=None
     def run(target, draft, prompt, lengths, key):
         drafter = None if name is None else make_drafter(name, target, draft, config)
         kwargs = {}
-        if controller == ("floor",):  # every round plain, the drafter's K unchanged
+        if setting and controller == ("floor",):  # every round plain, the drafter's K unchanged
             kwargs["controller"] = drafting.constant(0)
-        elif isinstance(controller, tuple):
+        elif setting:
             kwargs["controller"] = drafting.constant(controller[1])
         elif controller is not None:
             kwargs["controller"] = controller

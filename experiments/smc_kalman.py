@@ -24,7 +24,10 @@ Usage::
    ``speedup_vs_peer`` (blackjax ms / ours ms, the API comparison) and
    ``speedup_vs_peer_from_log_weights``; :func:`goals` checks them against issue #18
    (>= 1 at every N for every method, >= 2 for systematic and >= 5 for residual at
-   N = 10^6, against ``peer_ms``) and the summary is printed and stored.
+   N = 10^6, against ``peer_ms``) and the summary is printed and stored. With
+   ``config.baseline`` on CPU, ours is also timed with the paths GPUs and TPUs take
+   (``windowed_ms``; the CPU's sequential loops switched off), interleaved with the rest,
+   and ``speedup_vs_windowed`` is reported.
    ``--config.accuracy=False`` skips part 1.
 
 Writes ``figures.json`` and ``figures.png`` to ``config.output_dir``.
@@ -45,6 +48,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lookahead_jax import particles
+from lookahead_jax.particles import resampling
 
 # Run as `python experiments/NAME.py` from anywhere: the repository root goes on
 # sys.path so that `experiments` resolves.
@@ -153,6 +157,18 @@ def throughput(config) -> list[dict]:
         key = jax.random.key(config.seed)
         ours = jax.jit(lambda k, lw, n=n, method=method: particles.resample(k, lw, n, method))
         fns = {"ours": functools.partial(ours, key, log_weights)}
+        if config.baseline and jax.default_backend() == "cpu":
+            # Our baseline in the same run: the paths GPUs and TPUs take (and CPU took
+            # before the sequential loops), compiled with the CPU switch off.
+            resampling._SEQUENTIAL_ON_CPU = False
+            try:
+                windowed = jax.jit(
+                    lambda k, lw, n=n, method=method: particles.resample(k, lw, n, method)
+                )
+                fns["windowed"] = windowed.lower(key, log_weights).compile()
+            finally:
+                resampling._SEQUENTIAL_ON_CPU = True
+            fns["windowed"] = functools.partial(fns["windowed"], key, log_weights)
         if peer is not None:
             weights = jax.nn.softmax(log_weights)
             peer_fn = getattr(peer, method)
@@ -164,6 +180,9 @@ def throughput(config) -> list[dict]:
         repeats = config.small_repeats if n <= config.small_max_n else config.repeats
         seconds = _median_seconds(fns, repeats)
         row = {"method": method, "n": n, "ours_ms": 1e3 * seconds["ours"]}
+        if "windowed" in seconds:
+            row["windowed_ms"] = 1e3 * seconds["windowed"]
+            row["speedup_vs_windowed"] = row["windowed_ms"] / row["ours_ms"]
         if peer is not None:
             row["peer"] = f"blackjax {blackjax.__version__}"
             row["peer_ms"] = 1e3 * seconds["peer"]
@@ -268,6 +287,11 @@ def print_throughput(rows: list[dict], summary: list[dict]) -> None:
             else ""
         )
         print(f"{r['method']:<12} {r['n']:>8} {r['ours_ms']:>9.3f} {peer}")
+        if "windowed_ms" in r:
+            print(
+                f"{'':<12} {'':>8} ours with the GPU/TPU paths {r['windowed_ms']:.3f} ms "
+                f"(ours x{r['speedup_vs_windowed']:.2f} faster)"
+            )
     if summary:
         missed = [g for g in summary if not g["met"]]
         print(

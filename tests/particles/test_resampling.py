@@ -419,6 +419,66 @@ def test_scan_paths_draw_the_same_ancestors_for_exact_sums(monkeypatch):
         np.testing.assert_array_equal(small[0][row], large[0][row])
 
 
+@pytest.fixture
+def windowed_paths(monkeypatch):
+    """The small-size paths GPUs and TPUs take (windowed scans, binary search) on CPU too."""
+    monkeypatch.setattr(resampling, "_SEQUENTIAL_ON_CPU", False)
+
+
+def test_windowed_paths_keep_the_laws(windowed_paths):
+    w = FIXED_WEIGHTS / FIXED_WEIGHTS.sum()
+    keys = jax.random.split(jax.random.key(0), REPLICATES)
+    counts = np.asarray(_fresh_counts(keys, _float32_log_weights(w), M))
+    tol = 4 * np.sqrt(M * w * (1 - w) / REPLICATES) + 1e-6
+    for method, row in METHOD_ROW.items():
+        assert (counts[row].sum(axis=1) == M).all(), method
+        assert (counts[row][:, w == 0] == 0).all(), method
+        np.testing.assert_array_less(np.abs(counts[row].mean(axis=0) - M * w), tol + 1e-9)
+    assert np.isin(counts[METHOD_ROW["systematic"]] - np.floor(M * w), [0, 1]).all()
+
+
+def test_sequential_and_windowed_paths_draw_the_same_ancestors(monkeypatch):
+    # Dyadic weights sum exactly either way, so both give the same cdf; the sequential
+    # merge and the binary search count exactly: every method draws the same ancestors.
+    w = np.asarray([3, 0, 1, 5, 0, 0, 2, 7, 1, 0, 4, 1] * 5, np.float64) / 64
+    lw = _float32_log_weights(w)
+
+    def draw(num_samples):
+        fn = lambda k, lw: all_methods.__wrapped__(k, lw, num_samples)
+        return jax.jit(fn)(jax.random.key(9), lw)
+
+    for num_samples in (17, 60, 150):
+        sequential = draw(num_samples)
+        monkeypatch.setattr(resampling, "_SEQUENTIAL_ON_CPU", False)
+        windowed = draw(num_samples)
+        monkeypatch.undo()
+        for a, b in zip(sequential, windowed, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_cpu_resampling_runs_its_loops_as_single_kernels():
+    # The sequential paths are fast on CPU only because XLA compiles each loop into one
+    # kernel (a call marked as a small loop) instead of dispatching every step.
+    lw = jnp.zeros((100,), jnp.float32)
+    for method in particles.METHODS:
+        fn = jax.jit(lambda k, lw, method=method: particles.resample(k, lw, 100, method))
+        text = fn.lower(jax.random.key(0), lw).compile().as_text()
+        assert "xla_cpu_small_call" in text, method
+
+
+def test_sequential_merge_counts_positions_below_each_entry():
+    rng = np.random.default_rng(3)
+    u = np.concatenate([np.sort(rng.uniform(size=450)), np.full(50, 2.0)]).astype(np.float32)
+    u[:20] = 0.0  # ties at 0; an inactive tail as in residual resampling
+    cdf = np.sort(rng.uniform(size=300)).astype(np.float32)
+    cdf[:3] = u[100]  # ties between a cdf entry and a position
+    cdf[-5:] = 1.0
+    cdf = np.sort(cdf)  # the merge needs a non-decreasing cdf (as _cdf's sequential sum)
+    np.testing.assert_array_equal(
+        jax.jit(resampling._count_below_merge)(u, cdf), np.searchsorted(u, cdf, side="left")
+    )
+
+
 def test_float64_log_weights_keep_the_invariants():
     with jax.enable_x64(True):
         w = np.asarray([0.0, 0.2, 0.5, 0.0, 0.3])

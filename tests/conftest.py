@@ -76,6 +76,18 @@ except (OSError, ValueError):
     _MAX_MAP_COUNT = None
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config):
+    """Under ``pytest -n N`` without a ``--dist``, each test module runs on one worker
+    (``loadfile``): a module's shared compiled programs are compiled once, not once per
+    worker (fast tier on 2 cores: ~3% less compiling). Runs before pytest-xdist's own hook,
+    which would pick ``load``."""
+    if getattr(config.option, "dist", None) == "no" and getattr(
+        config.option, "numprocesses", None
+    ):
+        config.option.dist = "loadfile"
+
+
 _default_compiler_results: dict[str, tuple[str, str]] = {}  # nodeid -> (outcome, report)
 
 

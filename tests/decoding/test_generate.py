@@ -257,10 +257,13 @@ def run_fn(key, target, draft, prompt, lengths, config, kind):
         ("ar", Sampling(), None),
         pytest.param("ar", Sampling(temperature=1.0), None, marks=pytest.mark.slow),
         pytest.param("model", Sampling(), None, marks=pytest.mark.slow),
-        ("model", Sampling(temperature=1.0), None),  # speculative sampling: both sub-keys
+        # Speculative sampling, both sub-keys: slow tier, as "stretches" below samples with
+        # the same drafter and adds the plain stretches between probes.
+        pytest.param("model", Sampling(temperature=1.0), None, marks=pytest.mark.slow),
         # Plain stretches between probes; a memory that learns every few tokens.
         ("model", Sampling(temperature=1.0), RARELY_PAYS),
-        ("trie", Sampling(temperature=1.0), RARELY_PAYS),
+        # A tree drafter: ~14 s of compiling, slow tier; the chain cases cover the loop here.
+        pytest.param("trie", Sampling(temperature=1.0), RARELY_PAYS, marks=pytest.mark.slow),
         pytest.param("model", Sampling(), drafting.constant(0), marks=pytest.mark.slow),
     ],
     ids=["ar-greedy", "ar-t1", "model-greedy", "model-t1", "stretches", "trie", "never"],

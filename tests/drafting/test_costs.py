@@ -414,6 +414,7 @@ def test_sampled_output_keeps_the_target_law_when_rounds_are_skipped():
     assert stats.chi2.sf(statistic, df=63) > 1e-4
 
 
+@pytest.mark.slow  # times compiled programs: a measurement run (~8 s of compiling)
 def test_calibration_measures_every_part(target):
     prompt, lengths = helpers.ragged_prompts(CONFIG.vocab_size, 2, 6, seed=0, min_length=2)
     costs = drafting.calibrate_costs(
@@ -431,14 +432,23 @@ def test_calibration_measures_every_part(target):
     assert all(s > 0 for s in costs.target_seconds + costs.draft_seconds)
     assert list(costs.target_seconds) == sorted(costs.target_seconds)  # made non-decreasing
     assert costs.round_sizes == ()  # not timed: round_seconds adds up the parts
+
+
+def test_calibration_rejects_bad_repeats(target):
+    prompt, lengths = helpers.ragged_prompts(CONFIG.vocab_size, 2, 6, seed=0, min_length=2)
+    with pytest.raises(ValueError, match="repeats"):
+        drafting.calibrate_costs(target, None, prompt, lengths, repeats=0)
+
+
+@pytest.mark.slow  # a tree drafter's programs: ~9 s of compiling
+def test_calibration_measures_a_tree_drafters_parts(target):
+    prompt, lengths = helpers.ragged_prompts(CONFIG.vocab_size, 2, 6, seed=0, min_length=2)
     trie = drafting.trie_retrieval(16, num_nodes=4, branch_length=2, capacity=64)
     tree = drafting.calibrate_costs(
         target, trie, prompt, lengths, max_new_tokens=8, repeats=1, whole_rounds=False
     )
     assert tree.target_tokens == (1, 2, 4, 5) and tree.draft_tokens == (4,)
     assert tree.upkeep_seconds > 0 and tree.observe_seconds > 0
-    with pytest.raises(ValueError, match="repeats"):
-        drafting.calibrate_costs(target, None, prompt, lengths, repeats=0)
 
 
 @pytest.mark.slow  # one generation compiled per size

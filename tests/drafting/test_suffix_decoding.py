@@ -86,6 +86,11 @@ def check_memory(trie):
         assert live.sum() + 1 <= token.shape[1]
 
 
+# Suffix decoding's generation program takes ~15 s to compile (its two tries' proposal and
+# insertion, ~1,800 fused kernels), so the tests that run it are slow-tier; the fast tier
+# keeps its memory and tree-building tests here, and runs the same trie machinery and tree
+# verification through trie retrieval's generation (tests/drafting/test_trie_retrieval.py).
+@pytest.mark.slow
 def test_greedy_equals_plain_greedy_on_ragged_batches_with_eos(target):
     prompt, lengths = ragged_prompts(4, seed=1)
     reference = plain(target, prompt, lengths)
@@ -138,6 +143,7 @@ def test_each_row_equals_the_row_alone(target):
     np.testing.assert_array_equal(rows.lengths[:, 0], batch.lengths)
 
 
+@pytest.mark.slow
 def test_global_memory_carried_across_requests_is_accepted_in_long_runs(target):
     prompt, lengths = ragged_prompts(4, seed=5)
     first = spec(target, prompt, lengths, empty())
@@ -295,6 +301,9 @@ def never_drafting(target, prompt, lengths, batched):
     )
 
 
+# Two suffix-decoding programs compiled for this test alone (~25 s of the fast tier): the
+# fast tier runs suffix decoding with its batched observe on in every other test here.
+@pytest.mark.slow
 def test_batched_observe_learns_every_committed_token(target):
     """Rounds that draft nothing leave tokens for the next observe call (an insertion costs
     about the same for 1 token as for observe_tokens): at the end the memories hold exactly
@@ -311,6 +320,7 @@ def test_batched_observe_learns_every_committed_token(target):
     assert len(helpers.trie_paths(batched.drafter_state.memory, 0)) > MAX_NEW  # outputs were learnt
 
 
+@pytest.mark.slow
 def test_a_corrupt_memory_cannot_change_greedy_output(target):
     """A carried memory whose counts grow down the tree (a corrupted or hand-made checkpoint)
     drafts differently, never emits differently."""

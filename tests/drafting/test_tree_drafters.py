@@ -115,6 +115,9 @@ def test_greedy_tree_drafters_equal_greedy(target, draft, kind, eos_id):
         assert np.all(spec.stats.accepted >= MAX_NEW // 2)
 
 
+# Greedy, so implied by the greedy-equality tests above and plain decoding's row
+# independence (tests/decoding); the batch-1 program costs ~10 s of compiling: slow tier.
+@pytest.mark.slow
 def test_each_row_equals_the_row_alone(target, draft):
     prompt, lengths = ragged_prompts(4, 9, seed=4)  # the greedy tests' shape: no recompile
     key = jax.random.key(0)

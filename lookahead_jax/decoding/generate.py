@@ -694,11 +694,14 @@ def _num_draft(state: GenerationState, plan: _Plan) -> jax.Array:
     return jnp.where(active, jnp.clip(num_draft, 0, plan.num_slots), 0)
 
 
-def _step(key, state, target, config, drafter, plan: _Plan, kind="either", num_draft=None):
+def _step(
+    key, state, target, config, drafter, plan: _Plan, kind="either", num_draft=None, observe=True
+):
     """:func:`generation_step`. ``kind``: ``"either"`` asks the controller and drafts or not;
     ``"plain"`` / ``"drafting"`` are rounds the caller knows the controller leaves plain /
     drafts (:func:`generation_run` asks it in its loop condition and passes its answer,
-    ``num_draft`` [B]), without the conditional."""
+    ``num_draft`` [B]), without the conditional. ``observe=False``: the caller runs the
+    drafter's ``observe`` between rounds itself (:func:`_observe_due`)."""
     _, draft_key, verify_key = jax.random.split(key, 3)
     active = ~state.finished
     if kind == "plain":
@@ -713,8 +716,8 @@ def _step(key, state, target, config, drafter, plan: _Plan, kind="either", num_d
     cache = state.target_cache
     state = state._replace(target_cache=None)
     drafting = jnp.any(num_draft > 0)
-    if _observes(drafter) and kind != "plain":  # a proposal sees every committed token
-        state = _observe(drafter, state, drafting & jnp.any(state.lengths > state.observed))
+    if observe and _observes(drafter) and kind != "plain":
+        state = _observe(drafter, state, _observe_due(drafter, state, drafting, after=False))
 
     def speculative(state, cache):
         state = state._replace(target_cache=cache)
@@ -751,10 +754,8 @@ def _step(key, state, target, config, drafter, plan: _Plan, kind="either", num_d
     # The cache keeps the committed tokens but the newest one: the root and the committed
     # drafts of the path (num_emitted of them; none for finished rows).
     cache = _models.append(cache, entries, count=info.num_emitted)
-    if _observes(drafter):
-        pending = new_state.lengths - new_state.observed
-        due = jnp.any(pending >= _observe_after(drafter)) | jnp.all(new_state.finished)
-        new_state = _observe(drafter, new_state, due & jnp.any(pending > 0))
+    if observe and _observes(drafter):
+        new_state = _observe(drafter, new_state, _observe_due(drafter, new_state, after=True))
     return new_state._replace(target_cache=cache), info
 
 
@@ -765,6 +766,19 @@ def _observes(drafter) -> bool:
 def _observe_after(drafter: TreeDrafter) -> int:
     """Pending tokens that make the loop call ``observe`` (1: after every round)."""
     return 1 if drafter.observe_tokens is None else drafter.observe_tokens - 1
+
+
+def _observe_due(drafter, state: GenerationState, drafting=None, *, after: bool) -> jax.Array:
+    """Whether ``observe`` runs now ([] bool): some row has tokens the drafter has not seen,
+    and a proposal follows (``drafting`` [] bool; a proposal sees every committed token)
+    or, ``after`` a round, a row holds :func:`_observe_after` of them or every row is done.
+    Between two rounds ``observe`` runs at most once, whether its call sits after the first
+    round, before the second (``generation_step``) or between them (``generation_run``)."""
+    pending = state.lengths - state.observed
+    due = jnp.zeros((), bool) if drafting is None else drafting
+    if after:
+        due = due | jnp.any(pending >= _observe_after(drafter)) | jnp.all(state.finished)
+    return due & jnp.any(pending > 0)
 
 
 def _observe(drafter: TreeDrafter, state: GenerationState, when: jax.Array) -> GenerationState:
@@ -943,7 +957,9 @@ def generation_run(
 
     def round_(carry, kind="either"):
         state, key = carry
-        state, _ = _step(key, state, target, config, drafter, plan, kind)
+        # With a drafter only plain rounds come here; their drafter's observe runs at the
+        # top of the loop of drafting rounds (`drafting_rounds`).
+        state, _ = _step(key, state, target, config, drafter, plan, kind, observe=False)
         return state, jax.random.split(key, 3)[0]
 
     def unfinished(carry):
@@ -956,18 +972,46 @@ def generation_run(
     # The rounds the controller drafts run in a loop inside the main one, and the main
     # loop's body is a plain round: a plain round is not inside a conditional (which cost
     # a round 10-23% more on XLA:CPU at batch 1) and pays no drafting machinery.
+    observes = _observes(drafter)
+
     def drafting_rounds(carry):
         # The controller's choice for the next round is asked once, after each round: the
-        # loop's condition reads it and the round uses it (0 for finished rows).
+        # loop's condition reads it and the round uses it (0 for finished rows). A drafter
+        # with an ``observe`` hook learns the committed tokens at the top of this loop, its
+        # one call in the program (the memory update is most of a trie drafter's program:
+        # one call site per round compiled it three times); the loop then also takes trips
+        # that only observe (after a plain round, or once every row is done), and the
+        # round is in a loop of its own, of one trip or none.
         def drafting_round(carry):
             state, key, num_draft = carry
-            state, _ = _step(key, state, target, config, drafter, plan, "drafting", num_draft)
+            state, _ = _step(
+                key, state, target, config, drafter, plan, "drafting", num_draft, observe=False
+            )
             return state, jax.random.split(key, 3)[0], _num_draft(state, plan)
 
+        def observing_round(carry):
+            state, key, num_draft = carry
+            drafting = jnp.any(num_draft > 0)
+            state = _observe(drafter, state, _observe_due(drafter, state, drafting, after=True))
+
+            def once(inner):
+                state, key, _ = drafting_round((*inner[:2], num_draft))
+                return state, key, jnp.zeros((), bool)
+
+            state, key, _ = lax.while_loop(lambda c: c[2], once, (state, key, drafting))
+            return state, key, _num_draft(state, plan)
+
+        def more(carry):
+            state, _, num_draft = carry
+            drafting = jnp.any(num_draft > 0)
+            return drafting | _observe_due(drafter, state, drafting, after=True)
+
         state, key = carry
-        state, key, _ = lax.while_loop(
-            lambda c: jnp.any(c[2] > 0), drafting_round, (state, key, _num_draft(state, plan))
-        )
+        carry = (state, key, _num_draft(state, plan))
+        if observes:
+            state, key, _ = lax.while_loop(more, observing_round, carry)
+        else:
+            state, key, _ = lax.while_loop(lambda c: jnp.any(c[2] > 0), drafting_round, carry)
         return state, key
 
     # The main loop's body is the plain round, in a loop of one trip, followed by the loop
@@ -979,17 +1023,21 @@ def generation_run(
     # runs on the same machine showed no difference), so a generation that took one plain
     # round could run every later drafting round slower. Wrapped in its own loop (the trip
     # count a traced value, so the compiler keeps it), neither slowed in those runs.
+    # The plain round runs only when the controller leaves the next round plain for every
+    # row: in the first trip of the main loop it may draft at once. (Not a loop of drafting
+    # rounds before the main loop: that traced and compiled the whole drafting round twice.)
     def plain_round(carry):
         def once(inner):
             state, key = round_(inner[:2], kind="plain")
             return state, key, jnp.zeros((), bool)
 
         state, key = carry
-        state, key, _ = lax.while_loop(lambda c: c[2], once, (state, key, ~jnp.all(state.finished)))
+        due = ~jnp.all(state.finished) & ~jnp.any(_num_draft(state, plan) > 0)
+        state, key, _ = lax.while_loop(lambda c: c[2], once, (state, key, due))
         return state, key
 
-    def body(carry):  # the controller leaves this round plain for every row
+    def body(carry):
         return drafting_rounds(plain_round(carry))
 
-    carry = lax.while_loop(unfinished, body, drafting_rounds((state, key)))
+    carry = lax.while_loop(unfinished, body, (state, key))
     return generation_result(carry[0])

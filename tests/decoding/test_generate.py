@@ -262,7 +262,7 @@ def run_fn(key, target, draft, prompt, lengths, config, kind):
         pytest.param("model", Sampling(temperature=1.0), None, marks=pytest.mark.slow),
         # Plain stretches between probes; a memory that learns every few tokens.
         ("model", Sampling(temperature=1.0), RARELY_PAYS),
-        # A tree drafter: ~14 s of compiling, slow tier; the chain cases cover the loop here.
+        # A tree drafter: two trie programs to compile, slow tier; the chain cases cover the loop.
         pytest.param("trie", Sampling(temperature=1.0), RARELY_PAYS, marks=pytest.mark.slow),
         pytest.param("model", Sampling(), drafting.constant(0), marks=pytest.mark.slow),
     ],
@@ -335,6 +335,36 @@ def test_generate_and_step_compile_once(target):
         state = init(jax.random.key(seed), target, prompt, lengths)
         for _ in range(2):
             state, _ = step(jax.random.key(seed), state, target)
+
+
+@pytest.mark.parametrize("kind", ["trie", "model"])
+def test_generate_traces_each_drafter_hook_once(target, kind):
+    # The loop holds one drafting round and one call of the drafter's memory update: each
+    # copy is compiled again (a trie's update is most of its program).
+    draft = models.Model(CONFIG, models.init_params(CONFIG, jax.random.key(9)))
+    drafter = _drafter(kind, draft)
+    calls = {"propose": 0, "observe": 0}
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    fields = {"propose": counted("propose", drafter.propose)}
+    if kind == "trie":
+        fields["observe"] = counted("observe", drafter.observe)
+    drafter = drafter._replace(**fields)
+    prompt, lengths = ragged_prompts(2, 6, seed=1)
+    jax.eval_shape(
+        lambda prompt, lengths: generate(
+            target, prompt, lengths, jax.random.key(0), max_new_tokens=6, drafter=drafter
+        ),
+        prompt,
+        lengths,
+    )
+    assert calls == {"propose": 1, "observe": int(kind == "trie")}
 
 
 @pytest.mark.default_compiler

@@ -86,10 +86,11 @@ def check_memory(trie):
         assert live.sum() + 1 <= token.shape[1]
 
 
-# Suffix decoding's generation program takes ~15 s to compile (its two tries' proposal and
-# insertion, ~1,800 fused kernels), so the tests that run it are slow-tier; the fast tier
-# keeps its memory and tree-building tests here, and runs the same trie machinery and tree
-# verification through trie retrieval's generation (tests/drafting/test_trie_retrieval.py).
+# Suffix decoding's generation program is the trie drafters' largest (its two tries' proposal
+# and insertion: ~750 fused kernels, 7-8 s to compile; `experiments/compile_cost.py`), so
+# the tests that run it are slow-tier; the fast tier keeps its memory and tree-building
+# tests here, and runs the same trie machinery and tree verification through trie
+# retrieval's generation (tests/drafting/test_trie_retrieval.py).
 @pytest.mark.slow
 def test_greedy_equals_plain_greedy_on_ragged_batches_with_eos(target):
     prompt, lengths = ragged_prompts(4, seed=1)

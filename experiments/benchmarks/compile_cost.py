@@ -18,6 +18,7 @@ quote medians and compare runs made back to back).
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 import re
 import statistics
@@ -28,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental.compilation_cache import compilation_cache
 
 from experiments.benchmarks import _common, _pairs, speculation_grid
 from lookahead_jax import models
@@ -73,6 +75,20 @@ def program_size(hlo_text: str) -> dict[str, int]:
     }
 
 
+@contextlib.contextmanager
+def _no_persistent_cache():
+    """JAX's persistent compilation cache off inside (JAX decides once per process whether
+    to use it, so the decision is reset on the way in and out)."""
+    enabled = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    compilation_cache.reset_cache()
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_compilation_cache", enabled)
+        compilation_cache.reset_cache()
+
+
 def measure(config: ml_collections.ConfigDict, progress=None) -> dict[str, Any]:
     config = _effective(config)
     grid = speculation_grid.effective(speculation_grid.default_config())
@@ -98,16 +114,19 @@ def measure(config: ml_collections.ConfigDict, progress=None) -> dict[str, Any]:
         args = (target, draft, prompt, lengths, jax.random.key(0))
         # Each repeat starts from empty caches: nothing traced, lowered or compiled before
         # is reused (a Lowered's compile() is cached, so it is lowered again each time).
+        # JAX's persistent compilation cache (on where JAX_COMPILATION_CACHE_DIR is set, as
+        # in our test suite) would turn every repeat after the first into a disk read.
         trace_times, compile_times, compiled = [], [], None
-        for _ in range(config.repeats):
-            jax.clear_caches()
-            fn = speculation_grid.runner(grid, name, grid.max_draft_tokens, 0.0)
-            start = time.perf_counter()
-            lowered = fn.lower(*args)
-            trace_times.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            compiled = lowered.compile()
-            compile_times.append(time.perf_counter() - start)
+        with _no_persistent_cache():
+            for _ in range(config.repeats):
+                jax.clear_caches()
+                fn = speculation_grid.runner(grid, name, grid.max_draft_tokens, 0.0)
+                start = time.perf_counter()
+                lowered = fn.lower(*args)
+                trace_times.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                compiled = lowered.compile()
+                compile_times.append(time.perf_counter() - start)
         tokens = np.asarray(compiled(*args).tokens)
         if name is None:
             plain_tokens[(pair, batch)] = tokens

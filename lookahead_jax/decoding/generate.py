@@ -759,6 +759,18 @@ def _step(
     return new_state._replace(target_cache=cache), info
 
 
+def _at_most_once(run: jax.Array, fn, carry):
+    """``fn(carry)`` if ``run`` ([] bool) else ``carry``, as a ``while_loop`` of one trip or
+    none. Not ``lax.cond``: on XLA:CPU a conditional copies the buffers its branch writes
+    (a KV cache, a drafter's memory) in and out, where a loop updates them in place; and a
+    traced trip count keeps the compiler from folding the loop into its parent."""
+
+    def once(inner):
+        return fn(inner[0]), jnp.zeros((), bool)
+
+    return lax.while_loop(lambda inner: inner[1], once, (carry, run))[0]
+
+
 def _observes(drafter) -> bool:
     return isinstance(drafter, TreeDrafter) and drafter.observe is not None
 
@@ -787,15 +799,14 @@ def _observe(drafter: TreeDrafter, state: GenerationState, when: jax.Array) -> G
     A drafter with ``observe_tokens`` (memories whose update costs about the same for one
     token as for many) learns committed tokens in batches: after plain rounds they wait
     until a row holds ``observe_tokens - 1`` of them, a proposal or the end of the
-    generation. A one-trip ``while_loop`` rather than ``lax.cond``: the memory is updated
-    in place (a conditional would copy it in and out).
+    generation. In :func:`_at_most_once`, not a conditional: the memory is updated in place.
     """
 
-    def body(carry):
-        _, drafter_state = carry
-        return jnp.bool_(False), drafter.observe(drafter_state, state.tokens, state.lengths)
-
-    _, drafter_state = lax.while_loop(lambda c: c[0], body, (when, state.drafter_state))
+    drafter_state = _at_most_once(
+        when,
+        lambda drafter_state: drafter.observe(drafter_state, state.tokens, state.lengths),
+        state.drafter_state,
+    )
     observed = jnp.where(when, state.lengths, state.observed)
     return state._replace(drafter_state=drafter_state, observed=observed)
 
@@ -975,13 +986,13 @@ def generation_run(
     observes = _observes(drafter)
 
     def drafting_rounds(carry):
-        # The controller's choice for the next round is asked once, after each round: the
-        # loop's condition reads it and the round uses it (0 for finished rows). A drafter
-        # with an ``observe`` hook learns the committed tokens at the top of this loop, its
-        # one call in the program (the memory update is most of a trie drafter's program:
-        # one call site per round compiled it three times); the loop then also takes trips
-        # that only observe (after a plain round, or once every row is done), and the
-        # round is in a loop of its own, of one trip or none.
+        # The controller's choice for the next round is asked once, after each round (and
+        # once before the main loop): the loops' conditions read it and the round uses it (0
+        # for finished rows). A drafter with an ``observe`` hook learns the committed tokens
+        # at the top of this loop, its one call in the program (the memory update is most
+        # of a trie drafter's program: one call site per round compiled it three times);
+        # the loop then also takes trips that only observe (after a plain round, or once
+        # every row is done), and the round is in a loop of its own, of one trip or none.
         def drafting_round(carry):
             state, key, num_draft = carry
             state, _ = _step(
@@ -993,26 +1004,16 @@ def generation_run(
             state, key, num_draft = carry
             drafting = jnp.any(num_draft > 0)
             state = _observe(drafter, state, _observe_due(drafter, state, drafting, after=True))
-
-            def once(inner):
-                state, key, _ = drafting_round((*inner[:2], num_draft))
-                return state, key, jnp.zeros((), bool)
-
-            state, key, _ = lax.while_loop(lambda c: c[2], once, (state, key, drafting))
-            return state, key, _num_draft(state, plan)
+            return _at_most_once(drafting, drafting_round, (state, key, num_draft))
 
         def more(carry):
             state, _, num_draft = carry
             drafting = jnp.any(num_draft > 0)
             return drafting | _observe_due(drafter, state, drafting, after=True)
 
-        state, key = carry
-        carry = (state, key, _num_draft(state, plan))
         if observes:
-            state, key, _ = lax.while_loop(more, observing_round, carry)
-        else:
-            state, key, _ = lax.while_loop(lambda c: jnp.any(c[2] > 0), drafting_round, carry)
-        return state, key
+            return lax.while_loop(more, observing_round, carry)
+        return lax.while_loop(lambda c: jnp.any(c[2] > 0), drafting_round, carry)
 
     # The main loop's body is the plain round, in a loop of one trip, followed by the loop
     # of drafting rounds: two loops one after the other and little else. With the plain
@@ -1027,17 +1028,16 @@ def generation_run(
     # row: in the first trip of the main loop it may draft at once. (Not a loop of drafting
     # rounds before the main loop: that traced and compiled the whole drafting round twice.)
     def plain_round(carry):
-        def once(inner):
-            state, key = round_(inner[:2], kind="plain")
-            return state, key, jnp.zeros((), bool)
+        def round_plain(carry):
+            state, key = round_(carry[:2], kind="plain")
+            return state, key, _num_draft(state, plan)
 
-        state, key = carry
-        due = ~jnp.all(state.finished) & ~jnp.any(_num_draft(state, plan) > 0)
-        state, key, _ = lax.while_loop(lambda c: c[2], once, (state, key, due))
-        return state, key
+        state, _, num_draft = carry
+        due = ~jnp.all(state.finished) & ~jnp.any(num_draft > 0)
+        return _at_most_once(due, round_plain, carry)
 
     def body(carry):
         return drafting_rounds(plain_round(carry))
 
-    carry = lax.while_loop(unfinished, body, (state, key))
+    carry = lax.while_loop(unfinished, body, (state, key, _num_draft(state, plan)))
     return generation_result(carry[0])

@@ -348,6 +348,18 @@ def _prefill(key, target, prompt, prompt_lengths, config: GenerationConfig, capa
     return tokens, cache, first
 
 
+def _drafter_init(drafter, prompt, prompt_lengths, target_cache, capacity: int):
+    """The drafter's first state (``None`` without one): from the target's prefilled cache
+    where the drafter shares the target's layers (``Drafter.init_from_target``, e.g. an
+    early exit: no second prefill of those layers), else from the prompt."""
+    if drafter is None:
+        return None
+    from_target = getattr(drafter, "init_from_target", None)
+    if from_target is not None:
+        return from_target(target_cache, prompt_lengths, capacity)
+    return drafter.init(prompt, prompt_lengths, capacity)
+
+
 def generation_init(
     key: jax.Array,
     target: _models.Model,
@@ -393,9 +405,9 @@ def generation_init(
         lengths=lengths,
         prompt_lengths=prompt_lengths,
         target_cache=cache,
-        drafter_state=None
-        if drafter is None
-        else drafter.init(prompt, prompt_lengths, capacity + plan.num_slots),
+        drafter_state=_drafter_init(
+            drafter, prompt, prompt_lengths, cache, capacity + plan.num_slots
+        ),
         controller_state=plan.controller.init(batch, plan.num_slots),
         finished=finished,
         stats=GenerationStats(

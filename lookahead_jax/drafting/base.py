@@ -48,6 +48,11 @@ class Drafter(NamedTuple):
       vocab_size: the vocabulary the drafter proposes from (must equal the target's).
       model_config: the config of the model the drafter runs per drafted token (a draft
         model, an early exit), for cost estimates; ``None``: no model (tables, lookups).
+      init_from_target: optional ``(target_cache, prompt_lengths [B], capacity) -> state``,
+        the state ``init`` returns, built from the target's KV cache after the prompt's
+        prefill (``models.KVCache``, each row's prompt committed) by a drafter that shares
+        the target's layers (the early exit) instead of running them again. The
+        generation loop prefers it to ``init``; ``None``: ``init`` only.
     """
 
     init: Callable[..., DrafterState]
@@ -55,6 +60,7 @@ class Drafter(NamedTuple):
     update: Callable[..., DrafterState]
     vocab_size: int
     model_config: Any = None
+    init_from_target: Callable[..., DrafterState] | None = None
 
 
 class TreeDraft(NamedTuple):

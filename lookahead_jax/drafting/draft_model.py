@@ -52,6 +52,15 @@ def feed_committed(model, cache, tokens: jax.Array, upto: jax.Array, width: int)
     return lax.while_loop(lambda c: jnp.any(c.lengths < upto), body, cache)
 
 
+def check_capacity(model: _models.Model, capacity: int) -> None:
+    """Raises ``ValueError`` if a draft model cannot hold ``capacity`` positions."""
+    if capacity > model.config.max_length:
+        raise ValueError(
+            f"the draft model holds {model.config.max_length} positions but generation "
+            f"needs {capacity} (prompt width + max_new_tokens + max_draft_tokens)."
+        )
+
+
 def draft_model(model: _models.Model) -> Drafter:
     """A ``Drafter`` that runs ``model`` autoregressively (K calls per block).
 
@@ -60,11 +69,7 @@ def draft_model(model: _models.Model) -> Drafter:
     """
 
     def init(prompt: jax.Array, prompt_lengths: jax.Array, capacity: int) -> DraftModelState:
-        if capacity > model.config.max_length:
-            raise ValueError(
-                f"the draft model holds {model.config.max_length} positions but generation "
-                f"needs {capacity} (prompt width + max_new_tokens + max_draft_tokens)."
-            )
+        check_capacity(model, capacity)
         cache = _models.init_cache(
             model.config, prompt.shape[0], capacity, dtype=getattr(model, "dtype", None)
         )

@@ -239,6 +239,40 @@ def test_early_exit_model_is_the_hidden_state_readout(target):
     assert np.all((acceptance >= 0) & (acceptance <= 1))
 
 
+def test_early_exit_starts_from_the_target_cache(target):
+    # The exit's first layers are the target's: its cache copied from the target's prefill
+    # equals the one its own prefill computes, and it drafts the same tokens from it.
+    prompt = jnp.asarray(np.random.default_rng(1).integers(0, 16, (2, 6)), jnp.int32)
+    lengths = jnp.array([6, 4], jnp.int32)
+    _, cache = target(prompt, models.init_cache(CONFIG, 2, 20))
+    cache = models.rewind(cache, lengths)
+    drafter = drafting.early_exit(target, 2)
+    shared = drafter.init_from_target(cache, lengths, 24)
+    own = drafter.init(prompt, lengths, 24)
+    chex.assert_trees_all_equal_shapes_and_dtypes(shared, own)
+    np.testing.assert_array_equal(shared.cache.lengths, own.cache.lengths)
+    for got, want in ((shared.cache.keys, own.cache.keys), (shared.cache.values, own.cache.values)):
+        for row, length in enumerate(np.asarray(lengths)):  # slots past a row's length: stale
+            np.testing.assert_allclose(got[:, row, :length], want[:, row, :length], atol=1e-5)
+    # As after the prefill: each row's first generated token committed after its prompt.
+    tokens = jnp.pad(prompt, ((0, 0), (0, 10))).at[jnp.arange(2), lengths].set(jnp.array([5, 9]))
+    proposals = [
+        drafter.propose(
+            state,
+            jax.random.key(0),
+            tokens,
+            lengths + 1,
+            jnp.array([3, 3]),
+            max_draft=3,
+            sampling=Sampling(),
+        )[1].tokens
+        for state in (shared, own)
+    ]
+    np.testing.assert_array_equal(*proposals)
+    with pytest.raises(ValueError, match="positions"):
+        drafter.init_from_target(cache, lengths, CONFIG.max_length + 1)
+
+
 def test_choose_exit_maximises_the_modelled_speedup():
     # L = 4; a perfect exit at layer 1 should draft as far as allowed.
     choice = drafting.choose_exit(np.array([0.999999, 0.2, 0.3]), num_layers=4, max_draft=6)

@@ -439,6 +439,8 @@ def _chain_round(draft_key, verify_key, state, target, config, drafter, plan, nu
     )
     drafter_state, draft = state.drafter_state, nothing
     if drafter is not None:
+        if getattr(drafter, "sync_from_target", None) is not None:
+            drafter_state = drafter.sync_from_target(drafter_state, state.target_cache)
         drafter_state, draft = drafter.propose(
             drafter_state,
             draft_key,

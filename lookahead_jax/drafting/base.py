@@ -53,6 +53,10 @@ class Drafter(NamedTuple):
         prefill (``models.KVCache``, each row's prompt committed) by a drafter that shares
         the target's layers (the early exit) instead of running them again. The
         generation loop prefers it to ``init``; ``None``: ``init`` only.
+      sync_from_target: optional ``(state, target_cache) -> state``, called by the
+        generation loop before each proposal with the target's cache (each row's committed
+        tokens but the newest): such a drafter catches up after rounds without drafting
+        by copying what it shares with the target instead of computing it. ``None``: none.
     """
 
     init: Callable[..., DrafterState]
@@ -61,6 +65,7 @@ class Drafter(NamedTuple):
     vocab_size: int
     model_config: Any = None
     init_from_target: Callable[..., DrafterState] | None = None
+    sync_from_target: Callable[..., DrafterState] | None = None
 
 
 class TreeDraft(NamedTuple):

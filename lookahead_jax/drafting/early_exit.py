@@ -21,6 +21,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from lookahead_jax import models as _models
 from lookahead_jax.drafting.base import Drafter
@@ -68,7 +69,34 @@ def early_exit(target: _models.Model, num_layers: int) -> Drafter:
         lengths = jnp.minimum(jnp.asarray(prompt_lengths, jnp.int32), target_cache.lengths)
         return DraftModelState(_models.KVCache(keys, values, lengths))
 
-    return drafter._replace(init_from_target=init_from_target)
+    def sync_from_target(state: DraftModelState, target_cache: _models.KVCache) -> DraftModelState:
+        # After plain rounds the exit's cache lags the committed tokens; the target's cache
+        # holds them (all but the newest) in its first layers: copied when some row lags
+        # more than the one token a proposal feeds anyway, instead of feeding the missing
+        # tokens through the exit (which made a probe after a stretch of plain rounds cost
+        # several plain steps). A loop of one trip or none: the copy is in place.
+        cache = state.cache
+        slots = min(cache.capacity, target_cache.capacity)
+        due = jnp.any(target_cache.lengths - cache.lengths > 1)
+
+        def copy(carry):
+            cache, _ = carry
+            keys, values = (
+                lax.dynamic_update_slice(
+                    own, shared[:num_layers, :, :slots].astype(own.dtype), (0,) * own.ndim
+                )
+                for own, shared in (
+                    (cache.keys, target_cache.keys),
+                    (cache.values, target_cache.values),
+                )
+            )
+            lengths = jnp.maximum(cache.lengths, target_cache.lengths)
+            return _models.KVCache(keys, values, lengths), jnp.zeros((), bool)
+
+        cache, _ = lax.while_loop(lambda carry: carry[1], copy, (cache, due))
+        return DraftModelState(cache)
+
+    return drafter._replace(init_from_target=init_from_target, sync_from_target=sync_from_target)
 
 
 def layer_acceptance(target: _models.Model, tokens: jax.Array) -> jax.Array:

@@ -2,6 +2,7 @@
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -319,6 +320,10 @@ def run(target, prompt, lengths, key, kind, which, sampling=Sampling(), eos_id=N
         ),
         "lookup": lambda: drafting.prompt_lookup(CONFIG.vocab_size),
         "recycling": lambda: drafting.token_recycling(CONFIG.vocab_size),
+        # The early exit (its cache copied from the target's after skipped rounds), and the
+        # same exit model as a plain draft model (its cache computed by feeding the tokens).
+        "exit": lambda: drafting.early_exit(target, 1),
+        "exit_computed": lambda: drafting.draft_model(drafting.early_exit_model(target, 1)),
     }[kind]()
     controller = {
         "default": None,
@@ -343,6 +348,7 @@ def run(target, prompt, lengths, key, kind, which, sampling=Sampling(), eos_id=N
     ("kind", "which"),
     [
         ("self", "every_third"),
+        ("exit", "every_third"),
         pytest.param("self_tree", "every_third", marks=pytest.mark.slow),
         ("lookup", "default"),
         pytest.param("recycling", "default", marks=pytest.mark.slow),
@@ -361,10 +367,24 @@ def test_greedy_equals_plain_greedy_with_rounds_skipped(target, kind, which):
         # every draft is accepted (a stale draft cache would propose wrong tokens).
         if kind == "self":
             assert np.all(spec.stats.accepted == spec.stats.drafted)
+        elif kind == "exit":  # a one-layer exit of a two-layer target: some drafts accepted
+            assert np.all(spec.stats.accepted > 0)
         else:  # the tree's first level holds the target's token: >= 1 accepted per 6 nodes
             assert np.all(spec.stats.accepted * 6 >= spec.stats.drafted)
         assert np.all(spec.stats.drafted > 0)
         assert np.all(spec.stats.target_calls < plain.stats.target_calls)
+
+
+@pytest.mark.slow  # one more compile; the fast tier checks the copy (test_tree_drafters)
+def test_early_exit_copying_the_target_cache_drafts_as_computing_it(target):
+    # After skipped rounds the early exit copies the target's first layer where a draft
+    # model of the same exit feeds the missing tokens: the same drafts and acceptances.
+    prompt, lengths = helpers.ragged_prompts(CONFIG.vocab_size, 4, 9, seed=3, min_length=2)
+    key = jax.random.key(0)
+    copied = run(target, prompt, lengths, key, "exit", "every_third", eos_id=5)
+    computed = run(target, prompt, lengths, key, "exit_computed", "every_third", eos_id=5)
+    np.testing.assert_array_equal(copied.tokens, computed.tokens)
+    chex.assert_trees_all_equal(copied.stats, computed.stats)
 
 
 def test_row_alone_equals_row_in_batch_under_the_default(target):

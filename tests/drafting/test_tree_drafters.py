@@ -272,6 +272,20 @@ def test_early_exit_starts_from_the_target_cache(target):
     with pytest.raises(ValueError, match="positions"):
         drafter.init_from_target(cache, lengths, CONFIG.max_length + 1)
 
+    # After plain rounds (here: an exit cache 3 and 1 tokens behind the target's) the exit
+    # copies the target's first layers instead of feeding the tokens; within one token
+    # (what a proposal feeds itself) it keeps its state.
+    behind = shared._replace(cache=models.rewind(shared.cache, lengths - jnp.array([3, 1])))
+    synced = drafter.sync_from_target(behind, cache)
+    np.testing.assert_array_equal(synced.cache.lengths, lengths)
+    for got, want in (
+        (synced.cache.keys, shared.cache.keys),
+        (synced.cache.values, shared.cache.values),
+    ):
+        np.testing.assert_array_equal(got, want)
+    close = shared._replace(cache=models.rewind(shared.cache, lengths - 1))
+    chex.assert_trees_all_equal(drafter.sync_from_target(close, cache), close)
+
 
 def test_choose_exit_maximises_the_modelled_speedup():
     # L = 4; a perfect exit at layer 1 should draft as far as allowed.

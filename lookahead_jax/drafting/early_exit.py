@@ -6,7 +6,7 @@ like any draft model (``early_exit`` = ``draft_model`` of it). No extra
 weights. The exit keeps its own KV cache for its ``l`` layers (a catch-up of
 one or two committed tokens per round) rather than sharing the target's; in the
 generation loop that cache starts as a copy of the target's first ``l`` layers after
-the prefill.
+the prefill and is copied from them again when plain rounds left it behind.
 
 The exit depth and draft length are chosen as DEL does, from per-layer
 acceptance estimates ``a_l`` (how often exit ``l``'s greedy token equals the
@@ -49,7 +49,10 @@ def early_exit(target: _models.Model, num_layers: int) -> Drafter:
     layers after the prompt's prefill (``init_from_target``): those layers' keys and values
     are the exit's own, so its prefill is not run again (at batch 4 on the byte pair a
     second prefill of half the target cost ~15% of a 56-token generation, paid even when
-    the controller never drafts). ``init`` still prefills from the prompt.
+    the controller never drafts). Before a proposal that follows plain rounds it copies
+    them again (``sync_from_target``) instead of feeding the tokens it missed through the
+    exit (a probe after a stretch of plain rounds cost ~10 plain steps at batch 4).
+    ``init`` and ``propose`` alone (outside the loop) still compute the cache.
     """
     model = early_exit_model(target, num_layers)
     drafter = draft_model(model)

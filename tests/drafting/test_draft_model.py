@@ -37,6 +37,9 @@ def _greedy_continuation(model, tokens, length, count):
     return seq[length : length + count]
 
 
+# Slow tier: the fast tier's greedy-equals-plain-greedy generations with a draft model cover
+# the proposal; this checks it on its own (ragged rows, a lagging cache, nothing drafted).
+@pytest.mark.slow
 def test_propose_drafts_the_greedy_continuation_per_row(model):
     drafter = drafting.draft_model(model)
     rng = np.random.default_rng(0)

@@ -162,8 +162,10 @@ for name, memory in [("empty trie", drafting.trie_memory(4096)), ("answers inser
 
 # %% [markdown]
 # ## SuffixDecoding: trees as large as the match is long
-# A per-request suffix trie (prompt and output) and a global one (earlier
-# outputs). The longest suffix of the text found in either is the anchor; the
+# A per-request suffix tree (prompt and output) and a global one (earlier
+# outputs), both read straight from the text: nothing is inserted while
+# tokens are committed, and `drafting.memory_of` appends a request's outputs
+# to the global memory. The longest suffix of the text found in either is the anchor; the
 # tree grows best-first by empirical probability (child count / parent count
 # along the path), stops under `min_token_prob`, and holds at most
 # `max_spec_factor x match length` nodes: a long match speculates far, a short

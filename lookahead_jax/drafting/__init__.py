@@ -49,6 +49,7 @@ from lookahead_jax.drafting.stochastic_ngram import (
 )
 from lookahead_jax.drafting.suffix_decoding import (
     SuffixDecodingState,
+    SuffixMemory,
     suffix_decoding,
     suffix_memory,
 )
@@ -80,6 +81,7 @@ __all__ = [
     "PromptLookupState",
     "StochasticNgramState",
     "SuffixDecodingState",
+    "SuffixMemory",
     "TokenRecyclingState",
     "TreeDraft",
     "TreeDrafter",

@@ -2,7 +2,7 @@
 
 Drafters that learn from text (Token Recycling's table, the stochastic n-gram
 memory, Jacobi lookahead's n-gram pool, the retrieval trie, SuffixDecoding's
-global tree) return their final state in ``Generation.drafter_state``. Its
+global memory of outputs) return their final state in ``Generation.drafter_state``. Its
 request-independent part, :func:`memory_of`, is what the next request's drafter
 takes as ``memory=``; per-request parts (a row's window, a prompt's branches)
 are rebuilt by ``init``. Inside one ``jit``, pass the same kind of memory on
@@ -25,7 +25,7 @@ from typing import Any
 
 from lookahead_jax.drafting.jacobi_lookahead import LookaheadState, NgramPool
 from lookahead_jax.drafting.stochastic_ngram import Memory, StochasticNgramState
-from lookahead_jax.drafting.suffix_decoding import SuffixDecodingState
+from lookahead_jax.drafting.suffix_decoding import SuffixDecodingState, memory_after
 from lookahead_jax.drafting.token_recycling import TokenRecyclingState
 from lookahead_jax.drafting.trie_retrieval import TrieRetrievalState
 
@@ -39,7 +39,7 @@ def memory_of(drafter_state: Any) -> Any:
       What that drafter's ``memory=`` takes: the [V, k] table (Token Recycling), a
       ``Memory`` (stochastic n-gram), an ``NgramPool`` (lookahead), the trie
       (``token_trie.TokenTrie``: trie retrieval's, prompt branches dropped at the next
-      ``init``; SuffixDecoding's global tree of outputs).
+      ``init``; SuffixDecoding's ``SuffixMemory`` of outputs, this request's appended).
     Raises:
       ValueError: for a state of a drafter without a memory across requests.
     """
@@ -52,7 +52,7 @@ def memory_of(drafter_state: Any) -> Any:
     if isinstance(drafter_state, TrieRetrievalState):
         return drafter_state.trie
     if isinstance(drafter_state, SuffixDecodingState):
-        return drafter_state.memory
+        return memory_after(drafter_state)
     raise ValueError(
         "`drafter_state` must be the final state of a drafter with a memory across requests "
         "(token_recycling, stochastic_ngram, lookahead, trie_retrieval, suffix_decoding); "

@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from lookahead_jax import models, trees
+from lookahead_jax import drafting, models, trees
 from lookahead_jax.decoding import generate
 from lookahead_jax.drafting import constant as _always_draft
 from lookahead_jax.drafting import token_trie
 from lookahead_jax.drafting.suffix_decoding import (
     SuffixDecodingState,
+    SuffixMemory,
+    remember_outputs,
     suffix_decoding,
     suffix_memory,
 )
@@ -73,24 +75,22 @@ def empty():
     return suffix_memory(CAPACITY)
 
 
-def check_memory(trie):
-    """The trie's structure is consistent and within capacity."""
-    token, parent = np.asarray(trie.token), np.asarray(trie.parent)
-    count = np.asarray(trie.count)
-    for m in range(token.shape[0]):
-        live = token[m] >= 0
-        assert np.all(count[m][live] > 0)
-        p = parent[m][live]
-        assert np.all((p == 0) | live[p])
-        assert np.all(count[m][live] <= np.where(p == 0, np.iinfo(np.int32).max, count[m][p]))
-        assert live.sum() + 1 <= token.shape[1]
+def stored_outputs(memory: SuffixMemory) -> list[list[int]]:
+    """The memory's outputs, oldest first (each a run of one source id)."""
+    tokens, source = np.asarray(memory.tokens), np.asarray(memory.source)
+    start = int(memory.next)
+    ring = np.roll(np.arange(memory.capacity), -start)  # oldest slot first
+    runs = {}
+    for slot in ring:
+        if source[slot] >= 0:
+            runs.setdefault(int(source[slot]), []).append(int(tokens[slot]))
+    return [runs[k] for k in sorted(runs)]
 
 
-# Suffix decoding's generation program is the trie drafters' largest (its two tries' proposal
-# and insertion: ~750 fused kernels, 7-8 s to compile; `experiments/compile_cost.py`), so
-# the tests that run it are slow-tier; the fast tier keeps its memory and tree-building
-# tests here, and runs the same trie machinery and tree verification through trie
-# retrieval's generation (tests/drafting/test_trie_retrieval.py).
+# The tests that run suffix decoding's generation (~4 s to compile each) are slow-tier; the
+# fast tier keeps its memory and tree-building tests here and in test_suffix_match.py, and
+# runs tree verification through trie retrieval's generation
+# (tests/drafting/test_trie_retrieval.py).
 @pytest.mark.slow
 def test_greedy_equals_plain_greedy_on_ragged_batches_with_eos(target):
     prompt, lengths = ragged_prompts(4, seed=1)
@@ -103,20 +103,16 @@ def test_greedy_equals_plain_greedy_on_ragged_batches_with_eos(target):
     assert int(out.stats.accepted.sum()) > 0
     state = out.drafter_state
     assert isinstance(state, SuffixDecodingState)
-    check_memory(state.request)
-    check_memory(state.memory)
-    # The global trie holds the outputs (the most recent ones at least: it evicts LRU),
-    # not the prompts.
-    b = int(np.argmax(out.num_generated))
-    end = int(out.lengths[b])
-    row = np.asarray(out.tokens[b, end - 4 : end])
-    _, found = token_trie.walk(state.memory, jnp.zeros(1, jnp.int32), row[None], jnp.asarray([4]))
-    assert bool(found[0])
-    head = np.asarray(prompt[0, :4])[None]
-    assert bool(token_trie.walk(state.request, jnp.zeros(1, jnp.int32), head, jnp.asarray([4]))[1])
-    assert not bool(
-        token_trie.walk(state.memory, jnp.zeros(1, jnp.int32), head, jnp.asarray([4]))[1]
-    )
+    # The state kept the committed tokens; memory_of appends the outputs (not the prompts),
+    # one run per row, and leaves the memory the request started from as it was.
+    np.testing.assert_array_equal(state.lengths, out.lengths)
+    assert int(jnp.max(state.memory.source)) == -1
+    memory = drafting.memory_of(state)
+    outputs = [
+        np.asarray(out.tokens[b, int(lengths[b]) : int(out.lengths[b])]).tolist() for b in range(4)
+    ]
+    assert stored_outputs(memory) == outputs
+    assert int(memory.num_outputs) == 4
 
 
 @pytest.mark.slow
@@ -148,7 +144,7 @@ def test_each_row_equals_the_row_alone(target):
 def test_global_memory_carried_across_requests_is_accepted_in_long_runs(target):
     prompt, lengths = ragged_prompts(4, seed=5)
     first = spec(target, prompt, lengths, empty())
-    again = spec(target, prompt, lengths, first.drafter_state.memory)
+    again = spec(target, prompt, lengths, drafting.memory_of(first.drafter_state))
     np.testing.assert_array_equal(again.tokens, first.tokens)
     assert int(again.stats.target_calls.sum()) < int(first.stats.target_calls.sum())
     assert int(again.stats.accepted.sum()) > int(first.stats.accepted.sum())
@@ -156,27 +152,30 @@ def test_global_memory_carried_across_requests_is_accepted_in_long_runs(target):
     suffix_decoding(16, capacity=CAPACITY, memory=first.drafter_state)  # the state works too
 
 
-@pytest.mark.slow  # 60 rounds; tests/drafting/test_token_trie.py checks eviction directly
-def test_memory_stays_within_capacity_over_a_long_stream():
+def test_memory_keeps_the_newest_outputs_within_capacity_over_a_long_stream():
     capacity = 64
-    drafter = suffix_decoding(16, capacity=capacity, ways=8, max_depth=4, spec_depth=3)
     rng = np.random.default_rng(0)
-    text = jnp.asarray(rng.integers(0, 6, (2, 400)), jnp.int32)
-    state = jax.jit(drafter.init, static_argnums=2)(text[:, :8], jnp.asarray([8, 5]), 400)
-    observe = jax.jit(drafter.observe)
+    remember = jax.jit(remember_outputs)
+    memory, stream = suffix_memory(capacity), []
+    for _ in range(12):
+        tokens = jnp.asarray(rng.integers(0, 6, (3, 20)), jnp.int32)
+        prompt_lengths = rng.integers(0, 8, 3)
+        lengths = prompt_lengths + rng.integers(0, 13, 3)
+        memory = remember(memory, tokens, jnp.asarray(lengths), jnp.asarray(prompt_lengths))
+        stream += [np.asarray(tokens[b, prompt_lengths[b] : lengths[b]]).tolist() for b in range(3)]
+    kept = stored_outputs(memory)
+    flat = [t for run in stream for t in run]
+    assert sum(len(run) for run in kept) == min(capacity, len(flat))
+    assert [t for run in kept for t in run] == flat[-capacity:]  # the newest tokens, in order
+    assert kept[-1] == stream[-1] or not stream[-1]
+    assert int(memory.num_outputs) == 36
+    drafter = suffix_decoding(16, capacity=capacity, max_depth=4, spec_depth=3, memory=memory)
+    text = jnp.asarray(rng.integers(0, 6, (2, 30)), jnp.int32)
+    state = drafter.init(text, jnp.asarray([30, 12]), 30)
     propose = jax.jit(functools.partial(drafter.propose, sampling=Sampling()))
-    lengths = np.asarray([8, 5])
-    for step in range(60):
-        lengths = lengths + rng.integers(0, 5, 2)
-        state = observe(state, text, jnp.asarray(lengths, jnp.int32))
-        _, draft = propose(state, jax.random.key(0), text, jnp.asarray(lengths, jnp.int32))
-        trees.check_tree(draft.tree)
-        assert int(draft.tree.depth.max()) <= 3
-        if step % 10 == 9:
-            check_memory(state.request)
-            check_memory(state.memory)
-    assert int(token_trie.num_live(state.memory)[0]) == capacity
-    assert np.all(np.asarray(token_trie.num_live(state.request)) == capacity)
+    _, draft = propose(state, None, text, jnp.asarray([30, 12]))
+    trees.check_tree(draft.tree)
+    assert bool(draft.tree.valid.any()) and int(draft.tree.depth.max()) <= 3
 
 
 def test_tree_size_adapts_to_the_match_and_respects_the_probability_floor():
@@ -252,8 +251,8 @@ def test_sampled_generation_has_the_target_law():
         ({"max_spec_factor": 0.0}, "max_spec_factor"),
         ({"max_spec_factor": float("inf")}, "max_spec_factor"),
         ({"min_token_prob": 1.5}, "min_token_prob"),
-        ({"capacity": 100}, "capacity"),
-        ({"ways": 0}, "ways"),
+        ({"capacity": 1}, "capacity"),
+        ({"num_occurrences": 0}, "num_occurrences"),
         ({"memory": suffix_memory(256)}, "capacity"),
         ({"memory": token_trie.empty_trie(2, CAPACITY)}, "memory"),
         ({"memory": "trie"}, "memory"),
@@ -267,7 +266,7 @@ def test_bad_arguments_raise(kwargs, match):
 
 def test_memory_of_another_vocabulary_raises_eagerly_and_when_checked():
     memory = suffix_memory(CAPACITY)
-    memory = memory._replace(token=memory.token.at[0, 5].set(20))
+    memory = memory._replace(tokens=memory.tokens.at[5].set(20))
     with pytest.raises(ValueError, match="memory"):
         suffix_decoding(16, capacity=CAPACITY, memory=memory)
     import lookahead_jax
@@ -281,58 +280,20 @@ def test_memory_of_another_vocabulary_raises_eagerly_and_when_checked():
         build(memory)
 
 
-@functools.partial(jax.jit, static_argnames=("batched",))
-def never_drafting(target, prompt, lengths, batched):
-    # One block size, all 32 nodes (the default has four): one scoring branch to compile, and
-    # what the memories learn does not depend on how rounds are scored.
-    drafter = suffix_decoding(
-        CONFIG.vocab_size, capacity=CAPACITY, memory=empty(), block_sizes=(32,)
-    )
-    if not batched:
-        drafter = drafter._replace(observe_tokens=None)
-    return generate(
-        target,
-        prompt,
-        lengths,
-        jax.random.key(0),
-        max_new_tokens=MAX_NEW,
-        drafter=drafter,
-        controller=_always_draft(0),
-        eos_id=EOS,
-    )
-
-
-# Two suffix-decoding programs compiled for this test alone (~25 s of the fast tier): the
-# fast tier runs suffix decoding with its batched observe on in every other test here.
 @pytest.mark.slow
-def test_batched_observe_learns_every_committed_token(target):
-    """Rounds that draft nothing leave tokens for the next observe call (an insertion costs
-    about the same for 1 token as for observe_tokens): at the end the memories hold exactly
-    what observing after every round gives (paths and counts; capacity never binds)."""
-    prompt, lengths = ragged_prompts(3, seed=8)
-    batched = never_drafting(target, prompt, lengths, True)
-    every_round = never_drafting(target, prompt, lengths, False)
-    np.testing.assert_array_equal(batched.tokens, every_round.tokens)
-    np.testing.assert_array_equal(batched.drafter_state.seen, batched.lengths)
-    for field in ("request", "memory"):
-        tries = [getattr(out.drafter_state, field) for out in (batched, every_round)]
-        for memory in range(tries[0].token.shape[0]):
-            assert helpers.trie_paths(tries[0], memory) == helpers.trie_paths(tries[1], memory)
-    assert len(helpers.trie_paths(batched.drafter_state.memory, 0)) > MAX_NEW  # outputs were learnt
-
-
-@pytest.mark.slow
-def test_a_corrupt_memory_cannot_change_greedy_output(target):
-    """A carried memory whose counts grow down the tree (a corrupted or hand-made checkpoint)
-    drafts differently, never emits differently."""
+def test_any_memory_cannot_change_greedy_output(target):
+    """A carried memory of arbitrary tokens and source ids (a corrupted or hand-made
+    checkpoint) drafts differently, never emits differently."""
     prompt, lengths = ragged_prompts(4, seed=5)
     first = spec(target, prompt, lengths, empty())
-    memory = first.drafter_state.memory
     rng = np.random.default_rng(0)
-    live = np.asarray(memory.token) >= 0
-    count = np.where(live, rng.integers(1, 40, memory.count.shape), 0).astype(np.int32)
-    corrupt = memory._replace(count=jnp.asarray(count))
-    again = spec(target, prompt, lengths, corrupt)
+    memory = SuffixMemory(
+        tokens=jnp.asarray(rng.integers(0, CONFIG.vocab_size, CAPACITY), jnp.int32),
+        source=jnp.asarray(rng.integers(-1, 3, CAPACITY), jnp.int32),
+        next=jnp.asarray(7, jnp.int32),
+        num_outputs=jnp.asarray(3, jnp.int32),
+    )
+    again = spec(target, prompt, lengths, memory)
     np.testing.assert_array_equal(again.lengths, first.lengths)
     np.testing.assert_array_equal(again.tokens, first.tokens)
     assert int(again.stats.accepted.sum()) > 0

@@ -99,7 +99,7 @@ def test_carried_memory_has_the_empty_memorys_type_and_shapes():
             continue
         drafter = lf.make_drafter(name, (None, None), 256, settings, empty)
         state = jax.eval_shape(lambda p, n, d=drafter: d.init(p, n, 32), prompt, lengths)
-        carried = lf.carry_memory(name, state)
+        carried = jax.eval_shape(lambda s, n=name: lf.carry_memory(n, s), state)
         assert jax.tree.structure(carried) == jax.tree.structure(empty), name
         assert [x.shape for x in jax.tree.leaves(carried)] == [
             x.shape for x in jax.tree.leaves(empty)

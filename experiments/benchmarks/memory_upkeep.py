@@ -1,9 +1,11 @@
 """What a memory drafter's upkeep costs next to a plain decoding step (issue 17).
 
 The memory drafters (``trie_retrieval``, ``suffix_decoding``, Jacobi ``lookahead``) keep
-memories that learn every committed token: ``init`` inserts the prompts, ``observe`` the
+memories that learn the committed tokens: ``init`` takes the prompts, ``observe`` the
 tokens committed since the last call (the generation loop calls it before each proposal
-and, in plain stretches, once per ``observe_tokens - 1`` pending tokens). Even when the
+and, in plain stretches, once per ``observe_tokens - 1`` pending tokens). SuffixDecoding
+reads its suffix trees from the text since 2026-12-08, so its ``init`` and ``observe``
+only keep the tokens. Even when the
 cost-aware controller chooses plain rounds, that upkeep runs, so it bounds the drafter's
 "floor" (every round plain) below plain decoding. This benchmark times each part alone,
 inside a compiled loop (``drafting.costs.loop_seconds``: no per-call dispatch, nothing
